@@ -1,0 +1,223 @@
+"""The model bundle: resolve and check every path, read and write bundle.json, clear errors naming the flag to pass.
+
+A bundle is the LTX checkpoint, the spatial upsampler, the distilled LoRA and a Gemma folder. A manifested bundle is
+a folder with bundle.json (what `--bundle DIR` takes); the seed's four path flags describe an unmanifested real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BUNDLE_MANIFEST = "bundle.json"
+PATH_FLAGS = {
+    "checkpoint": "--checkpoint-path",
+    "distilled_lora": "--distilled-lora-path",
+    "spatial_upsampler": "--spatial-upsampler-path",
+    "gemma_root": "--gemma-root",
+}
+
+
+class BundleError(ValueError):
+    """A bundle path or file is missing or malformed; the message names the flag or file to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    root: Path | None
+    checkpoint: Path
+    distilled_lora: Path
+    spatial_upsampler: Path
+    gemma_root: Path
+    synthetic: bool = False
+    generator_version: int | None = None
+    scale: str | None = None
+    fingerprint: str | None = None
+
+    @classmethod
+    def from_dir(cls, root: Path) -> Bundle:
+        manifest_path = Path(root) / BUNDLE_MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"--bundle {root}: no {BUNDLE_MANIFEST} there (make one with `make-bundle`)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            components = manifest["components"]
+            bundle = cls(
+                root=Path(root),
+                checkpoint=Path(root) / components["checkpoint"]["path"],
+                distilled_lora=Path(root) / components["distilled_lora"]["path"],
+                spatial_upsampler=Path(root) / components["spatial_upsampler"]["path"],
+                gemma_root=Path(root) / components["gemma_root"]["path"],
+                synthetic=bool(manifest["synthetic"]),
+                generator_version=manifest.get("generator_version"),
+                scale=manifest.get("scale"),
+                fingerprint=manifest.get("fingerprint"),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"--bundle {root}: {BUNDLE_MANIFEST} is malformed ({exc!r})") from exc
+        bundle.check_paths(flag_prefix=f"--bundle {root}: ")
+        return bundle
+
+    @classmethod
+    def from_paths(cls, checkpoint: str, distilled_lora: str, spatial_upsampler: str, gemma_root: str) -> Bundle:
+        """The seed's four flags; all four are required together."""
+        given = dict(checkpoint=checkpoint, distilled_lora=distilled_lora,
+                     spatial_upsampler=spatial_upsampler, gemma_root=gemma_root)  # fmt: skip
+        missing = [PATH_FLAGS[name] for name, value in given.items() if not value]
+        if missing:
+            raise BundleError(f"a real bundle needs all four path flags; missing: {' '.join(missing)}")
+        bundle = cls(root=None, **{name: Path(value).expanduser() for name, value in given.items()})
+        bundle.check_paths()
+        return bundle
+
+    def check_paths(self, flag_prefix: str = "") -> None:
+        for name, flag in PATH_FLAGS.items():
+            path: Path = getattr(self, name)
+            label = flag_prefix or f"{flag} "
+            if name == "gemma_root":
+                if not path.is_dir():
+                    raise BundleError(f"{label}{path}: not a folder (expected the Gemma-3 text encoder folder)")
+                if not list(path.rglob("model*.safetensors")):
+                    raise BundleError(f"{label}{path}: no model*.safetensors in the Gemma folder")
+                for needed in ("tokenizer.model", "preprocessor_config.json"):
+                    if not list(path.rglob(needed)):
+                        raise BundleError(f"{label}{path}: no {needed} in the Gemma folder")
+            elif not path.is_file():
+                found = "a folder" if path.is_dir() else "nothing"
+                raise BundleError(f"{label}{path}: expected a .safetensors file, found {found}")
+            elif path.suffix != ".safetensors":
+                raise BundleError(f"{label}{path}: expected a .safetensors file")
+
+    def describe(self) -> dict:
+        return {
+            "root": str(self.root) if self.root else None,
+            "synthetic": self.synthetic,
+            "scale": self.scale,
+            "generator_version": self.generator_version,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def _component_files(bundle: Bundle) -> dict[str, list[Path]]:
+    return {
+        "checkpoint": [bundle.checkpoint],
+        "distilled_lora": [bundle.distilled_lora],
+        "spatial_upsampler": [bundle.spatial_upsampler],
+        "gemma_root": sorted(p for p in bundle.gemma_root.rglob("*") if p.is_file()),
+    }
+
+
+def content_fingerprint(bundle: Bundle) -> str:
+    """sha256 over every component file's bytes (names included), so any change to the weights changes it."""
+    digest = hashlib.sha256()
+    for name, files in _component_files(bundle).items():
+        for path in files:
+            digest.update(f"{name}:{path.name}\0".encode())
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle: Bundle) -> Bundle:
+    assert bundle.root is not None
+    fingerprint = content_fingerprint(bundle)
+    components = {}
+    for name, files in _component_files(bundle).items():
+        path = getattr(bundle, name)
+        components[name] = {
+            "path": str(path.relative_to(bundle.root)),
+            "bytes": sum(f.stat().st_size for f in files),
+        }
+    manifest = {
+        "format": "ltx-demo-bundle/1",
+        "synthetic": bundle.synthetic,
+        "scale": bundle.scale,
+        "generator_version": bundle.generator_version,
+        "fingerprint": fingerprint,
+        "components": components,
+    }
+    (bundle.root / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return dataclasses.replace(bundle, fingerprint=fingerprint)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LTX_DEMO_CACHE", Path.home() / ".cache" / "ltx-demo")).expanduser()
+
+
+def embedded_bundle() -> Bundle:
+    """The tiny synthetic bundle, generated once into the cache per generator version, then reused."""
+    from ltx_demo import synthetic  # noqa: PLC0415
+
+    root = cache_dir() / f"tiny-bundle-v{synthetic.GENERATOR_VERSION}"
+    if not (root / BUNDLE_MANIFEST).is_file():
+        staging = root.with_name(root.name + f".tmp{os.getpid()}")
+        synthetic.make_bundle(staging, scale="tiny")
+        with contextlib.suppress(OSError):
+            staging.rename(root)  # atomic: a concurrent process may have won the race, which is fine
+    return Bundle.from_dir(root)
+
+
+def resolve_bundle(
+    bundle_dir: str | None = None,
+    checkpoint: str | None = None,
+    distilled_lora: str | None = None,
+    spatial_upsampler: str | None = None,
+    gemma_root: str | None = None,
+) -> Bundle:
+    """--bundle DIR, or the four path flags, or the embedded tiny bundle when none is given."""
+    path_flags = (checkpoint, distilled_lora, spatial_upsampler, gemma_root)
+    if bundle_dir and any(path_flags):
+        raise BundleError("pass either --bundle or the four path flags, not both")
+    if bundle_dir:
+        return Bundle.from_dir(Path(bundle_dir).expanduser())
+    if any(path_flags):
+        return Bundle.from_paths(*path_flags)
+    return embedded_bundle()
+
+
+@contextlib.contextmanager
+def gemma_architecture(bundle: Bundle) -> Iterator[None]:
+    """Build a synthetic bundle's text encoder and embeddings processor at its own (tiny) Gemma size.
+
+    ltx-core 1.0.0 builds the text encoder (GemmaTextEncoderConfigurator) and sizes the embeddings processor
+    (_create_feature_extractor) from the module-level GEMMA3_CONFIG_FOR_LTX, ignoring the folder's config.json.
+    Real bundles are left alone: they must be Gemma-3-12B anyway.
+    """
+    if not bundle.synthetic:
+        yield
+        return
+    with gemma_config_override(json.loads((bundle.gemma_root / "config.json").read_text())):
+        yield
+
+
+@contextlib.contextmanager
+def gemma_config_override(file_config: dict) -> Iterator[None]:
+    """Swap the fields of ltx-core's GEMMA3_CONFIG_FOR_LTX for a config.json's, and put the originals back after.
+
+    The one place that touches ltx-core's hard-coded Gemma architecture (see gemma_architecture).
+    """
+    from ltx_core.text_encoders.gemma import config as gemma_config_module  # noqa: PLC0415
+
+    target = gemma_config_module.GEMMA3_CONFIG_FOR_LTX
+    saved = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+    try:
+        for name, value in file_config.items():
+            if name == "text_config":
+                value = gemma_config_module.Gemma3TextConfig(
+                    **{**value, "rope_scaling": gemma_config_module.Gemma3RopeScaling(**value["rope_scaling"])}
+                )
+            elif name == "vision_config":
+                value = gemma_config_module.Gemma3VisionConfig(**value)
+            if name in saved:
+                setattr(target, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(target, name, value)

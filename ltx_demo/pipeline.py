@@ -1,0 +1,232 @@
+"""The two-stage LTX-2 audio-to-video flow, composed from ltx-core / ltx-pipelines 1.0.0 building blocks.
+
+Why not call A2VidPipelineTwoStage: it builds and frees its own models (no residency), calls
+torch.cuda.synchronize() unconditionally (dies on CPU), hard-codes bf16, and has no progress, cancel or per-phase
+timing. So this module runs the same steps in the same order, through the same library functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ltx_demo.media import PreparedInputs
+from ltx_demo.residency import ModelResidency
+from ltx_demo.telemetry import RunTelemetry
+from ltx_demo.types import GenerationCancelled, GenerationRequest, Progress
+
+logger = logging.getLogger(__name__)
+
+# The A2V audio latent: 8 channels x 16 mel bins (A2VidPipelineTwoStage hard-codes the same shape).
+AUDIO_LATENT_CHANNELS, AUDIO_LATENT_MEL_BINS = 8, 16
+
+
+def default_negative_prompt() -> str:
+    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT  # noqa: PLC0415
+
+    return DEFAULT_NEGATIVE_PROMPT
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedClip:
+    frames: torch.Tensor  # uint8 (frames, height, width, 3) on the CPU
+    audio: torch.Tensor  # float32 (2, samples): the ORIGINAL input audio segment, not a VAE round trip
+    sample_rate: int
+
+
+class StepReporter:
+    """Wraps a denoising function: reports step i/n and stops between steps when cancel is set."""
+
+    def __init__(self, phase: str, total: int, on_progress: Callable[[Progress], None], cancelled: Callable[[], bool]):
+        self.phase, self.total, self.on_progress, self.cancelled = phase, total, on_progress, cancelled
+
+    def wrap(self, denoise_fn):  # noqa: ANN001, ANN201
+        def step(video_state, audio_state, sigmas, step_index):  # noqa: ANN001, ANN202
+            if self.cancelled():
+                raise GenerationCancelled(f"cancelled at {self.phase} step {step_index}/{self.total}")
+            self.on_progress(Progress(self.phase, step_index, self.total))
+            out = denoise_fn(video_state, audio_state, sigmas, step_index)
+            self.on_progress(Progress(self.phase, step_index + 1, self.total))
+            return out
+
+        return step
+
+
+def _stg_blocks(transformer: torch.nn.Module, wanted: list[int]) -> list[int]:
+    """LTX-2.3 perturbs block 28; a smaller (synthetic) transformer has fewer blocks, so use its last one."""
+    count = len(transformer.velocity_model.transformer_blocks)
+    return [b if b < count else count - 1 for b in wanted]
+
+
+def run_two_stage(
+    request: GenerationRequest,
+    inputs: PreparedInputs,
+    models: ModelResidency,
+    telemetry: RunTelemetry,
+    on_progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+) -> DecodedClip:
+    """Steps 3-8 of the flow (DESIGN.md): prompt, audio, stage 1, upsample, stage 2, decode."""
+    from ltx_core.components.diffusion_steps import EulerDiffusionStep  # noqa: PLC0415
+    from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams  # noqa: PLC0415
+    from ltx_core.components.noisers import GaussianNoiser  # noqa: PLC0415
+    from ltx_core.components.schedulers import LTX2Scheduler  # noqa: PLC0415
+    from ltx_core.model.audio_vae import encode_audio as vae_encode_audio  # noqa: PLC0415
+    from ltx_core.model.upsampler import upsample_video  # noqa: PLC0415
+    from ltx_core.model.video_vae import TilingConfig  # noqa: PLC0415
+    from ltx_core.model.video_vae import decode_video as vae_decode_video  # noqa: PLC0415
+    from ltx_core.types import Audio, AudioLatentShape, VideoPixelShape  # noqa: PLC0415
+    from ltx_pipelines.utils.args import ImageConditioningInput  # noqa: PLC0415
+    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, STAGE_2_DISTILLED_SIGMA_VALUES  # noqa: PLC0415
+    from ltx_pipelines.utils.helpers import (  # noqa: PLC0415
+        combined_image_conditionings,
+        denoise_video_only,
+        multi_modal_guider_denoising_func,
+        simple_denoising_func,
+    )
+    from ltx_pipelines.utils.samplers import euler_denoising_loop  # noqa: PLC0415
+    from ltx_pipelines.utils.types import PipelineComponents  # noqa: PLC0415
+
+    device, dtype = models.device, models.compute_dtype
+
+    def load_scope(name: str):  # noqa: ANN202 -- model builds are their own phases ("load:<model>")
+        on_progress(Progress(f"load:{name}", message=f"loading {name}"))
+        return telemetry.phase(f"load:{name}")
+
+    def use(name: str):  # noqa: ANN202
+        return models.use(name, on_build=load_scope)
+
+    def report(phase: str) -> None:
+        on_progress(Progress(phase))
+        if cancelled():
+            raise GenerationCancelled(f"cancelled before {phase}")
+
+    generator = torch.Generator(device=device).manual_seed(request.seed)
+    noiser = GaussianNoiser(generator=generator)
+    stepper = EulerDiffusionStep()
+    components = PipelineComponents(dtype=dtype, device=device)
+    negative_prompt = request.negative_prompt or default_negative_prompt()
+    image = [ImageConditioningInput(path=str(inputs.image_path), frame_idx=0, strength=1.0)]
+
+    # 3. Prompt -> video/audio contexts. (helpers.encode_prompts rebuilds both models from a ledger each call and
+    # calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.)
+    report("prompt_encode")
+    with telemetry.phase("prompt_encode"):
+        with use("text_encoder") as text_encoder:
+            raw = [text_encoder.encode(p) for p in (request.prompt, negative_prompt)]
+        with use("embeddings_processor") as processor:
+            positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
+        del raw
+    v_context_p, a_context_p = positive.video_encoding, positive.audio_encoding
+    v_context_n = negative.video_encoding
+
+    # 4. Audio -> latent, cut to the video's duration (the segment is already exactly that long).
+    report("audio_encode")
+    with telemetry.phase("audio_encode"):
+        waveform = torch.from_numpy(inputs.audio).unsqueeze(0).to(device=device, dtype=torch.float32)
+        with use("audio_encoder") as audio_encoder:
+            audio_latent = vae_encode_audio(Audio(waveform=waveform, sampling_rate=inputs.sample_rate), audio_encoder)
+        duration = request.num_frames / request.frame_rate
+        audio_shape = AudioLatentShape.from_duration(
+            batch=1, duration=duration, channels=AUDIO_LATENT_CHANNELS, mel_bins=AUDIO_LATENT_MEL_BINS
+        )
+        audio_latent = audio_latent[:, :, : audio_shape.frames]
+
+    # 5. Stage 1: half resolution, guided, video only; the audio latent is frozen (denoise mask 0).
+    report("stage_1")
+    with telemetry.phase("stage_1"):
+        stage_1_shape = VideoPixelShape(
+            batch=1, frames=request.num_frames, width=request.width // 2, height=request.height // 2,
+            fps=float(request.frame_rate),
+        )  # fmt: skip
+        with use("video_encoder") as video_encoder:
+            conditionings = combined_image_conditionings(
+                images=image, height=stage_1_shape.height, width=stage_1_shape.width,
+                video_encoder=video_encoder, dtype=dtype, device=device,
+            )  # fmt: skip
+        sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=device)
+        with use("transformer_stage_1") as transformer:
+            params = LTX_2_3_PARAMS.video_guider_params
+            params = replace(
+                params,
+                cfg_scale=request.guidance.cfg_scale,
+                stg_scale=request.guidance.stg_scale,
+                rescale_scale=request.guidance.rescale_scale,
+                modality_scale=request.guidance.modality_scale,
+                stg_blocks=_stg_blocks(transformer, params.stg_blocks),
+            )
+            denoise = multi_modal_guider_denoising_func(
+                video_guider=MultiModalGuider(params=params, negative_context=v_context_n),
+                audio_guider=MultiModalGuider(params=MultiModalGuiderParams()),
+                v_context=v_context_p,
+                a_context=a_context_p,
+                transformer=transformer,
+            )
+            reporter = StepReporter("stage_1", request.steps, on_progress, cancelled)
+            video_state = denoise_video_only(
+                output_shape=stage_1_shape, conditionings=conditionings, noiser=noiser, sigmas=sigmas,
+                stepper=stepper, components=components, dtype=dtype, device=device,
+                denoising_loop_fn=lambda s, v, a, st: euler_denoising_loop(s, v, a, st, reporter.wrap(denoise)),
+                initial_audio_latent=audio_latent,
+            )  # fmt: skip
+            del denoise, transformer
+
+    # 6. Upsample the video latent x2 (normalised with the video encoder's statistics).
+    report("upsample")
+    with telemetry.phase("upsample"):
+        stage_2_shape = VideoPixelShape(
+            batch=1, frames=request.num_frames, width=request.width, height=request.height,
+            fps=float(request.frame_rate),
+        )  # fmt: skip
+        with use("video_encoder") as video_encoder:
+            with use("spatial_upsampler") as upsampler:
+                upscaled = upsample_video(latent=video_state.latent[:1], video_encoder=video_encoder,
+                                          upsampler=upsampler)  # fmt: skip
+            conditionings = combined_image_conditionings(
+                images=image, height=stage_2_shape.height, width=stage_2_shape.width,
+                video_encoder=video_encoder, dtype=dtype, device=device,
+            )  # fmt: skip
+        del video_state
+
+    # 7. Stage 2: full resolution, distilled LoRA, the distilled sigmas, no guidance.
+    report("stage_2")
+    with telemetry.phase("stage_2"):
+        distilled_sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=device)
+        with use("transformer_stage_2") as transformer:
+            denoise = simple_denoising_func(video_context=v_context_p, audio_context=a_context_p,
+                                            transformer=transformer)  # fmt: skip
+            reporter = StepReporter("stage_2", len(distilled_sigmas) - 1, on_progress, cancelled)
+            video_state = denoise_video_only(
+                output_shape=stage_2_shape, conditionings=conditionings, noiser=noiser, sigmas=distilled_sigmas,
+                stepper=stepper, components=components, dtype=dtype, device=device,
+                denoising_loop_fn=lambda s, v, a, st: euler_denoising_loop(s, v, a, st, reporter.wrap(denoise)),
+                noise_scale=distilled_sigmas[0], initial_video_latent=upscaled, initial_audio_latent=audio_latent,
+            )  # fmt: skip
+            del denoise, transformer
+
+    # 8. Decode (tiled) to uint8 frames, consumed here: the decoder yields lazily and must run in inference mode.
+    report("decode")
+    with telemetry.phase("decode"):
+        with use("video_decoder") as decoder:
+            chunks = [c.to("cpu") for c in vae_decode_video(video_state.latent, decoder, TilingConfig.default(),
+                                                             generator)]  # fmt: skip
+        frames = torch.cat(chunks, dim=0)
+    return DecodedClip(frames=frames, audio=torch.from_numpy(inputs.audio), sample_rate=inputs.sample_rate)
+
+
+def write_mp4(clip: DecodedClip, frame_rate: int, output_path: Path) -> None:
+    """H.264 + AAC through ltx-pipelines' encode_video (which writes int(fps): frame rates are integers here)."""
+    from ltx_core.types import Audio  # noqa: PLC0415
+    from ltx_pipelines.utils.media_io import encode_video  # noqa: PLC0415
+
+    encode_video(
+        video=iter([clip.frames]),
+        fps=frame_rate,
+        audio=Audio(waveform=clip.audio, sampling_rate=clip.sample_rate),
+        output_path=str(output_path),
+        video_chunks_number=1,
+    )

@@ -1,0 +1,133 @@
+"""Values passed between modules: requests, results, phase timings and memory samples (torch-free, frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+
+
+def to_gib(num_bytes: int | None) -> float | None:
+    """Bytes inside, GiB only at the edges."""
+    return None if num_bytes is None else round(num_bytes / GIB, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class GuidanceParams:
+    """Stage-1 video guidance (ltx-core MultiModalGuiderParams); defaults are LTX-2.3's."""
+
+    cfg_scale: float = 3.0
+    stg_scale: float = 1.0
+    rescale_scale: float = 0.7
+    modality_scale: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    image_path: str
+    audio_path: str
+    prompt: str
+    negative_prompt: str | None = None  # None: the pipeline's default negative prompt
+    width: int = 768
+    height: int = 512
+    num_frames: int = 97
+    frame_rate: int = 24
+    steps: int = 30
+    seed: int = 42
+    quantization: str = "fp8-cast"
+    residency: str = "persistent"
+    audio_start: float = 0.0
+    image_fit: str = "crop"
+    guidance: GuidanceParams = field(default_factory=GuidanceParams)
+    distilled_lora_strength: float = 1.0
+    output_path: str | None = None  # None: a new file in the output folder
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseTiming:
+    name: str
+    seconds: float
+    peak_vram_bytes: int | None  # torch.cuda max allocated during the phase; None without CUDA
+    peak_rss_bytes: int
+    started_at: float  # seconds since the run started
+
+
+@dataclass(frozen=True, slots=True)
+class VramSample:
+    t: float  # seconds since the run started
+    phase: str
+    allocated_bytes: int | None
+    reserved_bytes: int | None
+    peak_bytes: int | None
+    device_used_bytes: int | None  # NVML: the whole device, all processes
+    device_total_bytes: int | None
+    rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    phase: str
+    step: int | None = None
+    total_steps: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    output: str
+    request: GenerationRequest
+    elapsed_seconds: float
+    peak_vram_bytes: int | None
+    peak_rss_bytes: int
+    width: int
+    height: int
+    num_frames: int
+    frame_rate: int
+    seed: int
+    quantization: str
+    compute_dtype: str
+    residency: str
+    device: str
+    synthetic: bool
+    audio_note: str
+    phases: tuple[PhaseTiming, ...]
+    samples: tuple[VramSample, ...]
+    resident_before: tuple[str, ...]
+    resident_after: tuple[str, ...]
+    bundle: dict
+
+    def summary(self) -> dict:
+        """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
+        return {
+            "output": self.output,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "peak_vram_gib": to_gib(self.peak_vram_bytes),
+            "peak_rss_gib": to_gib(self.peak_rss_bytes),
+            "width": self.width,
+            "height": self.height,
+            "num_frames": self.num_frames,
+            "frame_rate": self.frame_rate,
+            "seed": self.seed,
+            "quantization": self.quantization,
+            "compute_dtype": self.compute_dtype,
+            "residency": self.residency,
+            "device": self.device,
+            "synthetic": self.synthetic,
+            "audio_note": self.audio_note,
+            "phases": {
+                p.name: {"seconds": round(p.seconds, 3), "peak_vram_gib": to_gib(p.peak_vram_bytes),
+                         "peak_rss_gib": to_gib(p.peak_rss_bytes)}
+                for p in self.phases
+            },  # fmt: skip
+            "resident_before": list(self.resident_before),
+            "resident_after": list(self.resident_after),
+            "bundle": self.bundle,
+        }
+
+
+class InvalidRequest(ValueError):
+    """Bad input, raised before any model is built; the message names what to fix."""
+
+
+class GenerationCancelled(RuntimeError):
+    """The user cancelled; what the run built has been freed and nothing was written."""
