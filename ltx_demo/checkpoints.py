@@ -221,3 +221,103 @@ def gemma_config_override(file_config: dict) -> Iterator[None]:
     finally:
         for name, value in saved.items():
             setattr(target, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentCheck:
+    name: str
+    tensors: int
+    problems: tuple[str, ...]
+
+
+def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
+    """Keys, shapes and config metadata of every component, against ltx-core's own model definitions on meta.
+
+    Reads only headers (no weights), so a person with the real 40+ GiB files can check them in seconds.
+    """
+    import safetensors  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP  # noqa: PLC0415
+    from ltx_pipelines.utils.model_ledger import ModelLedger  # noqa: PLC0415
+
+    def header_shapes(paths: list[str]) -> dict[str, tuple[list[int], str]]:
+        shapes = {}
+        for path in paths:
+            with safetensors.safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    tensor_slice = f.get_slice(key)
+                    shapes[key] = (tensor_slice.get_shape(), tensor_slice.get_dtype())
+        return shapes
+
+    def mapped(shapes: dict, sd_ops) -> dict[str, tuple[int, ...]]:  # noqa: ANN001
+        out = {}
+        for key, (shape, _dtype) in shapes.items():
+            name = key if sd_ops is None else sd_ops.apply_to_key(key)
+            if name is None:
+                continue
+            results = [(name, None)] if sd_ops is None else sd_ops.apply_to_key_value(
+                name, torch.empty(shape, device="meta"))
+            for new_name, _ in results:
+                out[new_name] = tuple(shape)
+        return out
+
+    results: list[ComponentCheck] = []
+    try:
+        ledger = ModelLedger(
+            dtype=torch.bfloat16, device=torch.device("cpu"), checkpoint_path=str(bundle.checkpoint),
+            gemma_root_path=str(bundle.gemma_root), spatial_upsampler_path=str(bundle.spatial_upsampler),
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 -- any failure here is a bundle problem worth one clear line
+        return [ComponentCheck("bundle", 0, (f"cannot read the bundle: {exc}",))]
+    builders = {
+        "transformer": ledger.transformer_builder,
+        "video_encoder": ledger.vae_encoder_builder,
+        "video_decoder": ledger.vae_decoder_builder,
+        "audio_encoder": ledger.audio_encoder_builder,
+        "audio_decoder": ledger.audio_decoder_builder,
+        "vocoder": ledger.vocoder_builder,
+        "embeddings_processor": ledger.embeddings_processor_builder,
+        "text_encoder": ledger.text_encoder_builder,
+        "spatial_upsampler": ledger.upsampler_builder,
+    }
+    transformer_shapes: dict[str, tuple[int, ...]] = {}
+    for name, builder in builders.items():
+        problems: list[str] = []
+        paths = list(builder.model_path) if isinstance(builder.model_path, tuple) else [builder.model_path]
+        try:
+            config = builder.model_config()
+            if name != "text_encoder" and not config:
+                problems.append(f"{paths[0]}: no `config` metadata in the safetensors header")
+            with gemma_architecture(bundle):
+                meta = builder.meta_model(config, builder.module_ops)
+            expected = {n: tuple(t.shape) for n, t in [*meta.named_parameters(), *meta.named_buffers()]
+                        if t.device.type == "meta"}  # fmt: skip
+            found = mapped(header_shapes(paths), builder.model_sd_ops)
+        except Exception as exc:  # noqa: BLE001
+            results.append(ComponentCheck(name, 0, (f"{type(exc).__name__}: {exc}",)))
+            continue
+        missing = sorted(set(expected) - set(found))
+        if missing:
+            problems.append(f"missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+        wrong = [f"{k} {found[k]} != {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+        if wrong:
+            problems.append(f"{len(wrong)} tensors have the wrong shape, e.g. {'; '.join(wrong[:3])}")
+        if name == "transformer":
+            transformer_shapes = found
+        results.append(ComponentCheck(name, len(expected), tuple(problems)))
+
+    lora_problems: list[str] = []
+    lora = mapped(header_shapes([str(bundle.distilled_lora)]), LTXV_LORA_COMFY_RENAMING_MAP)
+    pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
+    if not pairs:
+        lora_problems.append(f"{bundle.distilled_lora}: no lora_A/lora_B pairs")
+    for stem in sorted(pairs):
+        a, b, target = lora.get(f"{stem}.lora_A.weight"), lora.get(f"{stem}.lora_B.weight"), f"{stem}.weight"
+        if b is None:
+            lora_problems.append(f"{stem}: lora_A without lora_B")
+        elif target not in transformer_shapes:
+            lora_problems.append(f"{stem}: no such transformer weight")
+        elif (b[0], a[1]) != transformer_shapes[target] or a[0] != b[1]:
+            lora_problems.append(f"{stem}: B{b} @ A{a} does not fit {transformer_shapes[target]}")
+    results.append(ComponentCheck("distilled_lora", 2 * len(pairs), tuple(lora_problems[:5])))
+    return results

@@ -1,0 +1,145 @@
+"""`python -m ltx_demo generate|make-bundle|check-bundle`: the engine from the command line, one JSON on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ltx_demo.settings import DEFAULT_OUTPUT_DIR, FRAME_RATES, ImageFit, Quantization, Residency
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_IMAGE = ASSETS / "astronaut.png"
+DEFAULT_AUDIO = ASSETS / "speech_hello.wav"
+DEFAULT_PROMPT = (
+    "A woman in a white space suit speaks calmly to the camera, natural head movement and lip motion, "
+    "soft studio light, static medium close-up shot."
+)
+
+logger = logging.getLogger("ltx_demo")
+
+
+def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model bundle (default: the embedded tiny synthetic bundle)")
+    group.add_argument("--bundle", help="a bundle folder with bundle.json (see make-bundle)")
+    group.add_argument("--checkpoint-path", help="LTX-2.3 checkpoint .safetensors (real, unmanifested bundle)")
+    group.add_argument("--distilled-lora-path", help="distilled LoRA .safetensors")
+    group.add_argument("--spatial-upsampler-path", help="spatial upsampler x2 .safetensors")
+    group.add_argument("--gemma-root", help="Gemma-3 text encoder folder")
+    group.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help="where results are written")
+    group.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE))
+    parser.add_argument("--image-fit", choices=[f.value for f in ImageFit], default=ImageFit.CROP.value)
+    parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
+    parser.add_argument("--audio-start", type=float, default=0.0, help="seconds into the audio clip")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--negative-prompt", default=None, help="default: ltx-pipelines' negative prompt")
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--num-frames", type=int, default=97, help="8k+1")
+    parser.add_argument("--frame-rate", type=int, choices=FRAME_RATES, default=24)
+    parser.add_argument("--steps", type=int, default=30, help="stage-1 denoising steps")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--quantization", "--transformer-quantization", dest="quantization",
+                        choices=[q.value for q in Quantization], default=Quantization.FP8_CAST.value)  # fmt: skip
+    parser.add_argument("--residency", choices=[r.value for r in Residency], default=Residency.PERSISTENT.value)
+    parser.add_argument("--distilled-lora-strength", type=float, default=1.0)
+    parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ltx_demo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="log more and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate = sub.add_parser("generate", help="one generation; prints one JSON object")
+    add_bundle_flags(generate)
+    add_generation_flags(generate)
+    make = sub.add_parser("make-bundle", help="write a synthetic bundle in the real LTX-2 formats")
+    make.add_argument("--scale", choices=["tiny", "full"], default="tiny")
+    make.add_argument("--out", required=True)
+    make.add_argument("--seed", type=int, default=0)
+    check = sub.add_parser("check-bundle", help="validate a bundle's keys, shapes and metadata without running it")
+    add_bundle_flags(check)
+    return parser
+
+
+def request_from_args(args: argparse.Namespace):  # noqa: ANN201
+    from ltx_demo.types import GenerationRequest  # noqa: PLC0415
+
+    return GenerationRequest(
+        image_path=args.image, audio_path=args.audio, prompt=args.prompt, negative_prompt=args.negative_prompt,
+        width=args.width, height=args.height, num_frames=args.num_frames, frame_rate=args.frame_rate,
+        steps=args.steps, seed=args.seed, quantization=args.quantization, residency=args.residency,
+        audio_start=args.audio_start, image_fit=args.image_fit,
+        distilled_lora_strength=args.distilled_lora_strength, output_path=args.output,
+    )  # fmt: skip
+
+
+def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
+    from ltx_demo.checkpoints import resolve_bundle  # noqa: PLC0415
+
+    return resolve_bundle(args.bundle, args.checkpoint_path, args.distilled_lora_path,
+                          args.spatial_upsampler_path, args.gemma_root)  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    match args.command:
+        case "generate":
+            from ltx_demo.engine import Engine  # noqa: PLC0415
+
+            request = request_from_args(args)
+            engine = Engine(resolve_from_args(args), Path(args.output_dir), args.device)
+            result = engine.generate(request)
+            print(json.dumps(result.summary(), indent=2))
+        case "make-bundle":
+            from ltx_demo.synthetic import make_bundle  # noqa: PLC0415
+
+            bundle = make_bundle(Path(args.out), scale=args.scale, seed=args.seed)
+            print(json.dumps(bundle.describe() | {"out": str(args.out)}, indent=2))
+        case "check-bundle":
+            from ltx_demo.checkpoints import check_bundle  # noqa: PLC0415
+
+            bundle = resolve_from_args(args)
+            checks = check_bundle(bundle)
+            ok = not any(c.problems for c in checks)
+            print(json.dumps({"ok": ok, "bundle": bundle.describe(), "components": {
+                c.name: {"tensors": c.tensors, "problems": list(c.problems)} for c in checks}}, indent=2))
+            if not ok:
+                problems = [f"{c.name}: {p}" for c in checks for p in c.problems]
+                raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        return run(args)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if args.debug:
+            raise
+        from ltx_demo.checkpoints import BundleError  # noqa: PLC0415
+        from ltx_demo.types import InvalidRequest  # noqa: PLC0415
+
+        kind = "invalid input" if isinstance(exc, InvalidRequest) else "bundle" if isinstance(
+            exc, BundleError) else type(exc).__name__  # fmt: skip
+        print(f"error ({kind}): {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidRequest | BundleError) else 1
+
+
+def _quiet_libraries() -> None:
+    """tqdm bars and transformers' notices would mix into the one JSON object on stdout/stderr."""
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny synthetic bundle (made once per session through the real generator) and an engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    from ltx_demo.synthetic import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", scale="tiny")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_bundle, tmp_path_factory: pytest.TempPathFactory):
+    """One CPU engine for the session: tests that need fresh residency make their own."""
+    from ltx_demo.engine import Engine
+
+    return Engine(tiny_bundle, tmp_path_factory.mktemp("outputs"), device="cpu")
+
+
+@pytest.fixture
+def small_request():
+    """A request small enough for a 2-core CI machine (64x64, 9 frames, 2 steps)."""
+    from ltx_demo.types import GenerationRequest
+
+    def make(**overrides) -> GenerationRequest:
+        fields = dict(
+            image_path=str(ASSETS / "astronaut.png"), audio_path=str(ASSETS / "speech_hello.wav"),
+            prompt="A woman speaks to the camera.", width=64, height=64, num_frames=9, steps=2, seed=7,
+            quantization="bf16", residency="persistent",
+        )  # fmt: skip
+        fields.update(overrides)
+        return GenerationRequest(**fields)
+
+    return make
