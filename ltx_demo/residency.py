@@ -58,6 +58,16 @@ def _assert_materialized(name: str, model: torch.nn.Module, bundle: Bundle) -> N
         raise BundleError(f"{name}: the bundle lacks {len(missing)} weights ({shown}); check {bundle.checkpoint}")
 
 
+def _explain_build_failure(name: str, bundle: Bundle, exc: Exception) -> str:
+    """Name the missing or misshapen tensors (ltx-core's own error is about meta tensors, not about the file)."""
+    from ltx_demo.checkpoints import check_bundle  # noqa: PLC0415
+
+    component = "transformer" if name.startswith("transformer") else name
+    problems = [p for c in check_bundle(bundle) if c.name == component for p in c.problems]
+    detail = "; ".join(problems) if problems else str(exc)
+    return f"{name}: cannot build it from {bundle.checkpoint.name} ({detail}); run check-bundle for the full list"
+
+
 def _cast_unquantized_(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Bring the weights fp8-cast left in the checkpoint's dtype to the compute dtype (float32 on CPU).
 
@@ -157,6 +167,10 @@ class ModelResidency:
         try:
             with gemma_architecture(self.bundle), torch.inference_mode(False):
                 model = factories[name]()
+        except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            raise BundleError(_explain_build_failure(name, self.bundle, exc)) from exc
         finally:
             self._on_loading(None)
         _assert_materialized(name, model, self.bundle)

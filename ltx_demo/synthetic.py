@@ -350,7 +350,7 @@ def make_bundle(out: Path, scale: str = "tiny", seed: int = 0) -> Bundle:
         generator_version=GENERATOR_VERSION,
         scale=scale,
     )
-    write_manifest(bundle)
+    bundle = write_manifest(bundle)
     logger.info("wrote %s", out / BUNDLE_MANIFEST)
     return bundle
 

@@ -1,0 +1,169 @@
+"""The engine on the tiny bundle (CPU): real loaders, real two-stage flow, real mp4s, decoded and checked."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from ltx_demo import media
+from ltx_demo.engine import Engine
+
+from .conftest import ASSETS
+
+
+def decode_mp4(path: str) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """(frames uint8 [n, h, w, 3], audio float32 [channels, samples], audio rate, video fps)."""
+    with av.open(path) as container:
+        video = container.streams.video[0]
+        fps = float(video.average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    with av.open(path) as container:
+        rate = container.streams.audio[0].rate
+        chunks = [f.to_ndarray() for f in container.decode(audio=0)]
+    audio = np.concatenate(chunks, axis=1) if chunks[0].ndim == 2 and chunks[0].shape[0] <= 2 else None
+    return frames, audio, rate, fps
+
+
+def best_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 4096) -> float:
+    """Pearson correlation of two mono signals at the best small lag (AAC adds a priming delay)."""
+    best = -1.0
+    for lag in range(0, max_lag, 16):
+        x, y = a[lag:], b[: len(a) - lag]
+        n = min(len(x), len(y))
+        if n < 1000:
+            break
+        best = max(best, float(np.corrcoef(x[:n], y[:n])[0, 1]))
+    return best
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
+def test_generate_writes_a_playable_mp4_with_the_input_audio(engine, small_request, quantization):
+    request = small_request(quantization=quantization, width=128, height=64, num_frames=25, frame_rate=25)
+    result = engine.generate(request)
+
+    frames, audio, rate, fps = decode_mp4(result.output)
+    assert frames.shape == (25, 64, 128, 3)
+    assert fps == 25
+    assert audio.shape[0] == 2
+    duration = audio.shape[1] / rate
+    assert abs(duration - 25 / 25) <= 1 / 25, duration
+
+    expected, _note = media.prepare_audio(str(ASSETS / "speech_hello.wav"), 0.0, 25 / 25)
+    assert rate == media.OUTPUT_SAMPLE_RATE
+    assert best_correlation(audio.mean(axis=0), expected.mean(axis=0)) > 0.99
+
+    summary = result.summary()
+    assert summary["quantization"] == quantization and summary["compute_dtype"] == "float32"
+    assert summary["synthetic"] is True and summary["device"] == "cpu" and summary["peak_vram_gib"] is None
+    for phase in ("prompt_encode", "audio_encode", "stage_1", "upsample", "stage_2", "decode", "encode_mp4"):
+        assert summary["phases"][phase]["seconds"] > 0, phase
+    assert any(name.startswith("load:transformer") for name in summary["phases"]) or summary["resident_before"]
+    assert (result.output.removesuffix(".mp4") + ".json") and frames.std() > 10
+
+
+def test_fp8_cast_downcasts_exactly_the_block_linears(tiny_bundle):
+    import torch
+    from ltx_core.loader.sd_ops import SDKeyValueOperation
+
+    from ltx_demo.quantization import fp8_weight_names
+    from ltx_demo.residency import ModelConfig, ModelResidency
+    from ltx_demo.settings import Quantization, Residency
+
+    residency = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    residency.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
+    with residency.use("transformer_stage_1") as transformer:
+        fp8 = fp8_weight_names(transformer)
+        all_names = {n for n, _ in transformer.named_parameters()}
+        gate = {n: p.dtype for n, p in transformer.named_parameters() if "to_gate_logits" in n}
+
+    import ltx_core.loader  # noqa: F401  (before ltx_core.quantization: circular import)
+    from ltx_core.quantization import TRANSFORMER_LINEAR_DOWNCAST_MAP
+
+    matchers = [op.key_matcher for op in TRANSFORMER_LINEAR_DOWNCAST_MAP.mapping if isinstance(op, SDKeyValueOperation)]
+    expected = {
+        n for n in all_names
+        if any(n.removeprefix("velocity_model.").startswith(m.prefix) and n.endswith(m.suffix) for m in matchers)
+    }  # fmt: skip
+    assert expected and fp8 == expected
+    assert gate and all(dtype == torch.float32 for dtype in gate.values())
+
+
+def frames_of(result) -> np.ndarray:
+    return decode_mp4(result.output)[0].astype(np.float32)
+
+
+def test_same_seed_is_deterministic_and_other_seeds_differ(engine, small_request):
+    first = engine.generate(small_request(seed=11))
+    second = engine.generate(small_request(seed=11))
+    other = engine.generate(small_request(seed=12))
+    f1, a1, _, _ = decode_mp4(first.output)
+    f2, a2, _, _ = decode_mp4(second.output)
+    assert first.output != second.output
+    assert np.array_equal(f1, f2) and np.array_equal(a1, a2)
+    assert np.abs(f1.astype(np.float32) - frames_of(other)).mean() > 1.0
+    assert f1.astype(np.float32).std(axis=(1, 2, 3)).min() > 5.0  # not near-constant frames
+
+
+def test_conditioning_changes_the_frames(engine, small_request, tmp_path):
+    base = frames_of(engine.generate(small_request()))
+    other_audio = frames_of(engine.generate(small_request(audio_path=str(ASSETS / "speech_weather.wav"))))
+    other_image = frames_of(engine.generate(small_request(image_path=str(ASSETS / "cameraman.png"))))
+    no_lora = frames_of(engine.generate(small_request(distilled_lora_strength=0.0)))
+    for name, frames in (("audio", other_audio), ("image", other_image), ("lora strength 0", no_lora)):
+        assert np.abs(base - frames).mean() > 0.5, f"changing the {name} did not change the video"
+
+
+def test_builds_go_through_the_real_loaders_and_nothing_stays_on_meta(tiny_bundle, small_request, tmp_path):
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    engine.generate(small_request(residency="persistent"))
+    assert engine.models.build_counts["transformer_stage_1"] == 1
+    for name in engine.models.resident():
+        model = engine.models.held(name)
+        assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]), name
+    engine.generate(small_request(residency="persistent", seed=3))
+    assert engine.models.build_counts["transformer_stage_1"] == 1  # persistent: reused, not rebuilt
+    engine.generate(small_request(residency="cold-start"))
+    assert engine.models.resident() == ()
+
+
+@pytest.mark.parametrize(
+    ("make_audio", "expected_note"),
+    [
+        (lambda p: soundfile.write(p, 0.3 * np.sin(np.linspace(0, 900, 48000)), 48000), "upmixed mono to stereo"),
+        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(0).standard_normal((8000, 2)), 8000),
+         "resampled 8000 Hz to 48000 Hz"),
+        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(1).standard_normal((96000, 2)), 96000),
+         "resampled 96000 Hz to 48000 Hz"),
+        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(2).standard_normal((2400, 2)), 48000),
+         "padded 0.33 s of silence"),
+    ],  # fmt: skip
+    ids=["mono", "8kHz", "96kHz", "too-short"],
+)
+def test_awkward_audio_still_makes_a_video_and_says_what_was_done(engine, small_request, tmp_path, make_audio,
+                                                                  expected_note):  # fmt: skip
+    path = tmp_path / "clip.wav"
+    make_audio(path)
+    result = engine.generate(small_request(audio_path=str(path)))
+    assert expected_note in result.audio_note
+    frames, audio, rate, _ = decode_mp4(result.output)
+    assert frames.shape[0] == 9 and audio.shape[0] == 2
+
+
+def test_bad_inputs_are_refused_before_any_model_is_built(tiny_bundle, small_request, tmp_path):
+    from ltx_demo.types import InvalidRequest
+
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    bad = [
+        (dict(width=100), "multiple of 64"),
+        (dict(num_frames=10), r"8k\+1"),
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(image_path=str(ASSETS / "speech_hello.wav")), "not a readable image"),
+        (dict(audio_path=str(ASSETS / "astronaut.png")), "no audio stream"),
+        (dict(quantization="int4"), "unknown quantization"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(InvalidRequest, match=message):
+            engine.generate(small_request(**overrides))
+    assert sum(engine.models.build_counts.values()) == 0
