@@ -98,6 +98,8 @@ class ModelResidency:
         self._config: ModelConfig | None = None
         self._ledgers = None
         self._lock = threading.RLock()
+        # Pay ltx-pipelines' import (seconds: it pulls in transformers) at construction, not in the first request.
+        import ltx_pipelines.utils.model_ledger  # noqa: F401, PLC0415
 
     # -- configuration -------------------------------------------------------------------------------------------
     def configure(self, config: ModelConfig) -> None:
