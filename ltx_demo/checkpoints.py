@@ -67,8 +67,12 @@ class Bundle:
     @classmethod
     def from_paths(cls, checkpoint: str, distilled_lora: str, spatial_upsampler: str, gemma_root: str) -> Bundle:
         """The seed's four flags; all four are required together."""
-        given = dict(checkpoint=checkpoint, distilled_lora=distilled_lora,
-                     spatial_upsampler=spatial_upsampler, gemma_root=gemma_root)  # fmt: skip
+        given = dict(
+            checkpoint=checkpoint,
+            distilled_lora=distilled_lora,
+            spatial_upsampler=spatial_upsampler,
+            gemma_root=gemma_root,
+        )
         missing = [PATH_FLAGS[name] for name, value in given.items() if not value]
         if missing:
             raise BundleError(f"a real bundle needs all four path flags; missing: {' '.join(missing)}")
@@ -153,7 +157,7 @@ def cache_dir() -> Path:
 
 def embedded_bundle() -> Bundle:
     """The tiny synthetic bundle, generated once into the cache per generator version, then reused."""
-    from ltx_demo import synthetic  # noqa: PLC0415
+    from ltx_demo import synthetic
 
     root = cache_dir() / f"tiny-bundle-v{synthetic.GENERATOR_VERSION}"
     if not (root / BUNDLE_MANIFEST).is_file():
@@ -203,7 +207,7 @@ def gemma_config_override(file_config: dict) -> Iterator[None]:
 
     The one place that touches ltx-core's hard-coded Gemma architecture (see gemma_architecture).
     """
-    from ltx_core.text_encoders.gemma import config as gemma_config_module  # noqa: PLC0415
+    from ltx_core.text_encoders.gemma import config as gemma_config_module
 
     target = gemma_config_module.GEMMA3_CONFIG_FOR_LTX
     saved = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
@@ -235,10 +239,10 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
 
     Reads only headers (no weights), so a person with the real 40+ GiB files can check them in seconds.
     """
-    import safetensors  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP  # noqa: PLC0415
-    from ltx_pipelines.utils.model_ledger import ModelLedger  # noqa: PLC0415
+    import safetensors
+    import torch
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
+    from ltx_pipelines.utils.model_ledger import ModelLedger
 
     def header_shapes(paths: list[str]) -> dict[str, tuple[list[int], str]]:
         shapes = {}
@@ -249,14 +253,15 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
                     shapes[key] = (tensor_slice.get_shape(), tensor_slice.get_dtype())
         return shapes
 
-    def mapped(shapes: dict, sd_ops) -> dict[str, tuple[int, ...]]:  # noqa: ANN001
+    def mapped(shapes: dict, sd_ops) -> dict[str, tuple[int, ...]]:
         out = {}
         for key, (shape, _dtype) in shapes.items():
             name = key if sd_ops is None else sd_ops.apply_to_key(key)
             if name is None:
                 continue
-            results = [(name, None)] if sd_ops is None else sd_ops.apply_to_key_value(
-                name, torch.empty(shape, device="meta"))
+            results = (
+                [(name, None)] if sd_ops is None else sd_ops.apply_to_key_value(name, torch.empty(shape, device="meta"))
+            )
             for new_name, _ in results:
                 out[new_name] = tuple(shape)
         return out
@@ -264,10 +269,13 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
     results: list[ComponentCheck] = []
     try:
         ledger = ModelLedger(
-            dtype=torch.bfloat16, device=torch.device("cpu"), checkpoint_path=str(bundle.checkpoint),
-            gemma_root_path=str(bundle.gemma_root), spatial_upsampler_path=str(bundle.spatial_upsampler),
-        )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 -- any failure here is a bundle problem worth one clear line
+            dtype=torch.bfloat16,
+            device=torch.device("cpu"),
+            checkpoint_path=str(bundle.checkpoint),
+            gemma_root_path=str(bundle.gemma_root),
+            spatial_upsampler_path=str(bundle.spatial_upsampler),
+        )
+    except Exception as exc:
         return [ComponentCheck("bundle", 0, (f"cannot read the bundle: {exc}",))]
     builders = {
         "transformer": ledger.transformer_builder,
@@ -290,10 +298,13 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
                 problems.append(f"{paths[0]}: no `config` metadata in the safetensors header")
             with gemma_architecture(bundle):
                 meta = builder.meta_model(config, builder.module_ops)
-            expected = {n: tuple(t.shape) for n, t in [*meta.named_parameters(), *meta.named_buffers()]
-                        if t.device.type == "meta"}  # fmt: skip
+            expected = {
+                n: tuple(t.shape)
+                for n, t in [*meta.named_parameters(), *meta.named_buffers()]
+                if t.device.type == "meta"
+            }
             found = mapped(header_shapes(paths), builder.model_sd_ops)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.append(ComponentCheck(name, 0, (f"{type(exc).__name__}: {exc}",)))
             continue
         missing = sorted(set(expected) - set(found))

@@ -72,8 +72,11 @@ def check_request(request: GenerationRequest) -> None:
         raise InvalidRequest(f"steps {request.steps} must be between 1 and {MAX_STEPS}")
     if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed {request.seed} must be between 0 and {MAX_SEED}")
-    for value, enum in ((request.quantization, Quantization), (request.residency, Residency),
-                        (request.image_fit, ImageFit)):  # fmt: skip
+    for value, enum in (
+        (request.quantization, Quantization),
+        (request.residency, Residency),
+        (request.image_fit, ImageFit),
+    ):
         if value not in {e.value for e in enum}:
             raise InvalidRequest(f"unknown {enum.__name__.lower()} {value!r}: use one of {[e.value for e in enum]}")
     if request.audio_start < 0:
@@ -102,7 +105,9 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
     except InvalidRequest:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(f"the portrait is not a readable image ({type(exc).__name__}): upload a PNG or JPEG")
+        raise InvalidRequest(
+            f"the portrait is not a readable image ({type(exc).__name__}): upload a PNG or JPEG"
+        ) from exc
     match fit:
         case ImageFit.CROP:
             fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.LANCZOS)

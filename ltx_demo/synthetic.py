@@ -6,13 +6,14 @@ Every model is instantiated through ltx-core's own configurators, so the files l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ltx_demo.checkpoints import BUNDLE_MANIFEST, Bundle, gemma_config_override, write_manifest
 
@@ -103,9 +104,16 @@ TINY_UPSAMPLER = {"in_channels": 128, "mid_channels": 32, "num_blocks_per_stage"
 FULL_UPSAMPLER = {"in_channels": 128, "mid_channels": 512, "num_blocks_per_stage": 4, "dims": 3}
 # Byte-level vocabulary: 256 bytes after the Gemma special tokens, so any prompt tokenizes.
 SPECIAL_TOKENS = [
-    "<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
-    "<start_of_image>", "<end_of_image>", "<image_soft_token>",
-]  # fmt: skip
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
 
 
 def reference_config() -> dict:
@@ -128,7 +136,7 @@ def tiny_config() -> dict:
 
 def gemma_config(scale: str) -> dict:
     """A Gemma3ForConditionalGeneration config.json: Gemma-3-12B's, or a tiny one with the same structure."""
-    from ltx_core.text_encoders.gemma.config import Gemma3ConfigData  # noqa: PLC0415
+    from ltx_core.text_encoders.gemma.config import Gemma3ConfigData
 
     data = Gemma3ConfigData().to_dict()
     if scale == "tiny":
@@ -148,47 +156,87 @@ def gemma_config(scale: str) -> dict:
     return data
 
 
-def _randomize_(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Seeded random values with roughly unit-variance activations, so outputs vary across frames and pixels.
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of a file to write: where its random values come from and what they look like."""
 
-    Matrices get N(0, 1/fan_in); norm scales and statistics stay near 1; biases and tables get small noise.
-    Replaces every value, including the `torch.empty` ones the modules leave uninitialised.
+    source: str  # the module's own name for it (decides the init rule)
+    shape: tuple[int, ...]
+    kind: str = "weight"  # "weight" | "lora_a" | "lora_b"
+    lora_scale: float = 1.0
+
+
+def _spec_seed(seed: int, key: str) -> int:
+    """Each tensor gets its own seed from its key: values do not depend on write order or on other tensors."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def random_tensor(key: str, spec: TensorSpec, seed: int, device: torch.device) -> torch.Tensor:
+    """Seeded values with roughly unit-variance activations, so outputs vary across frames and pixels.
+
+    Matrices get N(0, 1/fan_in); norm scales and latent statistics stay near 1; biases and tables small noise.
     """
-    with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-            leaf = name.rsplit(".", 1)[-1]
-            if "std-of-means" in name:
-                value = 1.0 + 0.1 * noise.abs()
-            elif "mean-of-means" in name:
-                value = 0.1 * noise
-            elif tensor.ndim >= 2 and "table" not in leaf and "registers" not in leaf:
-                fan_in = math.prod(tensor.shape[1:])
-                value = noise / math.sqrt(fan_in)
-            elif "norm" in name or leaf in {"weight", "alpha", "beta", "gamma", "scale"}:
-                value = 1.0 + 0.05 * noise
-            else:
-                value = 0.05 * noise
-            tensor.copy_(value.to(tensor.dtype))
+    generator = torch.Generator(device=device).manual_seed(_spec_seed(seed, key))
+    noise = torch.randn(spec.shape, generator=generator, device=device, dtype=torch.float32)
+    name, shape = spec.source, spec.shape
+    leaf = name.rsplit(".", 1)[-1]
+    if spec.kind in ("lora_a", "lora_b"):
+        value = noise * spec.lora_scale
+    elif "std-of-means" in name:
+        value = 1.0 + 0.1 * noise.abs()
+    elif "mean-of-means" in name:
+        value = 0.1 * noise
+    elif len(shape) >= 2 and "table" not in leaf and "registers" not in leaf:
+        value = noise / math.sqrt(math.prod(shape[1:]))
+    elif "norm" in name or leaf in {"weight", "alpha", "beta", "gamma", "scale"}:
+        value = 1.0 + 0.05 * noise
+    else:
+        value = 0.05 * noise
+    return value.to(torch.bfloat16)
 
 
-def _prefixed(module: torch.nn.Module, prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
+def write_safetensors(
+    path: Path, specs: dict[str, TensorSpec], seed: int, device: torch.device, metadata: dict[str, str] | None = None
+) -> int:
+    """Write a .safetensors file one tensor at a time (a 40 GiB checkpoint never sits in memory twice).
+
+    The format is the documented one (8-byte header size, JSON header, raw little-endian bytes); the result is
+    read back by `safetensors.safe_open` in the tests and by ltx-core's loader. Returns the bytes written.
+    """
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key, spec in specs.items():
+        size = math.prod(spec.shape) * 2  # bf16
+        header[key] = {"dtype": "BF16", "shape": list(spec.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # the data section starts 8-byte aligned
+    with path.open("wb") as handle:
+        handle.write(len(header_bytes).to_bytes(8, "little"))
+        handle.write(header_bytes)
+        for key, spec in specs.items():
+            tensor = random_tensor(key, spec, seed, device).contiguous().cpu()
+            handle.write(tensor.view(torch.uint8).numpy().tobytes())
+    return offset + 8 + len(header_bytes)
 
 
-def checkpoint_state_dict(
-    config: dict, gemma: dict, seed: int, dtype: torch.dtype = torch.bfloat16
-) -> dict[str, torch.Tensor]:
-    """Every component of the LTX checkpoint file, under the key names of the released checkpoint."""
-    from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator  # noqa: PLC0415
-    from ltx_core.model.transformer import LTXModelConfigurator  # noqa: PLC0415
-    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator  # noqa: PLC0415
-    from ltx_core.text_encoders.gemma import EmbeddingsProcessorConfigurator  # noqa: PLC0415
+def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for key, tensor in module.state_dict().items():
+        if not tensor.is_floating_point():
+            raise TypeError(f"{key}: a non-float tensor in the state dict cannot be generated at random")
+        shapes[key] = tuple(tensor.shape)
+    return shapes
 
-    generator = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
+
+def checkpoint_specs(config: dict, gemma: dict) -> dict[str, TensorSpec]:
+    """Every tensor of the LTX checkpoint file, under the released checkpoint's key names (models built on meta)."""
+    from ltx_core.model.audio_vae import AudioDecoderConfigurator, AudioEncoderConfigurator, VocoderConfigurator
+    from ltx_core.model.transformer import LTXModelConfigurator
+    from ltx_core.model.video_vae import VideoDecoderConfigurator, VideoEncoderConfigurator
+    from ltx_core.text_encoders.gemma import EmbeddingsProcessorConfigurator
+
+    specs: dict[str, TensorSpec] = {}
     parts = [
         (LTXModelConfigurator, TRANSFORMER_PREFIX, None),
         (VideoEncoderConfigurator, "vae.encoder.", "vae.per_channel_statistics."),
@@ -198,78 +246,77 @@ def checkpoint_state_dict(
         (VocoderConfigurator, "vocoder.", None),
     ]
     for configurator, prefix, stats_prefix in parts:
-        module = configurator.from_config(config)  # on the CPU: real modules, real key names
-        _randomize_(module, generator)
-        for key, value in _prefixed(module, "", dtype).items():
+        with torch.device("meta"):
+            module = configurator.from_config(config)
+        for key, shape in _meta_shapes(module).items():
             if stats_prefix and key.startswith("per_channel_statistics."):
                 # Encoder and decoder share one set of latent statistics in the released checkpoint.
-                sd.setdefault(stats_prefix + key.removeprefix("per_channel_statistics."), value)
+                specs.setdefault(stats_prefix + key.removeprefix("per_channel_statistics."), TensorSpec(key, shape))
             else:
-                sd[prefix + key] = value
-        del module
-    with gemma_config_override(gemma):  # the aggregate embeds are sized by the Gemma width and depth
+                specs[prefix + key] = TensorSpec(key, shape)
+    with gemma_config_override(gemma), torch.device("meta"):  # aggregate embeds are sized by Gemma's width/depth
         processor = EmbeddingsProcessorConfigurator.from_config(config)
-    _randomize_(processor, generator)
-    for key, value in _prefixed(processor, "", dtype).items():
-        if key.startswith("video_connector."):
-            sd[VIDEO_CONNECTOR_PREFIX + key.removeprefix("video_connector.")] = value
-        elif key.startswith("audio_connector."):
-            sd[AUDIO_CONNECTOR_PREFIX + key.removeprefix("audio_connector.")] = value
-        elif key.startswith("feature_extractor."):
-            sd[FEATURE_EXTRACTOR_PREFIX + key.removeprefix("feature_extractor.")] = value
-    return sd
+    renames = {
+        "video_connector.": VIDEO_CONNECTOR_PREFIX,
+        "audio_connector.": AUDIO_CONNECTOR_PREFIX,
+        "feature_extractor.": FEATURE_EXTRACTOR_PREFIX,
+    }
+    for key, shape in _meta_shapes(processor).items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                specs[new + key.removeprefix(old)] = TensorSpec(key, shape)
+    return specs
 
 
-def lora_state_dict(
-    transformer_sd: dict[str, torch.Tensor], rank: int, seed: int, relative_norm: float = 0.1
-) -> dict[str, torch.Tensor]:
-    """A distilled-LoRA file: lora_A/lora_B for every block linear, with ||B@A|| about relative_norm * ||W||."""
-    generator = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for key, weight in transformer_sd.items():
+def lora_specs(checkpoint: dict[str, TensorSpec], rank: int, relative_norm: float = 0.1) -> dict[str, TensorSpec]:
+    """lora_A (r x in) and lora_B (out x r) for every block linear, scaled so ||B@A|| ~ relative_norm * ||W||.
+
+    With W ~ N(0, 1/in) (random_tensor), ||W|| ~ sqrt(out); with A, B ~ N(0, s^2), ||B@A|| ~ s^2 sqrt(out*in*r),
+    so s^2 = relative_norm / sqrt(in * r) -- no weight needs to be read to set it.
+    """
+    specs: dict[str, TensorSpec] = {}
+    for key, spec in checkpoint.items():
         if not (key.startswith(TRANSFORMER_PREFIX + "transformer_blocks.") and key.endswith(LORA_TARGET_SUFFIXES)):
             continue
-        out_features, in_features = weight.shape
+        out_features, in_features = spec.shape
         r = min(rank, out_features, in_features)
-        a = torch.randn(r, in_features, generator=generator)
-        b = torch.randn(out_features, r, generator=generator)
-        scale = relative_norm * weight.float().norm() / (b @ a).norm()
+        scale = math.sqrt(relative_norm / math.sqrt(in_features * r))
         stem = LORA_PREFIX + key.removeprefix(TRANSFORMER_PREFIX).removesuffix(".weight")
-        out[f"{stem}.lora_A.weight"] = (a * scale.sqrt()).to(torch.bfloat16).contiguous()
-        out[f"{stem}.lora_B.weight"] = (b * scale.sqrt()).to(torch.bfloat16).contiguous()
-    return out
+        specs[f"{stem}.lora_A.weight"] = TensorSpec(f"{stem}.lora_A", (r, in_features), "lora_a", scale)
+        specs[f"{stem}.lora_B.weight"] = TensorSpec(f"{stem}.lora_B", (out_features, r), "lora_b", scale)
+    return specs
 
 
-def upsampler_state_dict(params: dict, seed: int) -> dict[str, torch.Tensor]:
-    from ltx_core.model.upsampler import LatentUpsamplerConfigurator  # noqa: PLC0415
+def upsampler_specs(params: dict) -> dict[str, TensorSpec]:
+    from ltx_core.model.upsampler import LatentUpsamplerConfigurator
 
-    module = LatentUpsamplerConfigurator.from_config(params)
-    _randomize_(module, torch.Generator().manual_seed(seed))
-    return _prefixed(module, "", torch.bfloat16)
+    with torch.device("meta"):
+        module = LatentUpsamplerConfigurator.from_config(params)
+    return {key: TensorSpec(key, shape) for key, shape in _meta_shapes(module).items()}
 
 
-def gemma_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    """Gemma3ForConditionalGeneration weights under the released checkpoint's key names."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration  # noqa: PLC0415
+def gemma_specs(config: dict) -> dict[str, TensorSpec]:
+    """Gemma3ForConditionalGeneration tensors under the released checkpoint's key names."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(config))
-    _randomize_(model, torch.Generator().manual_seed(seed))
-    sd = {}
-    for key, value in model.state_dict().items():
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(config))
+    specs = {}
+    for key, shape in _meta_shapes(model).items():
         if key == "lm_head.weight":
             continue  # tied to embed_tokens; ltx-core's GEMMA_LLM_KEY_OPS recreates it
-        key = key.replace("model.language_model.", "language_model.model.")
-        key = key.replace("model.vision_tower.", "vision_tower.").replace("model.multi_modal_projector.", "")
-        if key.startswith("mm_") or key.startswith("multi_modal"):
-            key = "multi_modal_projector." + key.removeprefix("multi_modal_projector.")
-        sd[key] = value.to(torch.bfloat16).contiguous()
-    return sd
+        name = key.replace("model.language_model.", "language_model.model.").replace(
+            "model.vision_tower.", "vision_tower."
+        )
+        name = name.replace("model.multi_modal_projector.", "multi_modal_projector.")
+        specs[name] = TensorSpec(key, shape)
+    return specs
 
 
 def write_tokenizer(folder: Path, gemma: dict) -> None:
     """A byte-level BPE tokenizer with Gemma's special tokens, saved as GemmaTokenizerFast; loads offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415
-    from transformers import GemmaTokenizerFast  # noqa: PLC0415
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GemmaTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -316,29 +363,29 @@ def make_bundle(out: Path, scale: str = "tiny", seed: int = 0) -> Bundle:
     """Write checkpoint, upsampler, distilled LoRA and Gemma folder plus bundle.json into `out`."""
     if scale not in {"tiny", "full"}:
         raise ValueError(f"unknown scale {scale!r}: use tiny or full")
+    if scale == "full" and not torch.cuda.is_available():
+        raise ValueError("--scale full generates ~70 GB of weights on a GPU: run it on a machine with CUDA")
     out.mkdir(parents=True, exist_ok=True)
     config = tiny_config() if scale == "tiny" else reference_config()
     upsampler = TINY_UPSAMPLER if scale == "tiny" else FULL_UPSAMPLER
     gemma = gemma_config(scale)
-    torch_threads = torch.get_num_threads()
     logger.info("writing %s synthetic bundle to %s", scale, out)
 
-    checkpoint_sd = checkpoint_state_dict(config, gemma, seed)
-    save_file(checkpoint_sd, out / "ltx-checkpoint.safetensors", metadata={"config": json.dumps(config)})
-    lora_sd = lora_state_dict(checkpoint_sd, rank=8 if scale == "tiny" else 384, seed=seed + 1)
-    save_file(lora_sd, out / "distilled-lora.safetensors")
-    del checkpoint_sd, lora_sd
-    save_file(
-        upsampler_state_dict(upsampler, seed + 2),
-        out / "spatial-upsampler.safetensors",
-        metadata={"config": json.dumps(upsampler)},
-    )
+    device = torch.device("cuda") if scale == "full" else torch.device("cpu")
+    checkpoint = checkpoint_specs(config, gemma)
+    files = [
+        ("ltx-checkpoint.safetensors", checkpoint, {"config": json.dumps(config)}),
+        ("distilled-lora.safetensors", lora_specs(checkpoint, rank=8 if scale == "tiny" else 384), None),
+        ("spatial-upsampler.safetensors", upsampler_specs(upsampler), {"config": json.dumps(upsampler)}),
+    ]
     gemma_root = out / "gemma"
     gemma_root.mkdir(exist_ok=True)
-    save_file(gemma_state_dict(gemma, seed + 3), gemma_root / "model.safetensors", metadata={"format": "pt"})
+    files.append((gemma_root / "model.safetensors", gemma_specs(gemma), {"format": "pt"}))
+    for name, specs, metadata in files:
+        written = write_safetensors(out / name, specs, seed, device, metadata)
+        logger.info("wrote %s (%.2f GiB)", name, written / 1024**3)
     (gemma_root / "config.json").write_text(json.dumps(gemma, indent=2))
     write_tokenizer(gemma_root, gemma)
-    torch.set_num_threads(torch_threads)
 
     bundle = Bundle(
         root=out,
@@ -353,4 +400,3 @@ def make_bundle(out: Path, scale: str = "tiny", seed: int = 0) -> Bundle:
     bundle = write_manifest(bundle)
     logger.info("wrote %s", out / BUNDLE_MANIFEST)
     return bundle
-

@@ -33,12 +33,12 @@ class DeviceMemory:
         self._process = psutil.Process()
         if device.type == "cuda":
             try:
-                import pynvml  # noqa: PLC0415
+                import pynvml
 
                 pynvml.nvmlInit()
                 index = device.index if device.index is not None else torch.cuda.current_device()
                 self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            except Exception as exc:  # noqa: BLE001 -- NVML is optional; the torch numbers remain
+            except Exception as exc:
                 logger.warning("NVML unavailable (%s): device-wide memory will not be shown", exc)
 
     def rss(self) -> int:
@@ -51,7 +51,7 @@ class DeviceMemory:
             reserved = torch.cuda.memory_reserved(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
             if self._nvml_handle is not None:
-                import pynvml  # noqa: PLC0415
+                import pynvml
 
                 info = pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle)
                 used, total = int(info.used), int(info.total)

@@ -33,10 +33,17 @@ def small_request():
 
     def make(**overrides) -> GenerationRequest:
         fields = dict(
-            image_path=str(ASSETS / "astronaut.png"), audio_path=str(ASSETS / "speech_hello.wav"),
-            prompt="A woman speaks to the camera.", width=64, height=64, num_frames=9, steps=2, seed=7,
-            quantization="bf16", residency="persistent",
-        )  # fmt: skip
+            image_path=str(ASSETS / "astronaut.png"),
+            audio_path=str(ASSETS / "speech_hello.wav"),
+            prompt="A woman speaks to the camera.",
+            width=64,
+            height=64,
+            num_frames=9,
+            steps=2,
+            seed=7,
+            quantization="bf16",
+            residency="persistent",
+        )
         fields.update(overrides)
         return GenerationRequest(**fields)
 

@@ -52,9 +52,10 @@ def test_generator_is_deterministic_and_lora_delta_matters(tiny_bundle, tmp_path
 
     again = make_bundle(tmp_path / "again", scale="tiny")
     assert again.fingerprint == tiny_bundle.fingerprint
-    with safe_open(tiny_bundle.distilled_lora, framework="pt") as lora, safe_open(
-        tiny_bundle.checkpoint, framework="pt"
-    ) as ckpt:
+    with (
+        safe_open(tiny_bundle.distilled_lora, framework="pt") as lora,
+        safe_open(tiny_bundle.checkpoint, framework="pt") as ckpt,
+    ):
         keys = [k for k in lora.keys() if k.endswith("lora_A.weight")]
         assert any("to_gate_logits" in k for k in keys)
         for key in keys[:10]:
@@ -71,7 +72,7 @@ def test_missing_key_is_named_by_check_bundle_and_generate(tiny_bundle, tmp_path
     assert problems and "transformer_blocks.0.attn1.to_q.weight" in problems[0]
 
     engine = Engine(broken, tmp_path / "out", device="cpu")
-    with pytest.raises(BundleError, match="transformer_stage_1.*missing 1 tensors.*to_q"):
+    with pytest.raises(BundleError, match=r"transformer_stage_1.*missing 1 tensors.*to_q"):
         engine.generate(small_request())
 
     cli = run_cli("check-bundle", "--bundle", str(broken.root))
@@ -84,35 +85,87 @@ def test_bad_metadata_is_refused_clearly(tiny_bundle, tmp_path, small_request):
     )
     problems = [p for c in check_bundle(broken) for p in c.problems]
     assert any("dropout" in p for p in problems)
-    cli = run_cli("generate", "--bundle", str(broken.root), "--width", "64", "--height", "64", "--num-frames", "9",
-                  "--steps", "1", "--output-dir", str(tmp_path / "out"))  # fmt: skip
+    cli = run_cli(
+        "generate",
+        "--bundle",
+        str(broken.root),
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--num-frames",
+        "9",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert cli.returncode == 2
     assert cli.stderr.strip().count("\n") == 0 and "dropout" in cli.stderr and "Traceback" not in cli.stderr
     assert not list((tmp_path / "out").glob("*.mp4")) if (tmp_path / "out").exists() else True
 
 
 def test_path_flags_name_what_is_wrong(tiny_bundle, tmp_path):
-    with pytest.raises(BundleError, match="--gemma-root"):
-        resolve_bundle(checkpoint=str(tiny_bundle.checkpoint), distilled_lora=str(tiny_bundle.distilled_lora),
-                       spatial_upsampler=str(tiny_bundle.spatial_upsampler))  # fmt: skip
-    with pytest.raises(BundleError, match="--checkpoint-path .*nothing"):
-        resolve_bundle(checkpoint=str(tmp_path / "nope.safetensors"), distilled_lora=str(tiny_bundle.distilled_lora),
-                       spatial_upsampler=str(tiny_bundle.spatial_upsampler), gemma_root=str(tiny_bundle.gemma_root))
-    with pytest.raises(BundleError, match="no bundle.json"):
+    with pytest.raises(BundleError, match=r"--gemma-root"):
+        resolve_bundle(
+            checkpoint=str(tiny_bundle.checkpoint),
+            distilled_lora=str(tiny_bundle.distilled_lora),
+            spatial_upsampler=str(tiny_bundle.spatial_upsampler),
+        )
+    with pytest.raises(BundleError, match=r"--checkpoint-path .*nothing"):
+        resolve_bundle(
+            checkpoint=str(tmp_path / "nope.safetensors"),
+            distilled_lora=str(tiny_bundle.distilled_lora),
+            spatial_upsampler=str(tiny_bundle.spatial_upsampler),
+            gemma_root=str(tiny_bundle.gemma_root),
+        )
+    with pytest.raises(BundleError, match=r"no bundle.json"):
         resolve_bundle(str(tmp_path))
-    real = resolve_bundle(checkpoint=str(tiny_bundle.checkpoint), distilled_lora=str(tiny_bundle.distilled_lora),
-                          spatial_upsampler=str(tiny_bundle.spatial_upsampler), gemma_root=str(tiny_bundle.gemma_root))
+    real = resolve_bundle(
+        checkpoint=str(tiny_bundle.checkpoint),
+        distilled_lora=str(tiny_bundle.distilled_lora),
+        spatial_upsampler=str(tiny_bundle.spatial_upsampler),
+        gemma_root=str(tiny_bundle.gemma_root),
+    )
     assert real.synthetic is False  # four flags describe a real, unmanifested bundle
 
 
 def test_generate_cli_prints_one_json_object(tiny_bundle, tmp_path):
-    cli = run_cli("generate", "--bundle", str(tiny_bundle.root), "--width", "64", "--height", "64",
-                  "--num-frames", "9", "--steps", "1", "--output-dir", str(tmp_path))  # fmt: skip
+    cli = run_cli(
+        "generate",
+        "--bundle",
+        str(tiny_bundle.root),
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--num-frames",
+        "9",
+        "--steps",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert cli.returncode == 0, cli.stderr
     summary = json.loads(cli.stdout)
-    for key in ("output", "elapsed_seconds", "peak_vram_gib", "peak_rss_gib", "width", "height", "num_frames",
-                "frame_rate", "seed", "quantization", "compute_dtype", "residency", "device", "synthetic",
-                "audio_note", "phases"):  # fmt: skip
+    for key in (
+        "output",
+        "elapsed_seconds",
+        "peak_vram_gib",
+        "peak_rss_gib",
+        "width",
+        "height",
+        "num_frames",
+        "frame_rate",
+        "seed",
+        "quantization",
+        "compute_dtype",
+        "residency",
+        "device",
+        "synthetic",
+        "audio_note",
+        "phases",
+    ):
         assert key in summary, key
     assert summary["quantization"] == "fp8-cast" and summary["synthetic"] is True
     assert (tmp_path / summary["output"]).exists() or __import__("os").path.exists(summary["output"])

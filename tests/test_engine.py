@@ -83,9 +83,10 @@ def test_fp8_cast_downcasts_exactly_the_block_linears(tiny_bundle):
 
     matchers = [op.key_matcher for op in TRANSFORMER_LINEAR_DOWNCAST_MAP.mapping if isinstance(op, SDKeyValueOperation)]
     expected = {
-        n for n in all_names
+        n
+        for n in all_names
         if any(n.removeprefix("velocity_model.").startswith(m.prefix) and n.endswith(m.suffix) for m in matchers)
-    }  # fmt: skip
+    }
     assert expected and fp8 == expected
     assert gate and all(dtype == torch.float32 for dtype in gate.values())
 
@@ -132,22 +133,29 @@ def test_builds_go_through_the_real_loaders_and_nothing_stays_on_meta(tiny_bundl
     ("make_audio", "expected_note"),
     [
         (lambda p: soundfile.write(p, 0.3 * np.sin(np.linspace(0, 900, 48000)), 48000), "upmixed mono to stereo"),
-        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(0).standard_normal((8000, 2)), 8000),
-         "resampled 8000 Hz to 48000 Hz"),
-        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(1).standard_normal((96000, 2)), 96000),
-         "resampled 96000 Hz to 48000 Hz"),
-        (lambda p: soundfile.write(p, 0.3 * np.random.default_rng(2).standard_normal((2400, 2)), 48000),
-         "padded 0.33 s of silence"),
-    ],  # fmt: skip
+        (
+            lambda p: soundfile.write(p, 0.3 * np.random.default_rng(0).standard_normal((8000, 2)), 8000),
+            "resampled 8000 Hz to 48000 Hz",
+        ),
+        (
+            lambda p: soundfile.write(p, 0.3 * np.random.default_rng(1).standard_normal((96000, 2)), 96000),
+            "resampled 96000 Hz to 48000 Hz",
+        ),
+        (
+            lambda p: soundfile.write(p, 0.3 * np.random.default_rng(2).standard_normal((2400, 2)), 48000),
+            "padded 0.33 s of silence",
+        ),
+    ],
     ids=["mono", "8kHz", "96kHz", "too-short"],
 )
-def test_awkward_audio_still_makes_a_video_and_says_what_was_done(engine, small_request, tmp_path, make_audio,
-                                                                  expected_note):  # fmt: skip
+def test_awkward_audio_still_makes_a_video_and_says_what_was_done(
+    engine, small_request, tmp_path, make_audio, expected_note
+):
     path = tmp_path / "clip.wav"
     make_audio(path)
     result = engine.generate(small_request(audio_path=str(path)))
     assert expected_note in result.audio_note
-    frames, audio, rate, _ = decode_mp4(result.output)
+    frames, audio, _rate, _ = decode_mp4(result.output)
     assert frames.shape[0] == 9 and audio.shape[0] == 2
 
 
