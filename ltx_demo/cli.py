@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     check = sub.add_parser("check-bundle", help="validate a bundle's keys, shapes and metadata without running it")
     add_bundle_flags(check)
+    bench = sub.add_parser("bench", help="time and measure configurations x runs; writes results JSON")
+    add_bundle_flags(bench)
+    bench.add_argument("--resolutions", default="768x512,1024x768,1280x768")
+    bench.add_argument("--num-frames", type=int, default=97)
+    bench.add_argument("--steps", type=int, default=30)
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--quantization", default="fp8-cast", help="comma-separated")
+    bench.add_argument("--residency", default="persistent", help="comma-separated")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--image", default=str(DEFAULT_IMAGE))
+    bench.add_argument("--audio", default=str(DEFAULT_AUDIO))
+    bench.add_argument("--prompt", default=DEFAULT_PROMPT)
+    bench.add_argument("--drop-page-cache", action="store_true", help="before each cold-start run (needs root)")
+    bench.add_argument("--out", required=True)
+    report = sub.add_parser("bench-report", help="merge bench results into docs/benchmarks.json and render .md")
+    report.add_argument("results", nargs="+")
+    report.add_argument("--into", default="docs/benchmarks.json")
+    report.add_argument("--markdown", default="docs/benchmarks.md")
     return parser
 
 
@@ -112,6 +130,28 @@ def run(args: argparse.Namespace) -> int:
             if not ok:
                 problems = [f"{c.name}: {p}" for c in checks for p in c.problems]
                 raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
+        case "bench":
+            from ltx_demo import bench  # noqa: PLC0415
+            from ltx_demo.engine import Engine  # noqa: PLC0415
+
+            engine = Engine(resolve_from_args(args), Path(args.output_dir), args.device)
+            configs = [
+                bench.BenchConfig(width, height, args.num_frames, quantization, residency, args.steps, args.seed)
+                for quantization in args.quantization.split(",")
+                for residency in args.residency.split(",")
+                for width, height in bench.parse_resolutions(args.resolutions)
+            ]
+            results = bench.run_bench(engine, configs, args.runs, args.image, args.audio, args.prompt,
+                                      args.drop_page_cache, bench.command_line())  # fmt: skip
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+            print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
+        case "bench-report":
+            from ltx_demo import bench  # noqa: PLC0415
+
+            for path in args.results:
+                data = bench.merge_into(Path(args.into), json.loads(Path(path).read_text()))
+            Path(args.markdown).write_text(bench.render_markdown(data))
+            print(json.dumps({"into": args.into, "markdown": args.markdown, "configs": len(data["configs"])}))
     return 0
 
 

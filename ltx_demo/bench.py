@@ -1,0 +1,226 @@
+"""Benchmarks: run configurations x runs through the engine, record time, memory and output hashes as JSON,
+merge them into docs/benchmarks.json and render docs/benchmarks.md beside the seed article's numbers."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import platform
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ltx_demo.engine import Engine
+from ltx_demo.types import GenerationRequest, to_gib
+
+logger = logging.getLogger(__name__)
+
+# The seed article (RTX PRO 6000 Blackwell 96 GiB, real weights, 97 frames, seed 42, fp8-cast persistent).
+SEED_TABLE = {
+    ("768x512", "fp8-cast", "persistent"): (39.84, 57.92),
+    ("1024x768", "fp8-cast", "persistent"): (66.71, 59.06),
+    ("1280x768", "fp8-cast", "persistent"): (84.02, 58.30),
+    ("768x512", "fp8-cast", "cold-start"): (88.78, 23.90),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    width: int
+    height: int
+    num_frames: int
+    quantization: str
+    residency: str
+    steps: int
+    seed: int
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def output_hash(mp4: str) -> str:
+    """sha256 of the decoded frames and audio samples (not the mp4 bytes: container metadata may differ)."""
+    digest = hashlib.sha256()
+    with av.open(mp4) as container:
+        for frame in container.decode(video=0):
+            digest.update(frame.to_ndarray(format="rgb24").tobytes())
+    with av.open(mp4) as container:
+        for frame in container.decode(audio=0):
+            digest.update(np.ascontiguousarray(frame.to_ndarray()).tobytes())
+    return digest.hexdigest()
+
+
+def drop_page_cache() -> bool:
+    """Drop the OS page cache (root only; the device machine runs as root in its own VM)."""
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except (OSError, subprocess.CalledProcessError) as exc:
+        logger.warning("could not drop the page cache: %s", exc)
+        return False
+
+
+def machine_facts(engine: Engine) -> dict:
+    import torch  # noqa: PLC0415
+
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": str(engine.device)}
+    if engine.device.type == "cuda":
+        facts["card"] = torch.cuda.get_device_name(engine.device)
+        try:
+            import pynvml  # noqa: PLC0415
+
+            pynvml.nvmlInit()
+            facts["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:  # noqa: BLE001 -- the driver version is informative only
+            facts["driver"] = None
+    else:
+        facts["card"] = platform.processor() or "cpu"
+        facts["driver"] = None
+    return facts
+
+
+def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt: str, drop_cache: bool) -> dict:
+    import torch  # noqa: PLC0415
+
+    page_cache = None
+    if config.residency == "cold-start":
+        page_cache = "dropped" if drop_cache and drop_page_cache() else "warm"
+    request = GenerationRequest(
+        image_path=image, audio_path=audio, prompt=prompt, width=config.width, height=config.height,
+        num_frames=config.num_frames, steps=config.steps, seed=config.seed, quantization=config.quantization,
+        residency=config.residency,
+    )  # fmt: skip
+    try:
+        result = engine.generate(request)
+    except torch.OutOfMemoryError as exc:
+        engine.models.release_all()
+        return {"oom": True, "error": str(exc).splitlines()[0], "page_cache": page_cache}
+    device_peak = max((s.device_used_bytes or 0 for s in result.samples), default=0) or None
+    resident = idle = None
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated(engine.device)
+        idle = engine.memory_now().device_used_bytes
+    summary = result.summary()
+    return {
+        "elapsed_seconds": summary["elapsed_seconds"],
+        "phases": {name: p["seconds"] for name, p in summary["phases"].items()},
+        "peak_vram_gib": summary["peak_vram_gib"],
+        "device_peak_gib": to_gib(device_peak),
+        "resident_gib": to_gib(resident),
+        "idle_gib": to_gib(idle),
+        "output_hash": output_hash(result.output),
+        "page_cache": page_cache,
+    }
+
+
+def run_bench(engine: Engine, configs: list[BenchConfig], runs: int, image: str, audio: str, prompt: str,
+              drop_cache: bool, command: str) -> dict:  # fmt: skip
+    facts = machine_facts(engine)
+    today = datetime.date.today().isoformat()
+    results = []
+    for config in configs:
+        entry = {
+            "resolution": config.resolution, "num_frames": config.num_frames, "quantization": config.quantization,
+            "residency": config.residency, "steps": config.steps, "seed": config.seed, "date": today,
+            "command": command, "bundle": engine.bundle.describe(), **facts, "runs": [],
+        }  # fmt: skip
+        for index in range(runs):
+            run = run_one(engine, config, image, audio, prompt, drop_cache)
+            logger.info("%s run %d: %s", config, index, {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib")})
+            entry["runs"].append(run)
+            if run.get("oom"):
+                break  # the next runs of this configuration would not fit either
+        hashes = {r["output_hash"] for r in entry["runs"] if "output_hash" in r}
+        entry["identical_outputs"] = len(hashes) == 1 if hashes else None
+        results.append(entry)
+        print(json.dumps(entry), file=sys.stderr, flush=True)  # progress for a long run; stdout is the result
+    return {"configs": results}
+
+
+def merge_into(benchmarks: Path, new: dict) -> dict:
+    """docs/benchmarks.json accumulates across device sessions; a configuration measured again is replaced
+    only when it was measured on the same card with the same command."""
+    data = json.loads(benchmarks.read_text()) if benchmarks.exists() else {"configs": []}
+
+    def key(c: dict) -> tuple:
+        return (c["resolution"], c["num_frames"], c["quantization"], c["residency"], c["steps"], c.get("card"),
+                c.get("bundle", {}).get("scale"))  # fmt: skip
+
+    replaced = {key(c) for c in new["configs"]}
+    data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new["configs"]
+    benchmarks.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def render_markdown(data: dict) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m ltx_demo bench-report` from `docs/benchmarks.json`; each row is the mean of its runs.",
+        "Seed numbers: the article in shared/seeds (RTX PRO 6000 Blackwell 96 GiB, real LTX-2.3 weights).",
+        "",
+        "| resolution | frames | steps | quantization | residency | card | bundle | runs | elapsed s | peak VRAM GiB "
+        "| device peak GiB | resident GiB | identical outputs | seed elapsed s | seed peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in data["configs"]:
+        runs = [r for r in c["runs"] if not r.get("oom")]
+        seed = SEED_TABLE.get((c["resolution"], c["quantization"], c["residency"]), (None, None))
+        scale = c.get("bundle", {}).get("scale") or ("real" if not c.get("bundle", {}).get("synthetic") else "?")
+        elapsed = _mean([r["elapsed_seconds"] for r in runs]) if runs else "OOM"
+        lines.append(
+            f"| {c['resolution']} | {c['num_frames']} | {c['steps']} | {c['quantization']} | {c['residency']} "
+            f"| {c.get('card')} | {scale} | {len(c['runs'])} | {elapsed} "
+            f"| {_mean([r['peak_vram_gib'] for r in runs])} | {_mean([r['device_peak_gib'] for r in runs])} "
+            f"| {_mean([r['resident_gib'] for r in runs])} | {c.get('identical_outputs')} "
+            f"| {seed[0] if seed[0] is not None else '-'} | {seed[1] if seed[1] is not None else '-'} |"
+        )
+    lines += ["", "Per-phase seconds (mean over runs):", ""]
+    phase_names: list[str] = []
+    for c in data["configs"]:
+        for r in c["runs"]:
+            phase_names += [p for p in r.get("phases", {}) if p not in phase_names]
+    main = [p for p in phase_names if not p.startswith("load:")]
+    lines.append("| configuration | load (all) | " + " | ".join(main) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in main) + " |")
+    for c in data["configs"]:
+        runs = [r for r in c["runs"] if not r.get("oom")]
+        if not runs:
+            continue
+        load = _mean([sum(v for k, v in r["phases"].items() if k.startswith("load:")) for r in runs])
+        cells = [_mean([r["phases"].get(p) for r in runs]) for p in main]
+        lines.append(
+            f"| {c['resolution']} {c['quantization']} {c['residency']} ({c.get('card')}) | {load} | "
+            + " | ".join(str(x) for x in cells)
+            + " |"
+        )
+    commands = sorted({c["command"] for c in data["configs"]})
+    lines += ["", "Commands:", ""] + [f"- `{cmd}` ({', '.join(sorted({c['date'] for c in data['configs'] if c['command'] == cmd}))})" for cmd in commands]
+    return "\n".join(lines) + "\n"
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        width, _, height = item.strip().partition("x")
+        out.append((int(width), int(height)))
+    return out
+
+
+def command_line() -> str:
+    return "python -m ltx_demo " + shlex.join(sys.argv[1:])
