@@ -15,6 +15,20 @@ class Quantization(enum.StrEnum):
 class Residency(enum.StrEnum):
     PERSISTENT = "persistent"
     COLD_START = "cold-start"
+    HOST_CACHED = "host-cached"
+    AUTO = "auto"  # resolved per request to one of the above from --vram-budget-gib (residency.plan_residency)
+
+
+class LoraMode(enum.StrEnum):
+    """How stage 2 gets the distilled LoRA: a runtime low-rank adapter on the one transformer, or a fused copy."""
+
+    ADAPTER = "adapter"
+    FUSED = "fused"
+
+
+class TextEncoderQuantization(enum.StrEnum):
+    BF16 = "bf16"
+    NF4 = "nf4"  # bitsandbytes 4-bit linears; CUDA only
 
 
 class ImageFit(enum.StrEnum):

@@ -1,0 +1,151 @@
+"""The distilled LoRA as a runtime low-rank adapter: y = base(x) + strength * (x @ A^T) @ B^T, switchable per stage.
+
+One stage transformer serves both stages: stage 1 runs with the adapter off, stage 2 with it on, instead of a
+second copy with the LoRA fused into its weights (which for fp8 also needs ltx-core's Triton kernel on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+LORA_A_SUFFIX, LORA_B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+
+
+class LoraTargetError(ValueError):
+    """The LoRA names a layer the transformer does not have, or one that is not a Linear of a matching shape."""
+
+
+def lora_pairs(lora_sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module path: (A, B)} from a LoRA state dict already renamed to the model's key space.
+
+    The pairing is ltx-core's (fuse_loras._prepare_deltas): `<module>.lora_A.weight` and `<module>.lora_B.weight`
+    modify `<module>.weight`.
+    """
+    pairs = {}
+    for key, a in lora_sd.items():
+        if not key.endswith(LORA_A_SUFFIX):
+            continue
+        stem = key.removesuffix(LORA_A_SUFFIX)
+        b = lora_sd.get(stem + LORA_B_SUFFIX)
+        if b is None:
+            raise LoraTargetError(f"{stem}: lora_A without lora_B")
+        pairs[stem] = (a, b)
+    return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSummary:
+    layers: int
+    rank: int  # the largest rank among the layers
+    bytes: int  # A and B on the device
+
+
+class LowRankAdapter:
+    """Attaches (A, B) to the velocity model's Linears and wraps whatever `forward` each has.
+
+    fp8-cast's UPCAST_DURING_INFERENCE replaces each Linear's `forward` with an instance attribute (an upcast +
+    F.linear); the wrapper calls that, so the fp8 base weights stay fp8 and the low-rank term runs in the input's
+    dtype. A and B live on the Linear as non-persistent buffers: they move with the model and are freed with it,
+    and they stay out of its state_dict.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 strength: float, dtype: torch.dtype) -> None:  # fmt: skip
+        self.strength = float(strength)
+        self.enabled = False
+        self._velocity = getattr(transformer, "velocity_model", transformer)
+        self._layers: dict[str, torch.nn.Linear] = {}
+        self._saved_forwards: dict[str, Callable | None] = {}
+        device = next(self._velocity.parameters()).device
+        ranks, total = [], 0
+        try:
+            for stem, (a, b) in pairs.items():
+                layer = self._target(stem, a, b)
+                layer.register_buffer("lora_A", a.to(device=device, dtype=dtype), persistent=False)
+                layer.register_buffer("lora_B", b.to(device=device, dtype=dtype), persistent=False)
+                self._saved_forwards[stem] = layer.__dict__.get("forward")  # None: the class's own forward
+                layer.forward = self._wrap(layer, layer.forward)
+                self._layers[stem] = layer
+                ranks.append(a.shape[0])
+                total += layer.lora_A.nbytes + layer.lora_B.nbytes
+        except BaseException:
+            self.detach()
+            raise
+        self.summary = AdapterSummary(len(self._layers), max(ranks, default=0), total)
+        logger.info("low-rank adapter on %d linears, rank <= %d, %d bytes, strength %s", self.summary.layers,
+                    self.summary.rank, self.summary.bytes, self.strength)  # fmt: skip
+
+    def _target(self, stem: str, a: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
+        try:
+            layer = self._velocity.get_submodule(stem)
+        except AttributeError as exc:
+            raise LoraTargetError(f"{stem}: the LoRA names a layer the transformer does not have") from exc
+        if not isinstance(layer, torch.nn.Linear):
+            raise LoraTargetError(f"{stem}: the LoRA targets a {type(layer).__name__}, not a Linear")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != (
+            layer.out_features, layer.in_features
+        ):  # fmt: skip
+            raise LoraTargetError(
+                f"{stem}: B{tuple(b.shape)} @ A{tuple(a.shape)} does not fit a {layer.in_features}->"
+                f"{layer.out_features} Linear"
+            )
+        return layer
+
+    def _wrap(self, layer: torch.nn.Linear, base_forward: Callable) -> Callable:
+        adapter = self
+
+        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            out = base_forward(x, *args, **kwargs)
+            if adapter.enabled:
+                low_rank = torch.nn.functional.linear(x.to(layer.lora_A.dtype), layer.lora_A)
+                delta = torch.nn.functional.linear(low_rank, layer.lora_B)
+                # out is F.linear's fresh result: adding in place saves an output-sized temporary per layer.
+                out.add_(delta.to(out.dtype), alpha=adapter.strength)
+            return out
+
+        return forward
+
+    @contextlib.contextmanager
+    def active(self, enabled: bool) -> Iterator[None]:
+        """On (stage 2) or off (stage 1) for the block; back to what it was after."""
+        previous, self.enabled = self.enabled, enabled
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+    def detach(self) -> None:
+        """Put each Linear's forward back and drop A and B (the transformer is as built again)."""
+        for stem, layer in self._layers.items():
+            saved = self._saved_forwards.get(stem)
+            if saved is None:
+                del layer.forward
+            else:
+                layer.forward = saved
+            for name in ("lora_A", "lora_B"):
+                layer._buffers.pop(name, None)
+        self._layers.clear()
+        self._saved_forwards.clear()
+        self.enabled = False
+
+
+def load_lora_pairs(path: str, load_sd: Callable | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Read a LoRA file through ltx-core's loader and its ComfyUI renaming map (`diffusion_model.` prefix dropped).
+
+    `load_sd(paths, sd_ops)` lets the caller route the read through a registry (the host cache); by default it is
+    ltx-core's SafetensorsStateDictLoader onto the CPU.
+    """
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, SafetensorsStateDictLoader
+
+    if load_sd is None:
+        state_dict = SafetensorsStateDictLoader().load([path], sd_ops=LTXV_LORA_COMFY_RENAMING_MAP)
+    else:
+        state_dict = load_sd([path], LTXV_LORA_COMFY_RENAMING_MAP)
+    return lora_pairs(state_dict.sd)
