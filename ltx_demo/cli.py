@@ -8,7 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
-from ltx_demo.settings import DEFAULT_OUTPUT_DIR, FRAME_RATES, ImageFit, Quantization, Residency
+from ltx_demo.settings import (
+    DEFAULT_OUTPUT_DIR,
+    FRAME_RATES,
+    ImageFit,
+    LoraMode,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
@@ -47,7 +55,14 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quantization", "--transformer-quantization", dest="quantization",
                         choices=[q.value for q in Quantization], default=Quantization.FP8_CAST.value)  # fmt: skip
-    parser.add_argument("--residency", choices=[r.value for r in Residency], default=Residency.PERSISTENT.value)
+    parser.add_argument("--residency", choices=[r.value for r in Residency], default=Residency.PERSISTENT.value,
+                        help="auto: the fastest mode whose peak fits --vram-budget-gib")  # fmt: skip
+    parser.add_argument("--vram-budget-gib", type=float, default=None,
+                        help="for --residency auto (default: the device's free memory)")  # fmt: skip
+    parser.add_argument("--text-encoder-quantization", choices=[q.value for q in TextEncoderQuantization],
+                        default=None, help="default: nf4 on CUDA, bf16 elsewhere (nf4 needs CUDA)")  # fmt: skip
+    parser.add_argument("--lora-mode", choices=[m.value for m in LoraMode], default=LoraMode.ADAPTER.value,
+                        help="adapter: one transformer, LoRA at runtime in stage 2; fused: a second copy")  # fmt: skip
     parser.add_argument("--distilled-lora-strength", type=float, default=1.0)
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
@@ -95,6 +110,8 @@ def request_from_args(args: argparse.Namespace):  # noqa: ANN201
         steps=args.steps, seed=args.seed, quantization=args.quantization, residency=args.residency,
         audio_start=args.audio_start, image_fit=args.image_fit,
         distilled_lora_strength=args.distilled_lora_strength, output_path=args.output,
+        text_encoder_quantization=args.text_encoder_quantization, lora_mode=args.lora_mode,
+        vram_budget_gib=args.vram_budget_gib,
     )  # fmt: skip
 
 

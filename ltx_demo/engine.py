@@ -6,6 +6,7 @@ and its parameters JSON atomically into the output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,11 +24,11 @@ import torch
 from ltx_demo import media
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.pipeline import run_two_stage, write_mp4
-from ltx_demo.quantization import unavailable_reason
+from ltx_demo.quantization import default_text_encoder_quantization, text_encoder_unavailable_reason, unavailable_reason
 from ltx_demo.residency import ModelConfig, ModelResidency
-from ltx_demo.settings import Quantization, Residency
+from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
-from ltx_demo.types import GenerationRequest, GenerationResult, InvalidRequest, Progress, VramSample
+from ltx_demo.types import GIB, GenerationRequest, GenerationResult, InvalidRequest, Progress, VramSample
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ def pick_device(requested: str | None) -> torch.device:
             raise InvalidRequest(f"--device {requested}: no CUDA device is visible here")
         return device
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def host_available_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:
@@ -63,8 +70,14 @@ class Engine:
         self.loading = name
 
     # -- what the UI shows ---------------------------------------------------------------------------------------
-    def unavailable(self, quantization: str) -> str | None:
-        return unavailable_reason(Quantization(quantization), self.device)
+    def unavailable(self, quantization: str, lora_mode: str = LoraMode.ADAPTER.value) -> str | None:
+        return unavailable_reason(Quantization(quantization), self.device, LoraMode(lora_mode))
+
+    def text_encoder_unavailable(self, text_encoder_quantization: str) -> str | None:
+        return text_encoder_unavailable_reason(TextEncoderQuantization(text_encoder_quantization), self.device)
+
+    def default_text_encoder_quantization(self) -> str:
+        return default_text_encoder_quantization(self.device).value
 
     def status(self) -> dict:
         resident = list(self.models.resident())
@@ -74,6 +87,7 @@ class Engine:
             "busy": self._job_lock.locked(),
             "loading": self.loading,
             "resident": resident,
+            "residency": self.models.describe(),
             "synthetic": self.bundle.synthetic,
         }
 
@@ -85,14 +99,13 @@ class Engine:
     def memory_now(self) -> VramSample:
         return self.memory.sample(0.0, "idle")
 
-    def preload(self, quantization: str = "fp8-cast", lora_strength: float = 1.0) -> None:
+    def preload(self, quantization: str = "fp8-cast", lora_strength: float = 1.0,
+                text_encoder_quantization: str | None = None) -> None:  # fmt: skip
         """Persistent mode: build every model now, so the first request pays no load."""
-        self.models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength))
-        from ltx_demo.residency import MODEL_NAMES  # noqa: PLC0415
-
-        for name in MODEL_NAMES:
-            with self.models.use(name):
-                pass
+        text_encoder = TextEncoderQuantization(text_encoder_quantization or self.default_text_encoder_quantization())
+        self.models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength,
+                                          LoraMode.ADAPTER, text_encoder))  # fmt: skip
+        self.models.preload()
 
     # -- the job -------------------------------------------------------------------------------------------------
     def generate(
@@ -106,7 +119,8 @@ class Engine:
         work_dir = Path(tempfile.mkdtemp(prefix="ltx-demo-"))
         try:
             inputs = media.prepare_inputs(request, work_dir)  # every check, before any model is built
-            reason = self.unavailable(request.quantization)
+            self._check_residency_fields(request)
+            reason = self.unavailable(request.quantization, request.lora_mode)
             if reason:
                 raise InvalidRequest(f"quantization {request.quantization} cannot run here: {reason}")
             with self._job_lock:
@@ -114,31 +128,69 @@ class Engine:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:  # noqa: ANN001
+    def _check_residency_fields(self, request: GenerationRequest) -> None:
+        """The residency-related fields media.prepare_inputs does not know about; before any model is built."""
+        fields = ((request.lora_mode, LoraMode), (request.text_encoder_quantization, TextEncoderQuantization))
+        for value, enum in fields:
+            if value is not None and value not in {e.value for e in enum}:
+                choices = [e.value for e in enum]
+                raise InvalidRequest(f"unknown {enum.__name__.lower()} {value!r}: use one of {choices}")
+        if request.text_encoder_quantization is not None:
+            reason = self.text_encoder_unavailable(request.text_encoder_quantization)
+            if reason:
+                raise InvalidRequest(f"text encoder quantization {request.text_encoder_quantization}: {reason}")
+        if request.vram_budget_gib is not None and not request.vram_budget_gib > 0:
+            raise InvalidRequest(f"VRAM budget {request.vram_budget_gib} GiB must be positive")
+
+    def _model_config(self, request: GenerationRequest) -> tuple[ModelConfig, str]:
+        """The concrete config this request runs with, and why (auto: which mode fits the budget)."""
+        text_encoder = TextEncoderQuantization(
+            request.text_encoder_quantization or self.default_text_encoder_quantization()
+        )
         config = ModelConfig(Quantization(request.quantization), Residency(request.residency),
-                             request.distilled_lora_strength)  # fmt: skip
+                             request.distilled_lora_strength, LoraMode(request.lora_mode), text_encoder)  # fmt: skip
+        if config.residency is not Residency.AUTO:
+            return config, ""
+        budget, source = self._vram_budget(request.vram_budget_gib)
+        shape = (request.width, request.height, request.num_frames)
+        try:
+            plan = self.models.plan(config, shape, budget, source, host_available_bytes())
+        except ValueError as exc:
+            raise InvalidRequest(f"residency auto: {exc}") from exc
+        logger.info("residency auto -> %s", plan.reason)
+        return dataclasses.replace(config, residency=plan.mode), plan.reason
+
+    def _vram_budget(self, budget_gib: float | None) -> tuple[int, str]:
+        if budget_gib is not None:
+            return int(budget_gib * GIB), "--vram-budget-gib"
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            # What this process holds in its allocator is ours to release, so it counts as available.
+            return free + torch.cuda.memory_reserved(self.device), "free device memory, no budget given"
+        return host_available_bytes(), "free host memory (CPU device), no budget given"
+
+    def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:  # noqa: ANN001
         telemetry = RunTelemetry(self.memory)
         self._current = telemetry
         telemetry.start_sampling()
         resident_before = self.models.resident()
         try:
-            with telemetry.phase("load:configure"):
-                self.models.configure(config)  # releases what another config held, before building anything
-            with torch.inference_mode():
-                clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+            with self.models.request():  # non-persistent modes leave nothing on the device, error or not
+                with telemetry.phase("load:configure"):
+                    config, residency_reason = self._model_config(request)
+                    self.models.configure(config)  # releases what another config held, before building anything
+                with torch.inference_mode():
+                    clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
                 write_mp4(clip, request.frame_rate, partial)
-        except BaseException:
-            if config.residency is Residency.COLD_START:
-                self.models.release_all()
-            raise
         finally:
             telemetry.stop_sampling()
             self._current = None
             self._last = telemetry
         elapsed = telemetry.now()
+        self.models.record_peak(config, (request.width, request.height, request.num_frames), telemetry.peak_vram())
         output = self._publish(partial, request)
         result = GenerationResult(
             output=str(output),
@@ -153,7 +205,7 @@ class Engine:
             seed=request.seed,
             quantization=request.quantization,
             compute_dtype=str(self.compute_dtype).removeprefix("torch."),
-            residency=request.residency,
+            residency=config.residency.value,
             device=self._device_name(),
             synthetic=self.bundle.synthetic,
             audio_note=inputs.audio_note,
@@ -162,6 +214,9 @@ class Engine:
             resident_before=resident_before,
             resident_after=self.models.resident(),
             bundle=self.bundle.describe(),
+            residency_reason=residency_reason,
+            text_encoder_quantization=config.text_encoder_quantization.value,
+            lora_mode=config.lora_mode.value,
         )
         self._write_params(output, result)
         on_progress(Progress("done"))

@@ -149,7 +149,7 @@ def run_two_stage(
                 video_encoder=video_encoder, dtype=dtype, device=device,
             )  # fmt: skip
         sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=device)
-        with use("transformer_stage_1") as transformer:
+        with models.stage_transformer(1, on_build=load_scope) as transformer:  # adapter mode: LoRA adapter off
             params = LTX_2_3_PARAMS.video_guider_params
             params = replace(
                 params,
@@ -196,7 +196,7 @@ def run_two_stage(
     report("stage_2")
     with telemetry.phase("stage_2"):
         distilled_sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=device)
-        with use("transformer_stage_2") as transformer:
+        with models.stage_transformer(2, on_build=load_scope) as transformer:  # adapter mode: same model, adapter on
             denoise = simple_denoising_func(video_context=v_context_p, audio_context=a_context_p,
                                             transformer=transformer)  # fmt: skip
             reporter = StepReporter("stage_2", len(distilled_sigmas) - 1, on_progress, cancelled)

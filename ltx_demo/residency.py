@@ -1,25 +1,30 @@
-"""Model lifetimes per residency mode: the one place that builds, keeps and frees models.
+"""Model lifetimes per residency mode: the one place that builds, keeps, uploads and frees models.
 
-Everything else asks for a model inside a `with residency.use(name)` block. Persistent keeps what it built on the
-device between requests; cold-start frees each model when its block ends, so idle device memory returns to ~0.
+Everything else asks for a model inside a `with residency.use(name)` (or `stage_transformer(stage)`) block, inside
+one `with residency.request()` per generation. One stage transformer serves both stages (the distilled LoRA is a
+runtime adapter for stage 2); `auto` picks a mode per request from a VRAM budget (plan_residency).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import assert_never
 
 import torch
+from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
-from ltx_demo.quantization import policy_for
-from ltx_demo.settings import Quantization, Residency
+from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, load_lora_pairs
+from ltx_demo.quantization import NF4_BYTES_PER_WEIGHT, is_nf4_target, policy_for, swap_in_linear4bit_
+from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +33,26 @@ MODEL_NAMES = (
     "embeddings_processor",
     "audio_encoder",
     "video_encoder",
-    "transformer_stage_1",
+    "transformer",  # both stages in adapter mode; stage 1 only in fused mode
     "spatial_upsampler",
-    "transformer_stage_2",
+    "transformer_stage_2",  # fused mode only: the second copy with the LoRA fused in (what the seed does)
     "video_decoder",
 )
+# The shared transformer was called transformer_stage_1 before it served both stages; old callers still work.
+LEGACY_NAMES = {"transformer_stage_1": "transformer"}
+ADAPTER = "lora_adapter"  # a build phase and a build count, not a model of its own: it lives on the transformer
+CONCRETE_MODES = (Residency.PERSISTENT, Residency.HOST_CACHED, Residency.COLD_START)  # fastest first
+
+
+def canonical(name: str) -> str:
+    return LEGACY_NAMES.get(name, name)
+
+
+class BuildCounts(Counter):
+    """Builds per model name (a host-cached upload counts as a build); legacy names read the shared transformer."""
+
+    def __missing__(self, key: str) -> int:
+        return self[LEGACY_NAMES[key]] if key in LEGACY_NAMES else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +60,50 @@ class ModelConfig:
     """What the held models were built for; a request with another config releases them first."""
 
     quantization: Quantization
-    residency: Residency
+    residency: Residency  # concrete: auto is resolved before (plan_residency)
     distilled_lora_strength: float
+    lora_mode: LoraMode = LoraMode.ADAPTER
+    text_encoder_quantization: TextEncoderQuantization = TextEncoderQuantization.BF16
 
 
 def free_device_memory(device: torch.device) -> None:
-    gc.collect()  # fp8-cast's forward patch makes each Linear a reference cycle: refcounting alone frees nothing
+    gc.collect()  # fp8-cast's and the adapter's forward patches make each Linear a reference cycle
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@dataclass
+class PinnedStateDictRegistry(StateDictRegistry):
+    """ltx-core's in-memory state-dict cache, with each tensor moved to pinned memory as it is added.
+
+    Why build on StateDictRegistry: ModelLedger(registry=...) routes every builder's load_sd through it, keyed by
+    file and sd_ops, and its _target_device() then builds on the CPU and moves the model to the device after. So
+    the cache holds exactly what fp8-cast's sd_ops produced (the fp8 downcast happens once, at the first load),
+    and each request's build is a host-to-device copy. Pinning in add() replaces the loaded tensors inside the
+    StateDict the builder is about to use, so even the first build copies from pinned memory, and the host never
+    holds the unpinned and the pinned copy of more than one tensor at once.
+    """
+
+    pin: bool = False
+    loads: Counter = field(default_factory=Counter)  # disk reads per sd_ops name (or file name)
+
+    def add(self, paths: list[str], sd_ops, state_dict) -> str:
+        if self.pin:
+            pinned: dict[int, torch.Tensor] = {}  # one pinned copy per tensor, even where sd_ops aliased it
+            for key, value in state_dict.sd.items():
+                if id(value) not in pinned:
+                    pinned[id(value)] = value.pin_memory()
+                state_dict.sd[key] = pinned[id(value)]
+        self.loads[sd_ops.name if sd_ops is not None else Path(paths[0]).name] += 1
+        return super().add(paths, sd_ops, state_dict)
+
+    def nbytes(self) -> int:
+        with self._lock:
+            seen = {}
+            for state_dict in self._state_dicts.values():
+                for value in state_dict.sd.values():
+                    seen[value.data_ptr()] = value.nbytes
+            return sum(seen.values())
 
 
 def _assert_materialized(name: str, model: torch.nn.Module, bundle: Bundle) -> None:
@@ -60,7 +116,7 @@ def _assert_materialized(name: str, model: torch.nn.Module, bundle: Bundle) -> N
 
 def _explain_build_failure(name: str, bundle: Bundle, exc: Exception) -> str:
     """Name the missing or misshapen tensors (ltx-core's own error is about meta tensors, not about the file)."""
-    from ltx_demo.checkpoints import check_bundle  # noqa: PLC0415
+    from ltx_demo.checkpoints import check_bundle
 
     component = "transformer" if name.startswith("transformer") else name
     problems = [p for c in check_bundle(bundle) if c.name == component for p in c.problems]
@@ -79,6 +135,12 @@ def _cast_unquantized_(model: torch.nn.Module, dtype: torch.dtype) -> None:
             tensor.data = tensor.data.to(dtype)
 
 
+def module_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, each storage once (bitsandbytes' packed 4-bit data included)."""
+    seen = {t.data_ptr(): t.nbytes for t in [*model.parameters(), *model.buffers()] if t.device.type != "meta"}
+    return sum(seen.values())
+
+
 class ModelResidency:
     """Builds models through ltx-pipelines' ModelLedger and owns how long they live."""
 
@@ -92,28 +154,51 @@ class ModelResidency:
         self.bundle = bundle
         self.device = device
         self.compute_dtype = compute_dtype
-        self.build_counts: Counter[str] = Counter()
+        self.build_counts: Counter[str] = BuildCounts()
+        self.disk_reads: Counter[str] = Counter()  # builds that read their weights from disk (not the host cache)
         self._on_loading = on_loading or (lambda _name: None)
         self._held: dict[str, torch.nn.Module] = {}
+        self._adapters: dict[str, LowRankAdapter] = {}
+        self._kept: set[str] = set()  # held past their block until the request ends (the shared transformer)
         self._config: ModelConfig | None = None
         self._ledgers = None
+        self._registry: PinnedStateDictRegistry | None = None
+        self._measured_peaks: dict[tuple, int] = {}
         self._lock = threading.RLock()
         # Pay ltx-pipelines' import (seconds: it pulls in transformers) at construction, not in the first request.
-        import ltx_pipelines.utils.model_ledger  # noqa: F401, PLC0415
+        import ltx_pipelines.utils.model_ledger  # noqa: F401
+
+    @property
+    def config(self) -> ModelConfig | None:
+        return self._config
 
     # -- configuration -------------------------------------------------------------------------------------------
     def configure(self, config: ModelConfig) -> None:
-        """Switch quantization/residency/LoRA strength; what the old config held is released before anything new."""
+        """Switch quantization/residency/LoRA; what the old config held is released before anything new is built."""
+        assert config.residency in CONCRETE_MODES, f"resolve {config.residency} first (plan_residency)"
         with self._lock:
-            if config == self._config:
+            old = self._config
+            if config == old:
+                return
+            if old is not None and config.lora_mode is LoraMode.ADAPTER and old == ModelConfig(
+                config.quantization, config.residency, old.distilled_lora_strength, config.lora_mode,
+                config.text_encoder_quantization,
+            ):  # fmt: skip
+                # Only the adapter's strength changed: drop the adapter, keep the transformer and the host cache.
+                self._drop_adapters()
+                self._config = config
+                self._ledgers = self._make_ledgers(config)
                 return
             self.release_all()
+            self._drop_host_cache()
             self._config = config
+            if config.residency is Residency.HOST_CACHED:
+                self._registry = PinnedStateDictRegistry(pin=torch.cuda.is_available())
             self._ledgers = self._make_ledgers(config)
 
-    def _make_ledgers(self, config: ModelConfig):  # noqa: ANN202
-        from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps  # noqa: PLC0415
-        from ltx_pipelines.utils.model_ledger import ModelLedger  # noqa: PLC0415
+    def _make_ledgers(self, config: ModelConfig):
+        from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
+        from ltx_pipelines.utils.model_ledger import ModelLedger
 
         stage_1 = ModelLedger(
             dtype=self.compute_dtype,
@@ -121,6 +206,7 @@ class ModelResidency:
             checkpoint_path=str(self.bundle.checkpoint),
             gemma_root_path=str(self.bundle.gemma_root),
             spatial_upsampler_path=str(self.bundle.spatial_upsampler),
+            registry=self._registry,
             quantization=policy_for(config.quantization),
         )
         distilled = LoraPathStrengthAndSDOps(
@@ -130,72 +216,438 @@ class ModelResidency:
 
     # -- lifetimes -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def use(self, name: str, on_build: Callable[[str], contextlib.AbstractContextManager] | None = None) -> Iterator:
-        """Yield model `name`, building it if it is not held; cold-start frees it when the block ends."""
+    def request(self) -> Iterator[None]:
+        """One generation. Modes other than persistent leave nothing on the device after it, error or not."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._kept.clear()
+                if self._config is not None and self._config.residency is not Residency.PERSISTENT:
+                    self.release_all()
+
+    def use(self, name: str, on_build: Callable[[str], contextlib.AbstractContextManager] | None = None):
+        """Yield model `name`, building (or uploading) it if it is not held; non-persistent modes free it after."""
+        return self._use(canonical(name), on_build, label=name)
+
+    @contextlib.contextmanager
+    def _use(self, name: str, on_build, label: str) -> Iterator:
         assert self._config is not None, "configure() first"
         with self._lock:
             model = self._held.get(name)
             if model is None:
                 build_scope = on_build(name) if on_build else contextlib.nullcontext()
                 with build_scope:
-                    model = self._build(name)
+                    model = self._build(name, label)
                 self._held[name] = model
         try:
             yield model
         finally:
             del model
             match self._config.residency:
-                case Residency.COLD_START:
-                    self.release(name)
+                case Residency.COLD_START | Residency.HOST_CACHED:
+                    if name not in self._kept:
+                        self.release(name)
                 case Residency.PERSISTENT:
                     pass
+                case Residency.AUTO:
+                    raise AssertionError("configure() refuses auto")
                 case _:
                     assert_never(self._config.residency)
 
-    def _build(self, name: str) -> torch.nn.Module:
+    @contextlib.contextmanager
+    def stage_transformer(self, stage: int, on_build=None) -> Iterator[torch.nn.Module]:
+        """The transformer for stage 1 or 2: in adapter mode one model, the LoRA adapter off for 1 and on for 2.
+
+        Cold-start and host-cached keep it from stage 1 to stage 2 (it is read or uploaded once per request) and
+        free it when stage 2 ends; the upsampler and video encoder run beside it in between (small next to it).
+        In fused mode stage 2 gets its own fused copy, built the way ltx-pipelines does (for comparison).
+        """
+        assert stage in (1, 2), stage
+        label = f"transformer_stage_{stage}"
+        match self._config.lora_mode:
+            case LoraMode.FUSED:
+                with self._use("transformer" if stage == 1 else "transformer_stage_2", on_build, label) as model:
+                    yield model
+            case LoraMode.ADAPTER:
+                with self._lock:
+                    (self._kept.add if stage == 1 else self._kept.discard)("transformer")
+                with self._use("transformer", on_build, label) as model:
+                    adapter = self._adapter_for(model, on_build) if stage == 2 else self._adapters.get("transformer")
+                    with adapter.active(stage == 2) if adapter else contextlib.nullcontext():
+                        yield model
+            case _:
+                assert_never(self._config.lora_mode)
+
+    def adapter(self, name: str = "transformer") -> LowRankAdapter | None:
+        return self._adapters.get(name)
+
+    def _adapter_for(self, model: torch.nn.Module, on_build) -> LowRankAdapter | None:
+        """Attach the distilled LoRA to the held transformer at its first stage-2 use (stage 1's peak never has it)."""
+        strength = self._config.distilled_lora_strength
+        with self._lock:
+            adapter = self._adapters.get("transformer")
+            if adapter is not None or strength == 0:
+                return adapter  # strength 0: stage 2 runs the base weights, as ltx-core's fusion does
+            scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
+            self._on_loading(ADAPTER)
+            try:
+                with scope:
+                    stage_1, _ = self._ledgers
+                    builder = stage_1.transformer_builder
+                    # ltx-core's own LoRA read (builder.load_sd): through the host cache when there is one.
+                    pairs = load_lora_pairs(
+                        str(self.bundle.distilled_lora),
+                        lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
+                    )
+                    adapter = LowRankAdapter(model, pairs, strength, self.compute_dtype)
+            except LoraTargetError as exc:
+                raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
+            finally:
+                self._on_loading(None)
+            self._adapters["transformer"] = adapter
+            self.build_counts[ADAPTER] += 1
+            return adapter
+
+    def _build(self, name: str, label: str) -> torch.nn.Module:
         stage_1, stage_2 = self._ledgers
         factories = {
-            "text_encoder": stage_1.text_encoder,
+            "text_encoder": lambda: self._build_text_encoder(stage_1),
             "embeddings_processor": stage_1.gemma_embeddings_processor,
             "audio_encoder": stage_1.audio_encoder,
             "video_encoder": stage_1.video_encoder,
-            "transformer_stage_1": stage_1.transformer,
+            "transformer": stage_1.transformer,
             "spatial_upsampler": stage_1.spatial_upsampler,
             "transformer_stage_2": stage_2.transformer,
             "video_decoder": stage_1.video_decoder,
         }
+        if name not in factories:
+            raise KeyError(f"unknown model {name!r}: one of {', '.join(MODEL_NAMES)}")
         self._on_loading(name)
         logger.info("building %s (%s)", name, self._config)
+        loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
         try:
             with gemma_architecture(self.bundle), torch.inference_mode(False):
                 model = factories[name]()
         except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
-            raise BundleError(_explain_build_failure(name, self.bundle, exc)) from exc
+            raise BundleError(_explain_build_failure(label, self.bundle, exc)) from exc
         finally:
             self._on_loading(None)
-        _assert_materialized(name, model, self.bundle)
+        _assert_materialized(label, model, self.bundle)
         if name.startswith("transformer"):
             _cast_unquantized_(model, self.compute_dtype)
         model.requires_grad_(False)
         self.build_counts[name] += 1
+        if loads_before is None or sum(self._registry.loads.values()) > loads_before:
+            self.disk_reads[name] += 1
         return model
 
+    def _build_text_encoder(self, ledger):
+        """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU, 4-bit linears swapped in,
+        then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears)."""
+        match self._config.text_encoder_quantization:
+            case TextEncoderQuantization.BF16:
+                return ledger.text_encoder()
+            case TextEncoderQuantization.NF4:
+                text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+                swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
+                logger.info("text encoder: %d linears in nf4", swapped)
+                return text_encoder.to(self.device).eval()
+            case _:
+                assert_never(self._config.text_encoder_quantization)
+
     def release(self, name: str) -> None:
+        name = canonical(name)
         with self._lock:
+            adapter = self._adapters.pop(name, None)
+            if adapter is not None:
+                adapter.detach()
             if self._held.pop(name, None) is not None:
                 free_device_memory(self.device)
 
     def release_all(self) -> None:
+        """Free every model held on the device (the host cache, if any, stays)."""
         with self._lock:
+            self._drop_adapters()
             if self._held:
                 self._held.clear()
                 free_device_memory(self.device)
 
+    def _drop_adapters(self) -> None:
+        for adapter in self._adapters.values():
+            adapter.detach()
+        self._adapters.clear()
+
+    def _drop_host_cache(self) -> None:
+        if self._registry is not None:
+            self._registry.clear()
+            self._registry = None
+            self._ledgers = None
+            gc.collect()
+
+    # -- what is held ----------------------------------------------------------------------------------------------
     def resident(self) -> tuple[str, ...]:
-        """Names of the models held right now, in flow order."""
+        """Names of the models held on the device right now, in flow order."""
         return tuple(name for name in MODEL_NAMES if name in self._held)
 
     def held(self, name: str) -> torch.nn.Module | None:
-        return self._held.get(name)
+        return self._held.get(canonical(name))
+
+    def host_cache_bytes(self) -> int:
+        return self._registry.nbytes() if self._registry is not None else 0
+
+    def host_cache_loads(self) -> Counter:
+        """Disk reads into the host cache per sd_ops name (each should be 1 however many requests ran)."""
+        return Counter(self._registry.loads) if self._registry is not None else Counter()
+
+    def describe(self) -> dict:
+        """What is resident where, for the UI and the status endpoint (bytes)."""
+        with self._lock:
+            config = self._config
+            adapter = self._adapters.get("transformer")
+            return {
+                "mode": config.residency.value if config else None,
+                "lora_mode": config.lora_mode.value if config else None,
+                "text_encoder_quantization": config.text_encoder_quantization.value if config else None,
+                "device_models": {name: module_bytes(self._held[name]) for name in self.resident()},
+                "lora_adapter": adapter.summary.bytes if adapter else None,
+                "host_cache_bytes": self.host_cache_bytes(),
+            }
+
+    def preload(self) -> None:
+        """Build every model the current config keeps (persistent), the stage transformer and its adapter too."""
+        for name in ("text_encoder", "embeddings_processor", "audio_encoder", "video_encoder", "spatial_upsampler",
+                     "video_decoder"):  # fmt: skip
+            with self.use(name):
+                pass
+        for stage in (1, 2):
+            with self.stage_transformer(stage):
+                pass
+
+    # -- auto -------------------------------------------------------------------------------------------------------
+    def record_peak(self, config: ModelConfig, shape: tuple[int, int, int], peak_bytes: int | None) -> None:
+        """A finished request's measured device peak; plan_residency prefers it to the estimate for that shape."""
+        if peak_bytes is not None:
+            self._measured_peaks[(config, shape)] = peak_bytes
+
+    def plan(self, config: ModelConfig, shape: tuple[int, int, int], budget_bytes: int, budget_source: str,
+             host_available_bytes: int) -> ResidencyPlan:  # fmt: skip
+        """Resolve `auto` for this request (config.residency is ignored)."""
+        estimate = estimate_memory(self.bundle, config, shape, self.compute_dtype)
+        measured = {}
+        for mode in CONCRETE_MODES:
+            key = (ModelConfig(config.quantization, mode, config.distilled_lora_strength, config.lora_mode,
+                               config.text_encoder_quantization), shape)  # fmt: skip
+            if key in self._measured_peaks:
+                measured[mode] = self._measured_peaks[key]
+        cached = self.host_cache_bytes() if self._config and self._config.residency is Residency.HOST_CACHED else 0
+        return plan_residency(
+            estimate,
+            budget_bytes=budget_bytes,
+            budget_source=budget_source,
+            host_available_bytes=host_available_bytes + cached,
+            measured=measured,
+            lora_mode=config.lora_mode,
+        )
+
+
+# -- the estimator behind auto ---------------------------------------------------------------------------------------
+GIB = 1024**3
+# Transient bytes of stage 2's transformer pass per video token and per unit of model width (in compute-dtype
+# elements): the 4x FF hidden (in and out), q/k/v/out, the residual stream and norms, with slack for the
+# allocator. A rough constant, not a fit: a measured peak for the same config and shape replaces the estimate.
+ACTIVATION_ELEMENTS_PER_TOKEN_WIDTH = 64
+HEADROOM = 1.10  # an estimate must fit the budget with 10% to spare; a measured peak must simply fit
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryEstimate:
+    """Device bytes per component as this config would hold them, the activations, and the host cache size."""
+
+    components: dict[str, int]
+    activations: int
+    host_cache: int
+
+    def peak(self, mode: Residency, lora_mode: LoraMode) -> int:
+        c = self.components
+        second = c["lora_adapter"] if lora_mode is LoraMode.ADAPTER else c["transformer_stage_2"]
+        if mode is Residency.PERSISTENT:
+            flow = ("text_encoder", "embeddings_processor", "audio_encoder", "video_encoder", "transformer",
+                    "spatial_upsampler", "video_decoder")  # fmt: skip
+            return sum(c[name] for name in flow) + second + self.activations
+        # Built and freed per block (DESIGN.md flow); the transformer is kept from stage 1 through stage 2.
+        kept = c["transformer"] if lora_mode is LoraMode.ADAPTER else 0
+        return max(
+            c["text_encoder"],
+            c["embeddings_processor"],
+            c["audio_encoder"],
+            c["transformer"] + self.activations,
+            kept + c["video_encoder"] + c["spatial_upsampler"],
+            (c["transformer"] if lora_mode is LoraMode.ADAPTER else 0) + second + self.activations,
+            c["video_decoder"] + self.activations,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResidencyPlan:
+    mode: Residency
+    reason: str
+    peaks: dict[str, int]  # mode value -> the peak used for the decision (measured or estimated)
+    measured: tuple[str, ...]  # the modes whose peak was measured, not estimated
+
+
+_SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
+
+
+def _header_tensors(paths: list[str], sd_ops) -> list[tuple[str, int, torch.dtype]]:
+    """(key, elements, dtype after sd_ops) for each tensor a builder would load, from the safetensors headers only."""
+    import math
+
+    import safetensors
+
+    out = []
+    for path in paths:
+        with safetensors.safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                name = key if sd_ops is None else sd_ops.apply_to_key(key)
+                if name is None:
+                    continue
+                tensor_slice = f.get_slice(key)
+                shape, dtype = (
+                    tensor_slice.get_shape(),
+                    _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.bfloat16),
+                )
+                results = [(name, torch.empty(shape, dtype=dtype, device="meta"))]
+                if sd_ops is not None:
+                    results = sd_ops.apply_to_key_value(name, results[0][1])
+                out.extend((new_key, math.prod(value.shape), value.dtype) for new_key, value in results)
+    return out
+
+
+def estimate_memory(bundle: Bundle, config: ModelConfig, shape: tuple[int, int, int],
+                    compute_dtype: torch.dtype) -> MemoryEstimate:  # fmt: skip
+    """Weights from the bundle's headers as this config stores them; activations from the stage-2 token count."""
+    components, host, width = _weight_bytes(
+        bundle, config.quantization, config.text_encoder_quantization, compute_dtype
+    )
+    itemsize = torch.empty((), dtype=compute_dtype).element_size()
+    w, h, frames = shape
+    tokens = (w // 32) * (h // 32) * ((frames - 1) // 8 + 1)
+    activations = ACTIVATION_ELEMENTS_PER_TOKEN_WIDTH * tokens * width * itemsize
+    return MemoryEstimate(dict(components), activations, host)
+
+
+@functools.lru_cache(maxsize=8)
+def _weight_bytes(bundle: Bundle, quantization: Quantization, text_encoder: TextEncoderQuantization,
+                  compute_dtype: torch.dtype) -> tuple[tuple[tuple[str, int], ...], int, int]:  # fmt: skip
+    """((component, device bytes), ...), host-cache bytes, transformer width: headers and meta models only.
+
+    Device bytes count only what the model keeps (the checkpoint's transformer prefix also matches the embeddings
+    connectors, which the transformer drops); the host cache holds whatever each builder's sd_ops loaded.
+    """
+    import json
+
+    import safetensors
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
+    from ltx_pipelines.utils.model_ledger import ModelLedger
+
+    ledger = ModelLedger(dtype=compute_dtype, device=torch.device("cpu"), checkpoint_path=str(bundle.checkpoint),
+                         gemma_root_path=str(bundle.gemma_root),
+                         spatial_upsampler_path=str(bundle.spatial_upsampler))  # fmt: skip
+    itemsize = torch.empty((), dtype=compute_dtype).element_size()
+    policy = policy_for(quantization)
+
+    def size(dtype: torch.dtype) -> int:
+        return torch.empty((), dtype=dtype).element_size()
+
+    def weigh(builder, device_bytes: Callable[[str, int, torch.dtype], float]) -> tuple[int, int]:
+        paths = list(builder.model_path) if isinstance(builder.model_path, tuple) else [builder.model_path]
+        with gemma_architecture(bundle):
+            meta = builder.meta_model(builder.model_config(), builder.module_ops)
+        kept = {name for name, _ in [*meta.named_parameters(), *meta.named_buffers()]}
+        device = host = 0
+        for key, elements, dtype in _header_tensors(paths, builder.model_sd_ops):
+            host += elements * size(dtype)
+            if key in kept:
+                device += int(device_bytes(key, elements, dtype))
+        return device, host
+
+    def fp8_or_compute(key: str, elements: int, dtype: torch.dtype) -> int:
+        if policy is not None and policy.sd_ops is not None:
+            dtype = policy.sd_ops.apply_to_key_value(key, torch.empty(0, dtype=dtype, device="meta"))[0][1].dtype
+        return elements * (1 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else itemsize)
+
+    def text_encoder_bytes(key: str, elements: int, _dtype: torch.dtype) -> float:
+        nf4 = text_encoder is TextEncoderQuantization.NF4 and key.endswith(".weight")
+        return elements * (NF4_BYTES_PER_WEIGHT if nf4 and is_nf4_target(key.removesuffix(".weight")) else itemsize)
+
+    components, host = {}, 0
+    for name, builder, device_bytes in (
+        ("text_encoder", ledger.text_encoder_builder, text_encoder_bytes),
+        ("embeddings_processor", ledger.embeddings_processor_builder, None),
+        ("audio_encoder", ledger.audio_encoder_builder, None),
+        ("video_encoder", ledger.vae_encoder_builder, None),
+        ("transformer", ledger.transformer_builder, fp8_or_compute),
+        ("spatial_upsampler", ledger.upsampler_builder, None),
+        ("video_decoder", ledger.vae_decoder_builder, None),
+    ):
+        components[name], stored = weigh(builder, device_bytes or (lambda _k, elements, _d: elements * itemsize))
+        host += stored
+    # The fp8 cast happens as the state dict loads, so the host cache holds the transformer's block linears in fp8.
+    components["transformer_stage_2"] = components["transformer"]
+    lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
+    components["lora_adapter"] = sum(elements for _, elements, _ in lora) * itemsize
+    host += sum(elements * size(dtype) for _, elements, dtype in lora)
+    if policy is not None and policy.sd_ops is not None:
+        transformer_paths = [str(bundle.checkpoint)]
+        for key, elements, dtype in _header_tensors(transformer_paths, ledger.transformer_builder.model_sd_ops):
+            stored = policy.sd_ops.apply_to_key_value(key, torch.empty(0, dtype=dtype, device="meta"))[0][1].dtype
+            host -= elements * (size(dtype) - size(stored))
+    with safetensors.safe_open(str(bundle.checkpoint), framework="pt") as f:
+        transformer_config = json.loads((f.metadata() or {}).get("config", "{}")).get("transformer", {})
+    width = transformer_config.get("num_attention_heads", 32) * transformer_config.get("attention_head_dim", 128)
+    return tuple(components.items()), host, width
+
+
+def plan_residency(
+    estimate: MemoryEstimate,
+    *,
+    budget_bytes: int,
+    budget_source: str,
+    host_available_bytes: int,
+    measured: dict[Residency, int],
+    lora_mode: LoraMode = LoraMode.ADAPTER,
+) -> ResidencyPlan:
+    """The fastest mode whose peak fits the budget: persistent, then host-cached (if the host can hold the cache),
+    then cold-start. Raises ValueError naming the smallest need when none fits (the engine turns it into
+    InvalidRequest): running a mode that is expected not to fit would be a silent fallback."""
+    peaks = {mode: measured.get(mode, estimate.peak(mode, lora_mode)) for mode in CONCRETE_MODES}
+    need = {mode: peaks[mode] if mode in measured else int(peaks[mode] * HEADROOM) for mode in CONCRETE_MODES}
+    skipped = []
+    for mode in CONCRETE_MODES:
+        how = "measured" if mode in measured else "estimated"
+        if need[mode] > budget_bytes:
+            skipped.append(f"{mode.value} needs ~{need[mode] / GIB:.1f} GiB ({how})")
+            continue
+        if mode is Residency.HOST_CACHED and estimate.host_cache > host_available_bytes:
+            skipped.append(f"host-cached needs {estimate.host_cache / GIB:.1f} GiB of host memory, "
+                           f"{host_available_bytes / GIB:.1f} GiB free")  # fmt: skip
+            continue
+        reason = (f"{mode.value}: peak ~{peaks[mode] / GIB:.2f} GiB ({how}) fits the {budget_bytes / GIB:.1f} GiB "
+                  f"budget ({budget_source})")  # fmt: skip
+        if skipped:
+            reason += "; faster modes do not fit: " + "; ".join(skipped)
+        return ResidencyPlan(mode, reason, {m.value: p for m, p in peaks.items()}, tuple(m.value for m in measured))
+    raise ValueError(f"no residency mode fits the {budget_bytes / GIB:.1f} GiB budget ({budget_source}): "
+                     + "; ".join(skipped))  # fmt: skip

@@ -41,6 +41,9 @@ class GenerationRequest:
     guidance: GuidanceParams = field(default_factory=GuidanceParams)
     distilled_lora_strength: float = 1.0
     output_path: str | None = None  # None: a new file in the output folder
+    text_encoder_quantization: str | None = None  # None: nf4 on CUDA, bf16 elsewhere
+    lora_mode: str = "adapter"  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
+    vram_budget_gib: float | None = None  # for residency "auto"; None: what the device has free
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,9 @@ class GenerationResult:
     resident_before: tuple[str, ...]
     resident_after: tuple[str, ...]
     bundle: dict
+    residency_reason: str = ""  # why auto picked the mode that ran (residency is then the mode that ran)
+    text_encoder_quantization: str | None = None  # what ran
+    lora_mode: str | None = None
 
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
@@ -111,6 +117,10 @@ class GenerationResult:
             "quantization": self.quantization,
             "compute_dtype": self.compute_dtype,
             "residency": self.residency,
+            "residency_requested": self.request.residency,
+            "residency_reason": self.residency_reason,
+            "text_encoder_quantization": self.text_encoder_quantization,
+            "lora_mode": self.lora_mode,
             "device": self.device,
             "synthetic": self.synthetic,
             "audio_note": self.audio_note,
