@@ -1,0 +1,135 @@
+"""Residency modes on CUDA (opt-in: `pytest -m gpu tests/test_gpu_residency.py`): memory per mode, nf4 Gemma, adapter.
+
+Writes what it measured to $OUT/residency-gpu.json when OUT is set (the device machine's output folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltx_demo.engine import Engine
+from ltx_demo.residency import ModelConfig, ModelResidency, module_bytes
+from ltx_demo.settings import Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import GenerationCancelled
+
+from .test_residency import assert_same_output, clips, measure_lora_paths  # noqa: F401 (clips is a fixture)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+logger = logging.getLogger(__name__)
+MIB = 1024**2
+MODES = ("persistent", "cold-start", "host-cached", "auto")
+REPORT: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_report():
+    yield
+    if os.environ.get("OUT") and REPORT:
+        path = Path(os.environ["OUT"]) / "residency-gpu.json"
+        path.write_text(json.dumps(REPORT | {"card": torch.cuda.get_device_name()}, indent=2) + "\n")
+
+
+def allocated() -> int:
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
+def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_path, clips, quantization):  # noqa: F811
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    baseline = allocated()
+    results, memory = [], {}
+    for mode in MODES:
+        request = small_request(quantization=quantization, residency=mode, width=128, height=128, num_frames=17,
+                                vram_budget_gib=64.0 if mode == "auto" else None)  # fmt: skip
+        result = engine.generate(request)
+        results.append(result)
+        after = allocated()
+        memory[mode] = {"ran": result.residency, "peak_vram_bytes": result.peak_vram_bytes,
+                        "allocated_after_bytes": after - baseline,
+                        "text_encoder_quantization": result.text_encoder_quantization}  # fmt: skip
+        if result.residency == "persistent":
+            assert "transformer" in engine.models.resident() and after > baseline
+            assert "transformer_stage_2" not in engine.models.resident()
+        else:
+            assert engine.models.resident() == () and abs(after - baseline) < 50 * MIB, (mode, baseline, after)
+        if result.residency == "host-cached":
+            assert engine.models.host_cache_bytes() > 0
+            cache = engine.models._registry._state_dicts  # pinned, so each upload is a DMA copy
+            assert all(t.is_pinned() for sd in cache.values() for t in sd.sd.values())
+    REPORT[f"modes_{quantization}"] = memory
+    assert results[0].text_encoder_quantization == "nf4"  # the CUDA default
+    for result, clip in zip(results[1:], clips[1:], strict=True):
+        assert_same_output(results[0], result, clips[0], clip)
+
+
+@pytest.mark.parametrize("mode", ["cold-start", "host-cached"])
+def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, tmp_path, mode):
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    baseline = allocated()
+    stage = {"now": None}
+    with pytest.raises(GenerationCancelled):
+        engine.generate(
+            small_request(quantization="fp8-cast", residency=mode, width=128, height=128, num_frames=17),
+            on_progress=lambda p: stage.update(now=p.phase),
+            cancelled=lambda: stage["now"] == "stage_2",  # the transformer is kept between the stages here
+        )
+    assert engine.models.resident() == () and abs(allocated() - baseline) < 50 * MIB
+
+
+def test_switching_from_persistent_releases_the_device(tiny_bundle, small_request, tmp_path):
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    baseline = allocated()
+    engine.generate(small_request(quantization="fp8-cast", residency="persistent"))
+    assert allocated() > baseline
+    engine.generate(small_request(quantization="bf16", residency="host-cached"))
+    assert abs(allocated() - baseline) < 50 * MIB
+
+
+def test_nf4_text_encoder_on_cuda(tiny_bundle):
+    import bitsandbytes as bnb
+
+    prompt = "A woman speaks to the camera."
+    outputs, sizes = {}, {}
+    for quantization in TextEncoderQuantization:
+        models = ModelResidency(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+        models.configure(ModelConfig(Quantization.FP8_CAST, Residency.COLD_START, 1.0,
+                                     text_encoder_quantization=quantization))  # fmt: skip
+        with torch.inference_mode(), models.request():
+            with models.use("text_encoder") as text_encoder:
+                sizes[quantization.value] = module_bytes(text_encoder)
+                linear4bit = sum(isinstance(m, bnb.nn.Linear4bit) for m in text_encoder.modules())
+                assert (linear4bit > 0) == (quantization is TextEncoderQuantization.NF4)
+                hidden, mask = text_encoder.encode(prompt)
+            with models.use("embeddings_processor") as processor:
+                encoded = processor.process_hidden_states(hidden, mask)
+            outputs[quantization.value] = (encoded.video_encoding.float(), encoded.audio_encoding.float())
+    difference = {
+        name: float((outputs["nf4"][i] - outputs["bf16"][i]).norm() / outputs["bf16"][i].norm())
+        for i, name in enumerate(("video_context", "audio_context"))
+    }
+    REPORT["text_encoder"] = {"bytes": sizes, "relative_difference_nf4_vs_bf16": difference}
+    logger.info("nf4 vs bf16 prompt embeddings: %s; bytes %s", difference, sizes)
+    assert sizes["nf4"] < sizes["bf16"]
+    assert all(0 < d < 0.5 for d in difference.values()), difference
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
+def test_adapter_and_fusion_against_the_float32_reference_on_cuda(tiny_bundle, small_request, tmp_path,
+                                                                  quantization):  # fmt: skip
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    errors = measure_lora_paths(engine, small_request(quantization=quantization, residency="persistent",
+                                                      text_encoder_quantization="bf16"))  # fmt: skip
+    REPORT[f"lora_{quantization}"] = errors
+    assert errors["adapter_off_change"] > 0.01
+    # bf16 compute rounds both paths; report them, and require both to stay near the reference.
+    assert errors["adapter_layer_error"] < 0.1 and errors["fused_layer_error"] < 0.1
