@@ -118,8 +118,10 @@ def run_two_stage(
     with telemetry.phase("prompt_encode"):
         with use("text_encoder") as text_encoder:
             raw = [text_encoder.encode(p) for p in (request.prompt, negative_prompt)]
+            del text_encoder  # every block drops its name before it ends: cold-start can free only unnamed models
         with use("embeddings_processor") as processor:
             positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
+            del processor
         del raw
     v_context_p, a_context_p = positive.video_encoding, positive.audio_encoding
     v_context_n = negative.video_encoding
@@ -130,6 +132,7 @@ def run_two_stage(
         waveform = torch.from_numpy(inputs.audio).unsqueeze(0).to(device=device, dtype=torch.float32)
         with use("audio_encoder") as audio_encoder:
             audio_latent = vae_encode_audio(Audio(waveform=waveform, sampling_rate=inputs.sample_rate), audio_encoder)
+            del audio_encoder
         duration = request.num_frames / request.frame_rate
         audio_shape = AudioLatentShape.from_duration(
             batch=1, duration=duration, channels=AUDIO_LATENT_CHANNELS, mel_bins=AUDIO_LATENT_MEL_BINS
@@ -148,6 +151,7 @@ def run_two_stage(
                 images=image, height=stage_1_shape.height, width=stage_1_shape.width,
                 video_encoder=video_encoder, dtype=dtype, device=device,
             )  # fmt: skip
+            del video_encoder
         sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=device)
         with models.stage_transformer(1, on_build=load_scope) as transformer:  # adapter mode: LoRA adapter off
             params = LTX_2_3_PARAMS.video_guider_params
@@ -186,10 +190,12 @@ def run_two_stage(
             with use("spatial_upsampler") as upsampler:
                 upscaled = upsample_video(latent=video_state.latent[:1], video_encoder=video_encoder,
                                           upsampler=upsampler)  # fmt: skip
+                del upsampler
             conditionings = combined_image_conditionings(
                 images=image, height=stage_2_shape.height, width=stage_2_shape.width,
                 video_encoder=video_encoder, dtype=dtype, device=device,
             )  # fmt: skip
+            del video_encoder
         del video_state
 
     # 7. Stage 2: full resolution, distilled LoRA, the distilled sigmas, no guidance.
@@ -214,6 +220,7 @@ def run_two_stage(
         with use("video_decoder") as decoder:
             chunks = [c.to("cpu") for c in vae_decode_video(video_state.latent, decoder, TilingConfig.default(),
                                                              generator)]  # fmt: skip
+            del decoder
         frames = torch.cat(chunks, dim=0)
     return DecodedClip(frames=frames, audio=torch.from_numpy(inputs.audio), sample_rate=inputs.sample_rate)
 
