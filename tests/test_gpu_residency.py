@@ -5,6 +5,7 @@ Writes what it measured to $OUT/residency-gpu.json when OUT is set (the device m
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ def write_report():
 
 
 def allocated() -> int:
+    """Live CUDA tensors, after collecting earlier tests' engines (fp8-cast and the adapter make cycles)."""
+    gc.collect()
     torch.cuda.synchronize()
     return torch.cuda.memory_allocated()
 

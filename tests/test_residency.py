@@ -149,6 +149,8 @@ def test_fused_mode_keeps_a_second_copy_and_nearly_matches_the_adapter(tiny_bund
 def _cast(value, dtype: torch.dtype):
     if isinstance(value, torch.Tensor):
         return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
     if dataclasses.is_dataclass(value):
         return dataclasses.replace(value, **{f.name: _cast(getattr(value, f.name), dtype)
                                              for f in dataclasses.fields(value)})  # fmt: skip
