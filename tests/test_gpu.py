@@ -38,7 +38,7 @@ def test_generate_on_cuda(tiny_bundle, small_request, tmp_path, quantization, re
         assert abs(after - before) < 50 * MIB, (before, after)
         assert engine.models.resident() == ()
     else:
-        assert after > before and "transformer_stage_1" in engine.models.resident()
+        assert after > before and "transformer" in engine.models.resident()  # one transformer serves both stages
     # Same seed, same engine: identical decoded frames on the GPU too.
     again = decode_mp4(engine.generate(request).output)[0]
     assert np.array_equal(frames, again)
