@@ -70,17 +70,17 @@ def drop_page_cache() -> bool:
 
 
 def machine_facts(engine: Engine) -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
     facts = {"torch": torch.__version__, "python": platform.python_version(), "device": str(engine.device)}
     if engine.device.type == "cuda":
         facts["card"] = torch.cuda.get_device_name(engine.device)
         try:
-            import pynvml  # noqa: PLC0415
+            import pynvml
 
             pynvml.nvmlInit()
             facts["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:  # noqa: BLE001 -- the driver version is informative only
+        except Exception:
             facts["driver"] = None
     else:
         facts["card"] = platform.processor() or "cpu"
@@ -89,16 +89,23 @@ def machine_facts(engine: Engine) -> dict:
 
 
 def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt: str, drop_cache: bool) -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
     page_cache = None
     if config.residency == "cold-start":
         page_cache = "dropped" if drop_cache and drop_page_cache() else "warm"
     request = GenerationRequest(
-        image_path=image, audio_path=audio, prompt=prompt, width=config.width, height=config.height,
-        num_frames=config.num_frames, steps=config.steps, seed=config.seed, quantization=config.quantization,
+        image_path=image,
+        audio_path=audio,
+        prompt=prompt,
+        width=config.width,
+        height=config.height,
+        num_frames=config.num_frames,
+        steps=config.steps,
+        seed=config.seed,
+        quantization=config.quantization,
         residency=config.residency,
-    )  # fmt: skip
+    )
     try:
         result = engine.generate(request)
     except torch.OutOfMemoryError as exc:
@@ -123,17 +130,33 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
     }
 
 
-def run_bench(engine: Engine, configs: list[BenchConfig], runs: int, image: str, audio: str, prompt: str,
-              drop_cache: bool, command: str) -> dict:  # fmt: skip
+def run_bench(
+    engine: Engine,
+    configs: list[BenchConfig],
+    runs: int,
+    image: str,
+    audio: str,
+    prompt: str,
+    drop_cache: bool,
+    command: str,
+) -> dict:
     facts = machine_facts(engine)
     today = datetime.date.today().isoformat()
     results = []
     for config in configs:
         entry = {
-            "resolution": config.resolution, "num_frames": config.num_frames, "quantization": config.quantization,
-            "residency": config.residency, "steps": config.steps, "seed": config.seed, "date": today,
-            "command": command, "bundle": engine.bundle.describe(), **facts, "runs": [],
-        }  # fmt: skip
+            "resolution": config.resolution,
+            "num_frames": config.num_frames,
+            "quantization": config.quantization,
+            "residency": config.residency,
+            "steps": config.steps,
+            "seed": config.seed,
+            "date": today,
+            "command": command,
+            "bundle": engine.bundle.describe(),
+            **facts,
+            "runs": [],
+        }
         for index in range(runs):
             run = run_one(engine, config, image, audio, prompt, drop_cache)
             logger.info("%s run %d: %s", config, index, {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib")})
@@ -153,8 +176,15 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
     data = json.loads(benchmarks.read_text()) if benchmarks.exists() else {"configs": []}
 
     def key(c: dict) -> tuple:
-        return (c["resolution"], c["num_frames"], c["quantization"], c["residency"], c["steps"], c.get("card"),
-                c.get("bundle", {}).get("scale"))  # fmt: skip
+        return (
+            c["resolution"],
+            c["num_frames"],
+            c["quantization"],
+            c["residency"],
+            c["steps"],
+            c.get("card"),
+            c.get("bundle", {}).get("scale"),
+        )
 
     replaced = {key(c) for c in new["configs"]}
     data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new["configs"]
@@ -176,14 +206,23 @@ def render_markdown(data: dict) -> str:
         "",
         "Elapsed: the first run (it builds the models) and the mean of the later runs (persistent: models resident).",
         "",
-        "| resolution | frames | steps | quantization | residency | card | bundle | runs | first s | later s | peak VRAM GiB "
-        "| device peak GiB | resident GiB | identical outputs | seed elapsed s | seed peak GiB |",
+        "| resolution | frames | steps | quantization | residency | card | bundle | runs | first s | later s "
+        "| peak VRAM GiB | device peak GiB | resident GiB | identical outputs | seed elapsed s | seed peak GiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"persistent": 0, "cold-start": 1, "host-cached": 2, "auto": 3}
-    data = {**data, "configs": sorted(data["configs"], key=lambda c: (
-        c.get("card") or "", order.get(c["residency"], 9), c["quantization"] != "fp8-cast",
-        [int(x) for x in c["resolution"].split("x")][0]))}  # fmt: skip
+    data = {
+        **data,
+        "configs": sorted(
+            data["configs"],
+            key=lambda c: (
+                c.get("card") or "",
+                order.get(c["residency"], 9),
+                c["quantization"] != "fp8-cast",
+                int(c["resolution"].split("x")[0]),
+            ),
+        ),
+    }
     for c in data["configs"]:
         runs = [r for r in c["runs"] if not r.get("oom")]
         seed = SEED_TABLE.get((c["resolution"], c["quantization"], c["residency"]), (None, None))
@@ -217,7 +256,10 @@ def render_markdown(data: dict) -> str:
             + " |"
         )
     commands = sorted({c["command"] for c in data["configs"]})
-    lines += ["", "Commands:", ""] + [f"- `{cmd}` ({', '.join(sorted({c['date'] for c in data['configs'] if c['command'] == cmd}))})" for cmd in commands]
+    lines += ["", "Commands:", ""] + [
+        f"- `{cmd}` ({', '.join(sorted({c['date'] for c in data['configs'] if c['command'] == cmd}))})"
+        for cmd in commands
+    ]
     return "\n".join(lines) + "\n"
 
 

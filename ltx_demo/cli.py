@@ -53,16 +53,34 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-rate", type=int, choices=FRAME_RATES, default=24)
     parser.add_argument("--steps", type=int, default=30, help="stage-1 denoising steps")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--quantization", "--transformer-quantization", dest="quantization",
-                        choices=[q.value for q in Quantization], default=Quantization.FP8_CAST.value)  # fmt: skip
-    parser.add_argument("--residency", choices=[r.value for r in Residency], default=Residency.PERSISTENT.value,
-                        help="auto: the fastest mode whose peak fits --vram-budget-gib")  # fmt: skip
-    parser.add_argument("--vram-budget-gib", type=float, default=None,
-                        help="for --residency auto (default: the device's free memory)")  # fmt: skip
-    parser.add_argument("--text-encoder-quantization", choices=[q.value for q in TextEncoderQuantization],
-                        default=None, help="default: nf4 on CUDA, bf16 elsewhere (nf4 needs CUDA)")  # fmt: skip
-    parser.add_argument("--lora-mode", choices=[m.value for m in LoraMode], default=LoraMode.ADAPTER.value,
-                        help="adapter: one transformer, LoRA at runtime in stage 2; fused: a second copy")  # fmt: skip
+    parser.add_argument(
+        "--quantization",
+        "--transformer-quantization",
+        dest="quantization",
+        choices=[q.value for q in Quantization],
+        default=Quantization.FP8_CAST.value,
+    )
+    parser.add_argument(
+        "--residency",
+        choices=[r.value for r in Residency],
+        default=Residency.PERSISTENT.value,
+        help="auto: the fastest mode whose peak fits --vram-budget-gib",
+    )
+    parser.add_argument(
+        "--vram-budget-gib", type=float, default=None, help="for --residency auto (default: the device's free memory)"
+    )
+    parser.add_argument(
+        "--text-encoder-quantization",
+        choices=[q.value for q in TextEncoderQuantization],
+        default=None,
+        help="default: nf4 on CUDA, bf16 elsewhere (nf4 needs CUDA)",
+    )
+    parser.add_argument(
+        "--lora-mode",
+        choices=[m.value for m in LoraMode],
+        default=LoraMode.ADAPTER.value,
+        help="adapter: one transformer, LoRA at runtime in stage 2; fused: a second copy",
+    )
     parser.add_argument("--distilled-lora-strength", type=float, default=1.0)
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
@@ -101,55 +119,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def request_from_args(args: argparse.Namespace):  # noqa: ANN201
-    from ltx_demo.types import GenerationRequest  # noqa: PLC0415
+def request_from_args(args: argparse.Namespace):
+    from ltx_demo.types import GenerationRequest
 
     return GenerationRequest(
-        image_path=args.image, audio_path=args.audio, prompt=args.prompt, negative_prompt=args.negative_prompt,
-        width=args.width, height=args.height, num_frames=args.num_frames, frame_rate=args.frame_rate,
-        steps=args.steps, seed=args.seed, quantization=args.quantization, residency=args.residency,
-        audio_start=args.audio_start, image_fit=args.image_fit,
-        distilled_lora_strength=args.distilled_lora_strength, output_path=args.output,
-        text_encoder_quantization=args.text_encoder_quantization, lora_mode=args.lora_mode,
+        image_path=args.image,
+        audio_path=args.audio,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        num_frames=args.num_frames,
+        frame_rate=args.frame_rate,
+        steps=args.steps,
+        seed=args.seed,
+        quantization=args.quantization,
+        residency=args.residency,
+        audio_start=args.audio_start,
+        image_fit=args.image_fit,
+        distilled_lora_strength=args.distilled_lora_strength,
+        output_path=args.output,
+        text_encoder_quantization=args.text_encoder_quantization,
+        lora_mode=args.lora_mode,
         vram_budget_gib=args.vram_budget_gib,
-    )  # fmt: skip
+    )
 
 
-def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
-    from ltx_demo.checkpoints import resolve_bundle  # noqa: PLC0415
+def resolve_from_args(args: argparse.Namespace):
+    from ltx_demo.checkpoints import resolve_bundle
 
-    return resolve_bundle(args.bundle, args.checkpoint_path, args.distilled_lora_path,
-                          args.spatial_upsampler_path, args.gemma_root)  # fmt: skip
+    return resolve_bundle(
+        args.bundle, args.checkpoint_path, args.distilled_lora_path, args.spatial_upsampler_path, args.gemma_root
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     match args.command:
         case "generate":
-            from ltx_demo.engine import Engine  # noqa: PLC0415
+            from ltx_demo.engine import Engine
 
             request = request_from_args(args)
             engine = Engine(resolve_from_args(args), Path(args.output_dir), args.device)
             result = engine.generate(request)
             print(json.dumps(result.summary(), indent=2))
         case "make-bundle":
-            from ltx_demo.synthetic import make_bundle  # noqa: PLC0415
+            from ltx_demo.synthetic import make_bundle
 
             bundle = make_bundle(Path(args.out), scale=args.scale, seed=args.seed)
             print(json.dumps(bundle.describe() | {"out": str(args.out)}, indent=2))
         case "check-bundle":
-            from ltx_demo.checkpoints import check_bundle  # noqa: PLC0415
+            from ltx_demo.checkpoints import check_bundle
 
             bundle = resolve_from_args(args)
             checks = check_bundle(bundle)
             ok = not any(c.problems for c in checks)
-            print(json.dumps({"ok": ok, "bundle": bundle.describe(), "components": {
-                c.name: {"tensors": c.tensors, "problems": list(c.problems)} for c in checks}}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "ok": ok,
+                        "bundle": bundle.describe(),
+                        "components": {c.name: {"tensors": c.tensors, "problems": list(c.problems)} for c in checks},
+                    },
+                    indent=2,
+                )
+            )
             if not ok:
                 problems = [f"{c.name}: {p}" for c in checks for p in c.problems]
                 raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
         case "bench":
-            from ltx_demo import bench  # noqa: PLC0415
-            from ltx_demo.engine import Engine  # noqa: PLC0415
+            from ltx_demo import bench
+            from ltx_demo.engine import Engine
 
             engine = Engine(resolve_from_args(args), Path(args.output_dir), args.device)
             configs = [
@@ -158,12 +197,20 @@ def run(args: argparse.Namespace) -> int:
                 for residency in args.residency.split(",")
                 for width, height in bench.parse_resolutions(args.resolutions)
             ]
-            results = bench.run_bench(engine, configs, args.runs, args.image, args.audio, args.prompt,
-                                      args.drop_page_cache, bench.command_line())  # fmt: skip
+            results = bench.run_bench(
+                engine,
+                configs,
+                args.runs,
+                args.image,
+                args.audio,
+                args.prompt,
+                args.drop_page_cache,
+                bench.command_line(),
+            )
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
         case "bench-report":
-            from ltx_demo import bench  # noqa: PLC0415
+            from ltx_demo import bench
 
             for path in args.results:
                 data = bench.merge_into(Path(args.into), json.loads(Path(path).read_text()))
@@ -174,8 +221,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.debug:
         _quiet_libraries()
     try:
@@ -185,18 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from ltx_demo.checkpoints import BundleError  # noqa: PLC0415
-        from ltx_demo.types import InvalidRequest  # noqa: PLC0415
+        from ltx_demo.checkpoints import BundleError
+        from ltx_demo.types import InvalidRequest
 
-        kind = "invalid input" if isinstance(exc, InvalidRequest) else "bundle" if isinstance(
-            exc, BundleError) else type(exc).__name__  # fmt: skip
+        kind = (
+            "invalid input"
+            if isinstance(exc, InvalidRequest)
+            else "bundle"
+            if isinstance(exc, BundleError)
+            else type(exc).__name__
+        )
         print(f"error ({kind}): {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InvalidRequest | BundleError) else 1
 
 
 def _quiet_libraries() -> None:
     """tqdm bars and transformers' notices would mix into the one JSON object on stdout/stderr."""
-    import os  # noqa: PLC0415
+    import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -23,7 +23,7 @@ import torch
 
 from ltx_demo import media
 from ltx_demo.checkpoints import Bundle
-from ltx_demo.pipeline import run_two_stage, write_mp4
+from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import default_text_encoder_quantization, text_encoder_unavailable_reason, unavailable_reason
 from ltx_demo.residency import ModelConfig, ModelResidency
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
@@ -99,12 +99,14 @@ class Engine:
     def memory_now(self) -> VramSample:
         return self.memory.sample(0.0, "idle")
 
-    def preload(self, quantization: str = "fp8-cast", lora_strength: float = 1.0,
-                text_encoder_quantization: str | None = None) -> None:  # fmt: skip
+    def preload(
+        self, quantization: str = "fp8-cast", lora_strength: float = 1.0, text_encoder_quantization: str | None = None
+    ) -> None:
         """Persistent mode: build every model now, so the first request pays no load."""
         text_encoder = TextEncoderQuantization(text_encoder_quantization or self.default_text_encoder_quantization())
-        self.models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength,
-                                          LoraMode.ADAPTER, text_encoder))  # fmt: skip
+        self.models.configure(
+            ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength, LoraMode.ADAPTER, text_encoder)
+        )
         self.models.preload()
 
     # -- the job -------------------------------------------------------------------------------------------------
@@ -147,8 +149,13 @@ class Engine:
         text_encoder = TextEncoderQuantization(
             request.text_encoder_quantization or self.default_text_encoder_quantization()
         )
-        config = ModelConfig(Quantization(request.quantization), Residency(request.residency),
-                             request.distilled_lora_strength, LoraMode(request.lora_mode), text_encoder)  # fmt: skip
+        config = ModelConfig(
+            Quantization(request.quantization),
+            Residency(request.residency),
+            request.distilled_lora_strength,
+            LoraMode(request.lora_mode),
+            text_encoder,
+        )
         if config.residency is not Residency.AUTO:
             return config, ""
         budget, source = self._vram_budget(request.vram_budget_gib)
@@ -169,7 +176,7 @@ class Engine:
             return free + torch.cuda.memory_reserved(self.device), "free device memory, no budget given"
         return host_available_bytes(), "free host memory (CPU device), no budget given"
 
-    def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:  # noqa: ANN001
+    def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:
         telemetry = RunTelemetry(self.memory)
         self._current = telemetry
         telemetry.start_sampling()
@@ -184,7 +191,7 @@ class Engine:
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
-                write_mp4(clip, request.frame_rate, partial)
+                media.write_mp4(clip.frames.numpy(), clip.audio.numpy(), clip.sample_rate, request.frame_rate, partial)
         finally:
             telemetry.stop_sampling()
             self._current = None

@@ -56,8 +56,13 @@ class LowRankAdapter:
     and they stay out of its state_dict.
     """
 
-    def __init__(self, transformer: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 strength: float, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        strength: float,
+        dtype: torch.dtype,
+    ) -> None:
         self.strength = float(strength)
         self.enabled = False
         self._velocity = getattr(transformer, "velocity_model", transformer)
@@ -79,8 +84,13 @@ class LowRankAdapter:
             self.detach()
             raise
         self.summary = AdapterSummary(len(self._layers), max(ranks, default=0), total)
-        logger.info("low-rank adapter on %d linears, rank <= %d, %d bytes, strength %s", self.summary.layers,
-                    self.summary.rank, self.summary.bytes, self.strength)  # fmt: skip
+        logger.info(
+            "low-rank adapter on %d linears, rank <= %d, %d bytes, strength %s",
+            self.summary.layers,
+            self.summary.rank,
+            self.summary.bytes,
+            self.strength,
+        )
 
     def _target(self, stem: str, a: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
         try:
@@ -89,9 +99,12 @@ class LowRankAdapter:
             raise LoraTargetError(f"{stem}: the LoRA names a layer the transformer does not have") from exc
         if not isinstance(layer, torch.nn.Linear):
             raise LoraTargetError(f"{stem}: the LoRA targets a {type(layer).__name__}, not a Linear")
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != (
-            layer.out_features, layer.in_features
-        ):  # fmt: skip
+        if (
+            a.ndim != 2
+            or b.ndim != 2
+            or a.shape[0] != b.shape[1]
+            or (b.shape[0], a.shape[1]) != (layer.out_features, layer.in_features)
+        ):
             raise LoraTargetError(
                 f"{stem}: B{tuple(b.shape)} @ A{tuple(a.shape)} does not fit a {layer.in_features}->"
                 f"{layer.out_features} Linear"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from functools import partial
 
 import torch
 
@@ -26,7 +26,7 @@ AUDIO_LATENT_CHANNELS, AUDIO_LATENT_MEL_BINS = 8, 16
 
 
 def default_negative_prompt() -> str:
-    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT  # noqa: PLC0415
+    from ltx_pipelines.utils.constants import DEFAULT_NEGATIVE_PROMPT
 
     return DEFAULT_NEGATIVE_PROMPT
 
@@ -44,8 +44,8 @@ class StepReporter:
     def __init__(self, phase: str, total: int, on_progress: Callable[[Progress], None], cancelled: Callable[[], bool]):
         self.phase, self.total, self.on_progress, self.cancelled = phase, total, on_progress, cancelled
 
-    def wrap(self, denoise_fn):  # noqa: ANN001, ANN201
-        def step(video_state, audio_state, sigmas, step_index):  # noqa: ANN001, ANN202
+    def wrap(self, denoise_fn):
+        def step(video_state, audio_state, sigmas, step_index):
             if self.cancelled():
                 raise GenerationCancelled(f"cancelled at {self.phase} step {step_index}/{self.total}")
             self.on_progress(Progress(self.phase, step_index, self.total))
@@ -71,33 +71,33 @@ def run_two_stage(
     cancelled: Callable[[], bool],
 ) -> DecodedClip:
     """Steps 3-8 of the flow (DESIGN.md): prompt, audio, stage 1, upsample, stage 2, decode."""
-    from ltx_core.components.diffusion_steps import EulerDiffusionStep  # noqa: PLC0415
-    from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams  # noqa: PLC0415
-    from ltx_core.components.noisers import GaussianNoiser  # noqa: PLC0415
-    from ltx_core.components.schedulers import LTX2Scheduler  # noqa: PLC0415
-    from ltx_core.model.audio_vae import encode_audio as vae_encode_audio  # noqa: PLC0415
-    from ltx_core.model.upsampler import upsample_video  # noqa: PLC0415
-    from ltx_core.model.video_vae import TilingConfig  # noqa: PLC0415
-    from ltx_core.model.video_vae import decode_video as vae_decode_video  # noqa: PLC0415
-    from ltx_core.types import Audio, AudioLatentShape, VideoPixelShape  # noqa: PLC0415
-    from ltx_pipelines.utils.args import ImageConditioningInput  # noqa: PLC0415
-    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, STAGE_2_DISTILLED_SIGMA_VALUES  # noqa: PLC0415
-    from ltx_pipelines.utils.helpers import (  # noqa: PLC0415
+    from ltx_core.components.diffusion_steps import EulerDiffusionStep
+    from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
+    from ltx_core.components.noisers import GaussianNoiser
+    from ltx_core.components.schedulers import LTX2Scheduler
+    from ltx_core.model.audio_vae import encode_audio as vae_encode_audio
+    from ltx_core.model.upsampler import upsample_video
+    from ltx_core.model.video_vae import TilingConfig
+    from ltx_core.model.video_vae import decode_video as vae_decode_video
+    from ltx_core.types import Audio, AudioLatentShape, VideoPixelShape
+    from ltx_pipelines.utils.args import ImageConditioningInput
+    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, STAGE_2_DISTILLED_SIGMA_VALUES
+    from ltx_pipelines.utils.helpers import (
         combined_image_conditionings,
         denoise_video_only,
         multi_modal_guider_denoising_func,
         simple_denoising_func,
     )
-    from ltx_pipelines.utils.samplers import euler_denoising_loop  # noqa: PLC0415
-    from ltx_pipelines.utils.types import PipelineComponents  # noqa: PLC0415
+    from ltx_pipelines.utils.samplers import euler_denoising_loop
+    from ltx_pipelines.utils.types import PipelineComponents
 
     device, dtype = models.device, models.compute_dtype
 
-    def load_scope(name: str):  # noqa: ANN202 -- model builds are their own phases ("load:<model>")
+    def load_scope(name: str):
         on_progress(Progress(f"load:{name}", message=f"loading {name}"))
         return telemetry.phase(f"load:{name}")
 
-    def use(name: str):  # noqa: ANN202
+    def use(name: str):
         return models.use(name, on_build=load_scope)
 
     def report(phase: str) -> None:
@@ -143,14 +143,21 @@ def run_two_stage(
     report("stage_1")
     with telemetry.phase("stage_1"):
         stage_1_shape = VideoPixelShape(
-            batch=1, frames=request.num_frames, width=request.width // 2, height=request.height // 2,
+            batch=1,
+            frames=request.num_frames,
+            width=request.width // 2,
+            height=request.height // 2,
             fps=float(request.frame_rate),
-        )  # fmt: skip
+        )
         with use("video_encoder") as video_encoder:
             conditionings = combined_image_conditionings(
-                images=image, height=stage_1_shape.height, width=stage_1_shape.width,
-                video_encoder=video_encoder, dtype=dtype, device=device,
-            )  # fmt: skip
+                images=image,
+                height=stage_1_shape.height,
+                width=stage_1_shape.width,
+                video_encoder=video_encoder,
+                dtype=dtype,
+                device=device,
+            )
             del video_encoder
         sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=device)
         with models.stage_transformer(1, on_build=load_scope) as transformer:  # adapter mode: LoRA adapter off
@@ -172,29 +179,43 @@ def run_two_stage(
             )
             reporter = StepReporter("stage_1", request.steps, on_progress, cancelled)
             video_state = denoise_video_only(
-                output_shape=stage_1_shape, conditionings=conditionings, noiser=noiser, sigmas=sigmas,
-                stepper=stepper, components=components, dtype=dtype, device=device,
-                denoising_loop_fn=lambda s, v, a, st: euler_denoising_loop(s, v, a, st, reporter.wrap(denoise)),
+                output_shape=stage_1_shape,
+                conditionings=conditionings,
+                noiser=noiser,
+                sigmas=sigmas,
+                stepper=stepper,
+                components=components,
+                dtype=dtype,
+                device=device,
+                denoising_loop_fn=partial(euler_denoising_loop, denoise_fn=reporter.wrap(denoise)),
                 initial_audio_latent=audio_latent,
-            )  # fmt: skip
+            )
             del denoise, transformer
 
     # 6. Upsample the video latent x2 (normalised with the video encoder's statistics).
     report("upsample")
     with telemetry.phase("upsample"):
         stage_2_shape = VideoPixelShape(
-            batch=1, frames=request.num_frames, width=request.width, height=request.height,
+            batch=1,
+            frames=request.num_frames,
+            width=request.width,
+            height=request.height,
             fps=float(request.frame_rate),
-        )  # fmt: skip
+        )
         with use("video_encoder") as video_encoder:
             with use("spatial_upsampler") as upsampler:
-                upscaled = upsample_video(latent=video_state.latent[:1], video_encoder=video_encoder,
-                                          upsampler=upsampler)  # fmt: skip
+                upscaled = upsample_video(
+                    latent=video_state.latent[:1], video_encoder=video_encoder, upsampler=upsampler
+                )
                 del upsampler
             conditionings = combined_image_conditionings(
-                images=image, height=stage_2_shape.height, width=stage_2_shape.width,
-                video_encoder=video_encoder, dtype=dtype, device=device,
-            )  # fmt: skip
+                images=image,
+                height=stage_2_shape.height,
+                width=stage_2_shape.width,
+                video_encoder=video_encoder,
+                dtype=dtype,
+                device=device,
+            )
             del video_encoder
         del video_state
 
@@ -203,37 +224,33 @@ def run_two_stage(
     with telemetry.phase("stage_2"):
         distilled_sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=device)
         with models.stage_transformer(2, on_build=load_scope) as transformer:  # adapter mode: same model, adapter on
-            denoise = simple_denoising_func(video_context=v_context_p, audio_context=a_context_p,
-                                            transformer=transformer)  # fmt: skip
+            denoise = simple_denoising_func(
+                video_context=v_context_p, audio_context=a_context_p, transformer=transformer
+            )
             reporter = StepReporter("stage_2", len(distilled_sigmas) - 1, on_progress, cancelled)
             video_state = denoise_video_only(
-                output_shape=stage_2_shape, conditionings=conditionings, noiser=noiser, sigmas=distilled_sigmas,
-                stepper=stepper, components=components, dtype=dtype, device=device,
-                denoising_loop_fn=lambda s, v, a, st: euler_denoising_loop(s, v, a, st, reporter.wrap(denoise)),
-                noise_scale=distilled_sigmas[0], initial_video_latent=upscaled, initial_audio_latent=audio_latent,
-            )  # fmt: skip
+                output_shape=stage_2_shape,
+                conditionings=conditionings,
+                noiser=noiser,
+                sigmas=distilled_sigmas,
+                stepper=stepper,
+                components=components,
+                dtype=dtype,
+                device=device,
+                denoising_loop_fn=partial(euler_denoising_loop, denoise_fn=reporter.wrap(denoise)),
+                noise_scale=distilled_sigmas[0],
+                initial_video_latent=upscaled,
+                initial_audio_latent=audio_latent,
+            )
             del denoise, transformer
 
     # 8. Decode (tiled) to uint8 frames, consumed here: the decoder yields lazily and must run in inference mode.
     report("decode")
     with telemetry.phase("decode"):
         with use("video_decoder") as decoder:
-            chunks = [c.to("cpu") for c in vae_decode_video(video_state.latent, decoder, TilingConfig.default(),
-                                                             generator)]  # fmt: skip
+            chunks = [
+                c.to("cpu") for c in vae_decode_video(video_state.latent, decoder, TilingConfig.default(), generator)
+            ]
             del decoder
         frames = torch.cat(chunks, dim=0)
     return DecodedClip(frames=frames, audio=torch.from_numpy(inputs.audio), sample_rate=inputs.sample_rate)
-
-
-def write_mp4(clip: DecodedClip, frame_rate: int, output_path: Path) -> None:
-    """H.264 + AAC through ltx-pipelines' encode_video (which writes int(fps): frame rates are integers here)."""
-    from ltx_core.types import Audio  # noqa: PLC0415
-    from ltx_pipelines.utils.media_io import encode_video  # noqa: PLC0415
-
-    encode_video(
-        video=iter([clip.frames]),
-        fps=frame_rate,
-        audio=Audio(waveform=clip.audio, sampling_rate=clip.sample_rate),
-        output_path=str(output_path),
-        video_chunks_number=1,
-    )

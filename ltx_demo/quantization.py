@@ -110,11 +110,16 @@ def swap_in_linear4bit_(text_encoder: torch.nn.Module, compute_dtype: torch.dtyp
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
         quantized = bnb.nn.Linear4bit(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=compute_dtype,
-            quant_type="nf4", device="meta",
-        )  # fmt: skip
-        quantized.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4",
-                                             module=quantized)  # fmt: skip
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=compute_dtype,
+            quant_type="nf4",
+            device="meta",
+        )
+        quantized.weight = bnb.nn.Params4bit(
+            linear.weight.data, requires_grad=False, quant_type="nf4", module=quantized
+        )
         if linear.bias is not None:
             quantized.bias = torch.nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
         setattr(text_encoder.get_submodule(parent_name), attr, quantized)

@@ -180,10 +180,18 @@ class ModelResidency:
             old = self._config
             if config == old:
                 return
-            if old is not None and config.lora_mode is LoraMode.ADAPTER and old == ModelConfig(
-                config.quantization, config.residency, old.distilled_lora_strength, config.lora_mode,
-                config.text_encoder_quantization,
-            ):  # fmt: skip
+            if (
+                old is not None
+                and config.lora_mode is LoraMode.ADAPTER
+                and old
+                == ModelConfig(
+                    config.quantization,
+                    config.residency,
+                    old.distilled_lora_strength,
+                    config.lora_mode,
+                    config.text_encoder_quantization,
+                )
+            ):
                 # Only the adapter's strength changed: drop the adapter, keep the transformer and the host cache.
                 self._drop_adapters()
                 self._config = config
@@ -418,8 +426,14 @@ class ModelResidency:
 
     def preload(self) -> None:
         """Build every model the current config keeps (persistent), the stage transformer and its adapter too."""
-        for name in ("text_encoder", "embeddings_processor", "audio_encoder", "video_encoder", "spatial_upsampler",
-                     "video_decoder"):  # fmt: skip
+        for name in (
+            "text_encoder",
+            "embeddings_processor",
+            "audio_encoder",
+            "video_encoder",
+            "spatial_upsampler",
+            "video_decoder",
+        ):
             with self.use(name):
                 pass
         for stage in (1, 2):
@@ -432,14 +446,28 @@ class ModelResidency:
         if peak_bytes is not None:
             self._measured_peaks[(config, shape)] = peak_bytes
 
-    def plan(self, config: ModelConfig, shape: tuple[int, int, int], budget_bytes: int, budget_source: str,
-             host_available_bytes: int) -> ResidencyPlan:  # fmt: skip
+    def plan(
+        self,
+        config: ModelConfig,
+        shape: tuple[int, int, int],
+        budget_bytes: int,
+        budget_source: str,
+        host_available_bytes: int,
+    ) -> ResidencyPlan:
         """Resolve `auto` for this request (config.residency is ignored)."""
         estimate = estimate_memory(self.bundle, config, shape, self.compute_dtype)
         measured = {}
         for mode in CONCRETE_MODES:
-            key = (ModelConfig(config.quantization, mode, config.distilled_lora_strength, config.lora_mode,
-                               config.text_encoder_quantization), shape)  # fmt: skip
+            key = (
+                ModelConfig(
+                    config.quantization,
+                    mode,
+                    config.distilled_lora_strength,
+                    config.lora_mode,
+                    config.text_encoder_quantization,
+                ),
+                shape,
+            )
             if key in self._measured_peaks:
                 measured[mode] = self._measured_peaks[key]
         cached = self.host_cache_bytes() if self._config and self._config.residency is Residency.HOST_CACHED else 0
@@ -474,8 +502,15 @@ class MemoryEstimate:
         c = self.components
         second = c["lora_adapter"] if lora_mode is LoraMode.ADAPTER else c["transformer_stage_2"]
         if mode is Residency.PERSISTENT:
-            flow = ("text_encoder", "embeddings_processor", "audio_encoder", "video_encoder", "transformer",
-                    "spatial_upsampler", "video_decoder")  # fmt: skip
+            flow = (
+                "text_encoder",
+                "embeddings_processor",
+                "audio_encoder",
+                "video_encoder",
+                "transformer",
+                "spatial_upsampler",
+                "video_decoder",
+            )
             return sum(c[name] for name in flow) + second + self.activations
         # Built and freed per block (DESIGN.md flow); the transformer is kept from stage 1 through stage 2.
         kept = c["transformer"] if lora_mode is LoraMode.ADAPTER else 0
@@ -535,8 +570,9 @@ def _header_tensors(paths: list[str], sd_ops) -> list[tuple[str, int, torch.dtyp
     return out
 
 
-def estimate_memory(bundle: Bundle, config: ModelConfig, shape: tuple[int, int, int],
-                    compute_dtype: torch.dtype) -> MemoryEstimate:  # fmt: skip
+def estimate_memory(
+    bundle: Bundle, config: ModelConfig, shape: tuple[int, int, int], compute_dtype: torch.dtype
+) -> MemoryEstimate:
     """Weights from the bundle's headers as this config stores them; activations from the stage-2 token count."""
     components, host, width = _weight_bytes(
         bundle, config.quantization, config.text_encoder_quantization, compute_dtype
@@ -549,8 +585,9 @@ def estimate_memory(bundle: Bundle, config: ModelConfig, shape: tuple[int, int, 
 
 
 @functools.lru_cache(maxsize=8)
-def _weight_bytes(bundle: Bundle, quantization: Quantization, text_encoder: TextEncoderQuantization,
-                  compute_dtype: torch.dtype) -> tuple[tuple[tuple[str, int], ...], int, int]:  # fmt: skip
+def _weight_bytes(
+    bundle: Bundle, quantization: Quantization, text_encoder: TextEncoderQuantization, compute_dtype: torch.dtype
+) -> tuple[tuple[tuple[str, int], ...], int, int]:
     """((component, device bytes), ...), host-cache bytes, transformer width: headers and meta models only.
 
     Device bytes count only what the model keeps (the checkpoint's transformer prefix also matches the embeddings
@@ -562,9 +599,13 @@ def _weight_bytes(bundle: Bundle, quantization: Quantization, text_encoder: Text
     from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
     from ltx_pipelines.utils.model_ledger import ModelLedger
 
-    ledger = ModelLedger(dtype=compute_dtype, device=torch.device("cpu"), checkpoint_path=str(bundle.checkpoint),
-                         gemma_root_path=str(bundle.gemma_root),
-                         spatial_upsampler_path=str(bundle.spatial_upsampler))  # fmt: skip
+    ledger = ModelLedger(
+        dtype=compute_dtype,
+        device=torch.device("cpu"),
+        checkpoint_path=str(bundle.checkpoint),
+        gemma_root_path=str(bundle.gemma_root),
+        spatial_upsampler_path=str(bundle.spatial_upsampler),
+    )
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     policy = policy_for(quantization)
 
@@ -641,13 +682,18 @@ def plan_residency(
             skipped.append(f"{mode.value} needs ~{need[mode] / GIB:.1f} GiB ({how})")
             continue
         if mode is Residency.HOST_CACHED and estimate.host_cache > host_available_bytes:
-            skipped.append(f"host-cached needs {estimate.host_cache / GIB:.1f} GiB of host memory, "
-                           f"{host_available_bytes / GIB:.1f} GiB free")  # fmt: skip
+            skipped.append(
+                f"host-cached needs {estimate.host_cache / GIB:.1f} GiB of host memory, "
+                f"{host_available_bytes / GIB:.1f} GiB free"
+            )
             continue
-        reason = (f"{mode.value}: peak ~{peaks[mode] / GIB:.2f} GiB ({how}) fits the {budget_bytes / GIB:.1f} GiB "
-                  f"budget ({budget_source})")  # fmt: skip
+        reason = (
+            f"{mode.value}: peak ~{peaks[mode] / GIB:.2f} GiB ({how}) fits the {budget_bytes / GIB:.1f} GiB "
+            f"budget ({budget_source})"
+        )
         if skipped:
             reason += "; faster modes do not fit: " + "; ".join(skipped)
         return ResidencyPlan(mode, reason, {m.value: p for m, p in peaks.items()}, tuple(m.value for m in measured))
-    raise ValueError(f"no residency mode fits the {budget_bytes / GIB:.1f} GiB budget ({budget_source}): "
-                     + "; ".join(skipped))  # fmt: skip
+    raise ValueError(
+        f"no residency mode fits the {budget_bytes / GIB:.1f} GiB budget ({budget_source}): " + "; ".join(skipped)
+    )

@@ -51,7 +51,7 @@ class DemoSettings:
     device: str | None = None  # None: cuda if available, else cpu
 
     @classmethod
-    def from_args(cls, args) -> DemoSettings:  # noqa: ANN001
+    def from_args(cls, args) -> DemoSettings:
         return cls(
             bundle_dir=args.bundle,
             checkpoint_path=args.checkpoint_path,

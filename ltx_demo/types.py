@@ -125,10 +125,13 @@ class GenerationResult:
             "synthetic": self.synthetic,
             "audio_note": self.audio_note,
             "phases": {
-                p.name: {"seconds": round(p.seconds, 3), "peak_vram_gib": to_gib(p.peak_vram_bytes),
-                         "peak_rss_gib": to_gib(p.peak_rss_bytes)}
+                p.name: {
+                    "seconds": round(p.seconds, 3),
+                    "peak_vram_gib": to_gib(p.peak_vram_bytes),
+                    "peak_rss_gib": to_gib(p.peak_rss_bytes),
+                }
                 for p in self.phases
-            },  # fmt: skip
+            },
             "resident_before": list(self.resident_before),
             "resident_after": list(self.resident_after),
             "bundle": self.bundle,
