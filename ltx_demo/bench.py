@@ -127,6 +127,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "idle_gib": to_gib(idle),
         "output_hash": output_hash(result.output),
         "page_cache": page_cache,
+        "variant": f"LoRA {summary['lora_mode']}, text encoder {summary['text_encoder_quantization']}",
     }
 
 
@@ -163,6 +164,7 @@ def run_bench(
             entry["runs"].append(run)
             if run.get("oom"):
                 break  # the next runs of this configuration would not fit either
+        entry["variant"] = next((r["variant"] for r in entry["runs"] if "variant" in r), None)
         hashes = {r["output_hash"] for r in entry["runs"] if "output_hash" in r}
         entry["identical_outputs"] = len(hashes) == 1 if hashes else None
         results.append(entry)
@@ -184,6 +186,7 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
             c["steps"],
             c.get("card"),
             c.get("bundle", {}).get("scale"),
+            c.get("variant"),
         )
 
     replaced = {key(c) for c in new["configs"]}
@@ -206,9 +209,9 @@ def render_markdown(data: dict) -> str:
         "",
         "Elapsed: the first run (it builds the models) and the mean of the later runs (persistent: models resident).",
         "",
-        "| resolution | frames | steps | quantization | residency | card | bundle | runs | first s | later s "
+        "| resolution | frames | steps | quantization | residency | variant | card | bundle | runs | first s | later s "
         "| peak VRAM GiB | device peak GiB | resident GiB | identical outputs | seed elapsed s | seed peak GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"persistent": 0, "cold-start": 1, "host-cached": 2, "auto": 3}
     data = {
@@ -231,6 +234,7 @@ def render_markdown(data: dict) -> str:
         later = _mean([r["elapsed_seconds"] for r in runs[1:]]) if len(runs) > 1 else "-"
         lines.append(
             f"| {c['resolution']} | {c['num_frames']} | {c['steps']} | {c['quantization']} | {c['residency']} "
+            f"| {c.get('variant') or '-'} "
             f"| {c.get('card')} | {scale} | {len(c['runs'])} | {first} | {later} "
             f"| {_mean([r['peak_vram_gib'] for r in runs])} | {_mean([r['device_peak_gib'] for r in runs])} "
             f"| {_mean([r['resident_gib'] for r in runs])} | {c.get('identical_outputs')} "
@@ -251,10 +255,11 @@ def render_markdown(data: dict) -> str:
         load = _mean([sum(v for k, v in r["phases"].items() if k.startswith("load:")) for r in runs])
         cells = [_mean([r["phases"].get(p) for r in runs]) for p in main]
         lines.append(
-            f"| {c['resolution']} {c['quantization']} {c['residency']} ({c.get('card')}) | {load} | "
-            + " | ".join(str(x) for x in cells)
-            + " |"
+            f"| {c['resolution']} {c['quantization']} {c['residency']}, {c.get('variant') or '-'} ({c.get('card')}) "
+            f"| {load} | " + " | ".join(str(x) for x in cells) + " |"
         )
+    if data.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
     commands = sorted({c["command"] for c in data["configs"]})
     lines += ["", "Commands:", ""] + [
         f"- `{cmd}` ({', '.join(sorted({c['date'] for c in data['configs'] if c['command'] == cmd}))})"
