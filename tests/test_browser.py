@@ -1,0 +1,298 @@
+"""Drives the real app in Debian's chromium (Playwright, no browser download): a generation and bad inputs.
+
+Checks what a person sees against what the engine recorded: the plot's samples, the phase table, the video's length.
+LTX_DEMO_UPDATE_SCREENSHOT=1 also regenerates docs/screenshot.png from a realistic preset run (about a minute on CPU).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from tests.test_ui import ASSETS, ROOT, start_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+EVERY_PHASE = (
+    "load:configure",
+    "prompt_encode",
+    "audio_encode",
+    "stage_1",
+    "upsample",
+    "stage_2",
+    "decode",
+    "encode_mp4",
+)
+VIDEO_STATE_JS = """async (selector) => {
+    const video = document.querySelector(selector);
+    if (video.readyState < 1) await new Promise((ok, fail) => {
+        video.addEventListener('loadedmetadata', ok, {once: true});
+        video.addEventListener('error', () => fail(new Error('video error ' + (video.error && video.error.code))));
+    });
+    video.muted = true;
+    await video.play();  // rejects if the browser cannot decode it
+    video.pause();
+    return {duration: video.duration, src: video.currentSrc, width: video.videoWidth, height: video.videoHeight,
+            error: video.error ? video.error.code : null};
+}"""
+
+
+@pytest.fixture(scope="module")
+def live_app(tiny_bundle, tmp_path_factory):
+    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("browser-outputs"))
+    yield running
+    running.demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), or deselect with "
+            "-m 'not browser'"
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, live_app):
+    context = browser.new_context(viewport={"width": 1440, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(live_app.url)
+    page.wait_for_selector("#generate")
+    page.wait_for_selector("#duration-note :text('frames')")  # the load events have run
+    yield page
+    context.close()
+
+
+# -- page helpers ---------------------------------------------------------------------------------------------------
+def upload_portrait(page, path: Path) -> None:
+    remove = page.locator("#portrait button[aria-label='Remove Image']")
+    if remove.count():
+        remove.click()
+    page.locator("#portrait input[type=file]").set_input_files(str(path))
+
+
+def upload_audio(page, path: Path) -> None:
+    clear = page.locator("#audio button[aria-label='Clear']")
+    if clear.count():
+        clear.click()
+    page.locator("#audio input[type=file]").set_input_files(str(path))
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} label:has(input[value='{value}'])").click()
+
+
+def plot_samples(page) -> list | None:
+    """The samples embedded in the memory plot (exactly what it draws), or None while it is being replaced."""
+    node = page.locator("#memory-plot [data-samples]")
+    if not node.count():
+        return None
+    return json.loads(node.first.get_attribute("data-samples"))
+
+
+def wait_until(condition, message, timeout_s: float = 10) -> None:
+    """Poll `condition`; on timeout fail with `message` (a string, or a function giving one at that moment)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message() if callable(message) else message
+        time.sleep(0.2)
+
+
+def toasts(page) -> str:
+    return "\n".join(page.locator(".toast-body").all_inner_texts())
+
+
+def fill_small_run(page, *, seed: int = 1234, steps: int = 2) -> None:
+    """The smallest video the pipeline accepts: 64x64, 9 frames (0.375 s at 24 fps)."""
+    upload_portrait(page, ASSETS / "astronaut.png")
+    upload_audio(page, ASSETS / "speech_hello.wav")
+    page.wait_for_selector("#match-note :text('lasts 4.53 s')")  # the audio was read and matched
+    page.locator("#match-audio input[type=checkbox]").uncheck()
+    page.wait_for_selector("#match-note :text('frames set by hand')")
+    page.locator("#prompt textarea").fill("A woman astronaut speaks calmly to the camera, static close-up.")
+    choose(page, "resolution", "custom")
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    set_number(page, "frames", 9)
+    choose(page, "frame-rate", "24")
+    set_number(page, "steps", steps)
+    set_number(page, "seed", seed)
+    choose(page, "quantization", "bf16")
+    choose(page, "residency", "persistent")
+    wait_until(
+        lambda: "9 frames = 0.38 s" in page.inner_text("#duration-note"),
+        lambda: f"duration note: {page.inner_text('#duration-note')!r}",
+        timeout_s=30,
+    )
+    wait_until(
+        lambda: "crop to 64×64" in page.inner_text("#fit-note"),
+        lambda: (
+            f"fit note: {page.inner_text('#fit-note')!r}; width {page.input_value('#width input')}, "
+            f"height {page.input_value('#height input')}"
+        ),
+        timeout_s=30,
+    )
+
+
+def run_and_watch(page, engine, timeout_s: float = 120) -> tuple[list[list], list[str]]:
+    """Click Generate and poll the readout panel until the video is there: (plot snapshots taken while the page
+    said a job was running, progress texts seen)."""
+    snapshots, progress_texts = [], []
+    page.click("#generate")
+    deadline = time.monotonic() + timeout_s
+    while not page.locator("#result-video video[src]").count():
+        assert time.monotonic() < deadline, f"no video after {timeout_s} s; toasts: {toasts(page)!r}"
+        state = page.locator("#progress-line .progress-line").get_attribute("data-state")
+        samples = plot_samples(page)
+        if state == "running" and samples:
+            snapshots.append(samples)
+            progress_texts.append(page.inner_text("#progress-line"))
+        time.sleep(0.15)
+    return snapshots, progress_texts
+
+
+# -- tests ----------------------------------------------------------------------------------------------------------
+def test_generate_in_the_browser(page, live_app, tmp_path):
+    from ltx_demo import ui
+
+    engine = live_app.engine
+    before = ui.samples_payload(engine.live_samples())
+    # 40 steps (~2 s of stage_1 on 2 CPU cores) so the readout timer (2/s) catches the run several times.
+    fill_small_run(page, seed=1234, steps=40)
+    snapshots, progress_texts = run_and_watch(page, engine)
+
+    # The video: a playable source whose length is num_frames / fps (9 / 24 = 0.375 s; AAC may pad ~20 ms).
+    state = page.evaluate(VIDEO_STATE_JS, "#result-video video")
+    assert state["error"] is None and state["src"]
+    assert (state["width"], state["height"]) == (64, 64)
+    assert state["duration"] == pytest.approx(9 / 24, abs=0.06)
+
+    # The run's parameters, as saved next to the mp4.
+    page.wait_for_selector("#result-panel .phase-table")
+    output = Path(page.get_attribute("#result-panel .result", "data-output"))
+    saved = json.loads(output.with_suffix(".json").read_text())
+    assert (saved["result"]["seed"], saved["result"]["num_frames"], saved["result"]["width"]) == (1234, 9, 64)
+    assert saved["request"]["quantization"] == "bf16" and saved["request"]["residency"] == "persistent"
+    assert page.input_value("#seed input") == "1234"  # the seed used, shown back
+
+    # The plot shows exactly the samples the engine recorded for this run, and showed them live as they came.
+    recorded = ui.samples_payload(engine.live_samples())
+    assert (
+        recorded
+        and recorded[0][1] == "load:configure"
+        and recorded[-1][0] == pytest.approx(saved["result"]["elapsed_seconds"], abs=0.5)
+    )
+    wait_until(lambda: plot_samples(page) == recorded, "the plot never showed the run's recorded samples")
+    live = [s for s in snapshots if s != before]  # a tick may land between "busy" and the new run's first sample
+    assert live, "the readout panel never updated while the job ran"
+    assert all(s == recorded[: len(s)] for s in live), "a live plot showed samples the engine did not record"
+    assert any(len(s) < len(recorded) for s in live), "the plot only appeared at the end, not live"
+    assert any("stage_1 · step" in text and "ETA" in text for text in progress_texts), progress_texts
+    boundaries = page.locator("#memory-plot line.phase-boundary").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.phase)"
+    )
+    assert set(EVERY_PHASE) <= set(boundaries)
+
+    # The phase table lists every phase the engine timed, with the saved wall times.
+    rows = page.locator("#result-panel tr[data-phase]")
+    table = {row.get_attribute("data-phase"): row.locator("td.seconds").inner_text() for row in rows.all()}
+    assert set(table) == set(saved["result"]["phases"]) and set(EVERY_PHASE) <= set(table)
+    for name, timing in saved["result"]["phases"].items():
+        assert float(table[name]) == pytest.approx(timing["seconds"], abs=1e-3), name
+    facts = page.inner_text("#result-panel .facts")
+    assert f"{saved['result']['elapsed_seconds']:.3f} s" in facts and "Resident after" in facts
+
+    # Live memory without CUDA: RSS and a plain note; the status line names what is resident.
+    assert "No CUDA device" in page.inner_text("#memory-now")
+    resident = engine.status()["resident"]
+    wait_until(lambda: "idle" in page.inner_text("#status-line .pill"), "the status line never went back to idle")
+    status_line = page.inner_text("#status-line")
+    assert resident and all(name in status_line for name in resident), (resident, status_line)
+    assert "Synthetic weights: the output is noise" in page.inner_text("body")
+
+    shot = Path(os.environ.get("LTX_DEMO_ARTIFACTS", tmp_path)) / "browser-generate.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_bad_inputs_show_what_to_fix(page, live_app, tmp_path):
+    fill_small_run(page)
+
+    # 1. An empty prompt.
+    page.locator("#prompt textarea").fill("   ")
+    page.click("#generate")
+    page.wait_for_selector(".toast-body:has-text('prompt is empty')")
+    assert "describe the person and the scene" in toasts(page)
+    page.locator("#prompt textarea").fill("A woman speaks.")
+
+    # 2. A "portrait" that is not an image (named .png, so the browser lets it through to the server).
+    fake = tmp_path / "portrait.png"
+    fake.write_text("this is not a picture")
+    upload_portrait(page, fake)
+    page.wait_for_selector("#fit-note :text('not a readable image')")
+    page.click("#generate")
+    page.wait_for_selector(".toast-body:has-text('not a readable image')")
+    assert "upload a PNG or JPEG" in toasts(page)
+
+    # 3. A zero-length audio clip.
+    upload_portrait(page, ASSETS / "astronaut.png")
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1), dtype=np.float32), 16_000)
+    upload_audio(page, empty)
+    page.click("#generate")
+    page.wait_for_selector(".toast-body:has-text('audio clip is empty')")
+
+    # The app keeps serving: the status line still updates, the engine is idle and built nothing for these.
+    assert live_app.engine.status()["busy"] is False
+    page.wait_for_selector("#status-line .pill-idle")
+
+
+@pytest.mark.skipif(os.environ.get("LTX_DEMO_UPDATE_SCREENSHOT") != "1", reason="set LTX_DEMO_UPDATE_SCREENSHOT=1")
+def test_update_readme_screenshot(page, live_app):
+    """docs/screenshot.png: the first preset as a visitor would run it (768x512, audio-matched length, defaults)."""
+    page.locator("#presets button", has_text="Astronaut: mission control greeting").click()
+    page.wait_for_selector("#duration-note :text('105 frames')")
+    set_number(page, "steps", 12)
+    run_and_watch(page, live_app.engine, timeout_s=600)
+    page.wait_for_selector("#result-panel .phase-table")
+    page.evaluate("document.querySelector('#result-video video').currentTime = 2.0")
+    time.sleep(1.5)
+    page.locator("#result-panel").scroll_into_view_if_needed()
+    out = ROOT / "docs" / "screenshot.png"
+    out.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+    assert html.escape("105 frames") in page.inner_text("#result-panel")
