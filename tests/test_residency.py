@@ -1,10 +1,7 @@
 """Residency modes on the tiny bundle (CPU): same output in every mode, build counts, release, auto, the LoRA adapter.
 
-"Same output" is checked where it is deterministic: the frames and audio the engine hands to the mp4 writer must be
-bit-identical, and so must the decoded audio. The decoded video is only compared loosely: libx264 (through PyAV,
-as ltx-pipelines' encode_video calls it) here turns the same frames into different bitstreams in roughly one encode
-in ten, so two decodes of identical frames can differ (see X264_JITTER).
-"""
+"Same output" means bit-identical frames and audio from the flow and identical decoded mp4 content (media.X264_OPTIONS
+make libx264 deterministic for the same frames)."""
 
 from __future__ import annotations
 
