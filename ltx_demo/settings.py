@@ -10,6 +10,7 @@ from pathlib import Path
 class Quantization(enum.StrEnum):
     BF16 = "bf16"
     FP8_CAST = "fp8-cast"
+    FP8_SCALED_MM = "fp8-scaled-mm"  # fp8 weights multiplied in fp8 (torch._scaled_mm); Ada/Hopper GPUs only
 
 
 class Residency(enum.StrEnum):

@@ -59,6 +59,7 @@ SYNTHETIC_BANNER = (
 QUANTIZATION_NOTES = {
     Quantization.BF16: "bf16: transformer weights as released (most memory).",
     Quantization.FP8_CAST: "fp8-cast: transformer linears stored as float8, upcast per layer (about half the memory).",
+    Quantization.FP8_SCALED_MM: "fp8-scaled-mm: float8 linears multiplied in float8 on the GPU (Ada/Hopper only).",
 }
 RESIDENCY_NOTES = {  # by value: modes the engine adds later are listed too, with their name as the note
     "persistent": "persistent: models stay on the device between runs (fast repeats, memory held while idle).",
