@@ -40,6 +40,7 @@ class BenchConfig:
     residency: str
     steps: int
     seed: int
+    batch_guidance: bool = True
 
     @property
     def resolution(self) -> str:
@@ -105,6 +106,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         seed=config.seed,
         quantization=config.quantization,
         residency=config.residency,
+        batch_guidance=config.batch_guidance,
     )
     try:
         result = engine.generate(request)
@@ -127,7 +129,14 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "idle_gib": to_gib(idle),
         "output_hash": output_hash(result.output),
         "page_cache": page_cache,
-        "variant": f"LoRA {summary['lora_mode']}, text encoder {summary['text_encoder_quantization']}",
+        "variant": f"LoRA {summary['lora_mode']}, text encoder {summary['text_encoder_quantization']}"
+        + ("" if config.batch_guidance else ", unbatched guidance"),
+        "counters": summary["counters"],
+        "forward_seconds": {
+            stage: round(summary["phases"][stage]["seconds"] / calls, 4)
+            for stage in ("stage_1", "stage_2")
+            if (calls := summary["counters"].get(f"{stage}_transformer_calls"))
+        },
     }
 
 

@@ -82,6 +82,12 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         help="adapter: one transformer, LoRA at runtime in stage 2; fused: a second copy",
     )
     parser.add_argument("--distilled-lora-strength", type=float, default=1.0)
+    parser.add_argument(
+        "--no-batch-guidance",
+        dest="batch_guidance",
+        action="store_false",
+        help="run stage 1's guidance passes one after another (ltx-pipelines' way) instead of as one batch",
+    )
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
 
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quantization", default="fp8-cast", help="comma-separated")
     bench.add_argument("--residency", default="persistent", help="comma-separated")
     bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--batch-guidance", default="on", help="on, off or on,off (stage-1 guidance passes batched)")
     bench.add_argument("--image", default=str(DEFAULT_IMAGE))
     bench.add_argument("--audio", default=str(DEFAULT_AUDIO))
     bench.add_argument("--prompt", default=DEFAULT_PROMPT)
@@ -138,6 +145,7 @@ def request_from_args(args: argparse.Namespace):
         audio_start=args.audio_start,
         image_fit=args.image_fit,
         distilled_lora_strength=args.distilled_lora_strength,
+        batch_guidance=args.batch_guidance,
         output_path=args.output,
         text_encoder_quantization=args.text_encoder_quantization,
         lora_mode=args.lora_mode,
@@ -192,7 +200,10 @@ def run(args: argparse.Namespace) -> int:
 
             engine = Engine(resolve_from_args(args), Path(args.output_dir), args.device)
             configs = [
-                bench.BenchConfig(width, height, args.num_frames, quantization, residency, args.steps, args.seed)
+                bench.BenchConfig(
+                    width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on"
+                )
+                for batched in args.batch_guidance.split(",")
                 for quantization in args.quantization.split(",")
                 for residency in args.residency.split(",")
                 for width, height in bench.parse_resolutions(args.resolutions)

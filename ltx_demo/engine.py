@@ -21,10 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ltx_demo import media
+from ltx_demo import media, review
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.pipeline import run_two_stage
-from ltx_demo.quantization import default_text_encoder_quantization, text_encoder_unavailable_reason, unavailable_reason
+from ltx_demo.quantization import (
+    ScaledMMCounter,
+    default_text_encoder_quantization,
+    text_encoder_unavailable_reason,
+    unavailable_reason,
+)
 from ltx_demo.residency import ModelConfig, ModelResidency
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
@@ -178,6 +183,7 @@ class Engine:
 
     def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:
         telemetry = RunTelemetry(self.memory)
+        scaled_mm_calls_before = ScaledMMCounter.calls
         self._current = telemetry
         telemetry.start_sampling()
         resident_before = self.models.resident()
@@ -191,7 +197,10 @@ class Engine:
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
-                media.write_mp4(clip.frames.numpy(), clip.audio.numpy(), clip.sample_rate, request.frame_rate, partial)
+                record = self._provenance(request, config)
+                frames, audio = clip.frames.numpy(), clip.audio.numpy()
+                metadata = review.mp4_metadata(record)
+                media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata)
         finally:
             telemetry.stop_sampling()
             self._current = None
@@ -224,10 +233,23 @@ class Engine:
             residency_reason=residency_reason,
             text_encoder_quantization=config.text_encoder_quantization.value,
             lora_mode=config.lora_mode.value,
+            counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
-        self._write_params(output, result)
+        self._write_params(output, result, record)
         on_progress(Progress("done"))
         return result
+
+    def _provenance(self, request: GenerationRequest, config: ModelConfig) -> dict:
+        """What made this result, for the mp4's metadata and the sidecar; copies the inputs next to the outputs."""
+        folder = Path(request.output_path).parent if request.output_path else self.output_dir
+        ran = {
+            "device": self._device_name(),
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+            "residency": config.residency.value,
+            "text_encoder_quantization": config.text_encoder_quantization.value,
+            "lora_mode": config.lora_mode.value,
+        }
+        return review.provenance(request, folder, bundle=self.bundle.describe(), ran=ran)
 
     def _device_name(self) -> str:
         if self.device.type == "cuda":
@@ -247,8 +269,8 @@ class Engine:
         os.replace(staged, output)
         return output
 
-    def _write_params(self, output: Path, result: GenerationResult) -> None:
-        params = {"request": asdict(result.request), "result": result.summary()}
+    def _write_params(self, output: Path, result: GenerationResult, record: dict | None = None) -> None:
+        params = {"request": asdict(result.request), "result": result.summary(), "provenance": record or {}}
         sidecar = output.with_suffix(".json")
         staged = sidecar.with_name(f".{sidecar.name}.partial")
         staged.write_text(json.dumps(params, indent=2) + "\n")

@@ -23,7 +23,7 @@ def policy_for(quantization: Quantization) -> QuantizationPolicy | None:
         case Quantization.FP8_CAST:
             # Import ltx_core.loader first: importing ltx_core.quantization on its own hits a circular import
             # (quantization.fp8_cast -> loader -> loader.fuse_loras -> quantization.fp8_cast).
-            import ltx_core.loader  # noqa: F401
+            import ltx_core.loader
             from ltx_core.quantization import QuantizationPolicy
 
             return QuantizationPolicy.fp8_cast()
@@ -74,7 +74,7 @@ class ScaledMMCounter:
     calls = 0
 
 
-def _scaled_mm_forward(layer: torch.nn.Linear):  # noqa: ANN202
+def _scaled_mm_forward(layer: torch.nn.Linear):
     """y = x W^T + b with W kept in float8_e4m3fn and x quantized per row to fp8: one fp8 tensor-core GEMM.
 
     ltx-core's downcast stores W = fp8(W) with no scale (scale 1), so scale_b is 1 per output column. x gets a
@@ -98,7 +98,7 @@ def _scaled_mm_forward(layer: torch.nn.Linear):  # noqa: ANN202
     return forward
 
 
-def fp8_scaled_mm_module_ops():  # noqa: ANN201
+def fp8_scaled_mm_module_ops():
     """A ModuleOps (applied by ltx-core's builder to the meta model) that gives every block Linear the fp8 GEMM.
 
     Like ltx-core's UPCAST_DURING_INFERENCE it replaces the instance's forward; weights are looked up at call time,

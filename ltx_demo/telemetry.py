@@ -80,6 +80,11 @@ class RunTelemetry:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def increment(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + by
 
     @property
     def device(self) -> torch.device:

@@ -44,6 +44,7 @@ class GenerationRequest:
     text_encoder_quantization: str | None = None  # None: nf4 on CUDA, bf16 elsewhere
     lora_mode: str = "adapter"  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
     vram_budget_gib: float | None = None  # for residency "auto"; None: what the device has free
+    batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +102,14 @@ class GenerationResult:
     residency_reason: str = ""  # why auto picked the mode that ran (residency is then the mode that ran)
     text_encoder_quantization: str | None = None  # what ran
     lora_mode: str | None = None
+    counters: dict = field(default_factory=dict)  # e.g. transformer calls per stage, fp8 GEMM calls
 
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
         return {
             "output": self.output,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "counters": dict(self.counters),
             "peak_vram_gib": to_gib(self.peak_vram_bytes),
             "peak_rss_gib": to_gib(self.peak_rss_bytes),
             "width": self.width,
@@ -144,3 +147,12 @@ class InvalidRequest(ValueError):
 
 class GenerationCancelled(RuntimeError):
     """The user cancelled; what the run built has been freed and nothing was written."""
+
+
+class GenerationFailed(RuntimeError):
+    """A run could not finish for a reason the user can act on (memory, disk); what it built has been freed, nothing
+    that looks like a result was written, and the message says what to try."""
+
+
+class OutOfMemory(GenerationFailed):
+    """The request did not fit in device (or host) memory; the message gives the need, what was free, what to try."""
