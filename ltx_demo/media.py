@@ -217,9 +217,18 @@ def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs
 X264_OPTIONS = {"crf": "18", "x264-params": "rc-lookahead=0"}
 
 
-def write_mp4(frames: np.ndarray, audio: np.ndarray, sample_rate: int, frame_rate: int, path: Path) -> None:
-    """H.264 (yuv420p) + AAC stereo mp4 through PyAV. frames: uint8 (n, h, w, 3); audio: float32 (2, samples)."""
+def write_mp4(
+    frames: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    frame_rate: int,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """H.264 (yuv420p) + AAC stereo mp4 through PyAV. frames: uint8 (n, h, w, 3); audio: float32 (2, samples);
+    metadata: container tags (e.g. the provenance JSON under "comment")."""
     with av.open(str(path), mode="w") as container:
+        container.metadata.update(metadata or {})
         video = container.add_stream("libx264", rate=frame_rate, options=X264_OPTIONS)
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         sound = container.add_stream("aac", rate=sample_rate, layout="stereo")
@@ -228,5 +237,8 @@ def write_mp4(frames: np.ndarray, audio: np.ndarray, sample_rate: int, frame_rat
         container.mux(video.encode())
         pcm = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp", layout="stereo")
         pcm.sample_rate = sample_rate
+        # With a pts the encoder stamps its 1024 priming samples negative and the muxer writes an edit list that
+        # skips them; without one they played before the speech, 21 ms late against the video.
+        pcm.pts, pcm.time_base = 0, Fraction(1, sample_rate)
         container.mux(sound.encode(pcm))
         container.mux(sound.encode(None))
