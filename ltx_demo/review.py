@@ -1,0 +1,508 @@
+"""Lip-sync review without torch (ui.py imports it): the provenance record written into every mp4 and its JSON sidecar,
+the history read back from the output folder, A/B checks and waveforms, the side-by-side export, and the request that
+reproduces a result from its saved inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ltx_demo.media import X264_OPTIONS
+from ltx_demo.types import GenerationRequest, GuidanceParams, InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+METADATA_TAG = "comment"  # the mp4 tag (©cmt) that carries the provenance JSON; ffprobe and players show it
+PROVENANCE_SCHEMA = "ltx-demo/provenance-1"
+PAIR_SCHEMA = "ltx-demo/side-by-side-1"
+INPUTS_DIR = "inputs"  # content-addressed copies of the portrait and the audio, next to the results
+THUMBNAILS_DIR = "thumbnails"
+EXPORTS_DIR = "exports"  # side-by-side renders; a subfolder, so the history scan does not list them as results
+PACKAGES = ("torch", "ltx-core", "ltx-pipelines", "transformers", "gradio", "ltx-demo")
+THUMBNAIL_WIDTH = 320
+PAIR_GAP, PAIR_LABEL_HEIGHT = 8, 28  # pixels between the two videos; the caption strip above them
+_HASH_CHUNK = 1 << 20
+
+
+# -- provenance: what made a result, recorded so it can be made again --------------------------------------------------
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@functools.cache
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide the output (None: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _safe_suffix(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+
+
+def store_input(path: str | Path, folder: Path) -> dict:
+    """Copy an input file to folder/inputs/<sha256><suffix> (once: same content, same name), so a result can be
+    reproduced after Gradio's temporary uploads are gone. Returns its record (stored path relative to folder)."""
+    source = Path(path)
+    digest = sha256_file(source)
+    target = Path(folder) / INPUTS_DIR / f"{digest}{_safe_suffix(source.name)}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(source, staged)
+        os.replace(staged, target)  # a reader never sees half a copy
+    return {
+        "sha256": digest,
+        "name": source.name,
+        "bytes": target.stat().st_size,
+        "stored": f"{INPUTS_DIR}/{target.name}",
+    }
+
+
+def provenance(request: GenerationRequest, folder: Path, *, bundle: dict, ran: dict) -> dict:
+    """The record written into the mp4 (METADATA_TAG) and the sidecar: the request as asked (seed, steps, size,
+    frames, quantization, residency, guidance, prompt...), the inputs' sha256 and saved copies, package versions,
+    the bundle (with its fingerprint) and what actually ran (device, dtype, resolved residency)."""
+    return {
+        "schema": PROVENANCE_SCHEMA,
+        "created_at": round(time.time(), 3),
+        "request": dataclasses.asdict(request),
+        "inputs": {
+            "image": store_input(request.image_path, folder),
+            "audio": store_input(request.audio_path, folder),
+        },
+        "versions": package_versions(),
+        "bundle": dict(bundle),
+        "ran": dict(ran),
+    }
+
+
+def mp4_metadata(record: dict) -> dict[str, str]:
+    """The container tags for write_mp4: the record as compact JSON."""
+    return {METADATA_TAG: json.dumps(record, separators=(",", ":"), sort_keys=True)}
+
+
+def read_mp4_record(path: str | Path) -> dict | None:
+    """The JSON record in an mp4's METADATA_TAG, or None when there is none (or it is not ours)."""
+    try:
+        with av.open(str(path)) as container:
+            text = container.metadata.get(METADATA_TAG)
+    except (av.error.FFmpegError, OSError):
+        return None
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+# -- history: every finished generation, read back from the sidecars ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One finished generation: its mp4, its sidecar and what the sidecar says."""
+
+    video: Path
+    sidecar: Path
+    created_at: float
+    request: dict
+    result: dict
+    provenance: dict
+
+    @classmethod
+    def from_sidecar(cls, sidecar: Path) -> HistoryEntry | None:
+        """None for anything that is not a finished result (no mp4, partial or foreign JSON)."""
+        video = sidecar.with_suffix(".mp4")
+        if sidecar.name.startswith(".") or not video.is_file():
+            return None
+        try:
+            params = json.loads(sidecar.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("history: skipping unreadable %s", sidecar)
+            return None
+        if not isinstance(params, dict) or not isinstance(params.get("request"), dict):
+            return None
+        record = params.get("provenance") if isinstance(params.get("provenance"), dict) else {}
+        created = record.get("created_at")
+        return cls(
+            video=video,
+            sidecar=sidecar,
+            created_at=float(created) if isinstance(created, int | float) else video.stat().st_mtime,
+            request=params["request"],
+            result=params.get("result") if isinstance(params.get("result"), dict) else {},
+            provenance=record,
+        )
+
+    def params(self) -> dict:
+        """The sidecar's content (what the UI shows as the parameters)."""
+        return {"request": self.request, "result": self.result, "provenance": self.provenance}
+
+    def value(self, name: str, default=None):
+        """A result field (what ran), else the request's (what was asked)."""
+        return self.result.get(name, self.request.get(name, default))
+
+    @property
+    def peak_vram_gib(self) -> float | None:
+        return self.result.get("peak_vram_gib")
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        return self.result.get("elapsed_seconds")
+
+    def caption(self) -> str:
+        """The gallery caption: the key parameters, elapsed seconds and peak VRAM."""
+        vram = "no VRAM (CPU)" if self.peak_vram_gib is None else f"{self.peak_vram_gib:.2f} GiB peak"
+        elapsed = "?" if self.elapsed_seconds is None else f"{self.elapsed_seconds:.1f} s"
+        return (
+            f"seed {self.value('seed')} · {self.value('quantization')} · {self.value('width')}×{self.value('height')}"
+            f" · {self.value('num_frames')} fr @ {self.value('frame_rate')} · {self.value('steps')} steps · "
+            f"{elapsed} · {vram}"
+        )
+
+    def label(self) -> str:
+        """The A/B picker's label: when, then the key parameters."""
+        return f"{time.strftime('%m-%d %H:%M:%S', time.localtime(self.created_at))} · {self.caption()}"
+
+    def short_label(self) -> str:
+        return (
+            f"{self.value('quantization')} · seed {self.value('seed')} · {self.value('width')}×{self.value('height')}"
+            f" · {self.value('steps')} steps"
+        )
+
+    def summary(self) -> dict:
+        """What the `history` API returns per result."""
+        return {
+            "video": str(self.video),
+            "parameters_file": str(self.sidecar),
+            "created_at": self.created_at,
+            "caption": self.caption(),
+            "seed": self.value("seed"),
+            "steps": self.request.get("steps"),
+            "width": self.value("width"),
+            "height": self.value("height"),
+            "num_frames": self.value("num_frames"),
+            "frame_rate": self.value("frame_rate"),
+            "quantization": self.value("quantization"),
+            "residency": self.value("residency"),
+            "elapsed_seconds": self.elapsed_seconds,
+            "peak_vram_gib": self.peak_vram_gib,
+            "prompt": self.request.get("prompt"),
+            "inputs": self.provenance.get("inputs", {}),
+            "bundle_fingerprint": (self.provenance.get("bundle") or self.result.get("bundle") or {}).get("fingerprint"),
+        }
+
+
+def scan_history(folder: str | Path) -> tuple[HistoryEntry, ...]:
+    """Every finished result in the output folder (mp4 + sidecar), newest first; survives restarts by construction."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ()
+    entries = [entry for sidecar in folder.glob("*.json") if (entry := HistoryEntry.from_sidecar(sidecar))]
+    return tuple(sorted(entries, key=lambda e: (e.created_at, e.video.name), reverse=True))
+
+
+def find_entry(entries: tuple[HistoryEntry, ...], video: str | Path | None) -> HistoryEntry | None:
+    if not video:
+        return None
+    wanted = Path(video).resolve()
+    return next((e for e in entries if e.video.resolve() == wanted), None)
+
+
+def thumbnail(entry: HistoryEntry, width: int = THUMBNAIL_WIDTH) -> Path:
+    """The middle frame as a JPEG in folder/thumbnails (made once, remade if the mp4 is newer)."""
+    target = entry.video.parent / THUMBNAILS_DIR / f"{entry.video.stem}.jpg"
+    if target.is_file() and target.stat().st_mtime >= entry.video.stat().st_mtime:
+        return target
+    image = None
+    with av.open(str(entry.video)) as container:
+        stream = container.streams.video[0]
+        middle = max(0, (stream.frames or 1) // 2)
+        for index, frame in enumerate(container.decode(stream)):
+            image = frame.to_image()
+            if index >= middle:
+                break
+    if image is None:
+        raise InvalidRequest(f"{entry.video.name} has no video frames")
+    if image.width > width:
+        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.partial.jpg")
+    image.save(staged, quality=88)
+    os.replace(staged, target)
+    return target
+
+
+# -- A/B: what can be compared, and the pieces of the comparison ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What the comparison needs from an mp4, read from the file itself (not from its sidecar)."""
+
+    path: Path
+    width: int
+    height: int
+    num_frames: int
+    frame_rate: Fraction
+    has_audio: bool
+
+    @property
+    def fps(self) -> float:
+        return float(self.frame_rate)
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+    @classmethod
+    def probe(cls, path: str | Path) -> VideoInfo:
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise InvalidRequest(f"{Path(path).name} has no video stream")
+                stream = container.streams.video[0]
+                frames = stream.frames or sum(1 for _ in container.decode(stream))
+                rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+                return cls(
+                    Path(path), stream.width, stream.height, frames, Fraction(rate), bool(container.streams.audio)
+                )
+        except (av.error.FFmpegError, OSError) as exc:
+            raise InvalidRequest(f"{Path(path).name} is not a readable video ({type(exc).__name__})") from exc
+
+
+def why_not_comparable(a: VideoInfo, b: VideoInfo) -> str | None:
+    """None when A and B can share one timeline (same frame count and rate); else the reason, naming both."""
+    if a.path.resolve() == b.path.resolve():
+        return "A and B are the same result: pick two different ones"
+    if a.frame_rate != b.frame_rate:
+        return f"A runs at {a.fps:g} fps and B at {b.fps:g} fps: compare results made at the same frame rate"
+    if a.num_frames != b.num_frames:
+        return f"A has {a.num_frames} frames and B has {b.num_frames}: compare results with the same frame count"
+    return None
+
+
+def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """The mp4's audio as float32 (channels, samples) and its rate (empty when there is no audio)."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return np.zeros((1, 0), np.float32), 0
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp")
+        chunks = [f.to_ndarray() for frame in container.decode(stream) for f in to_float.resample(frame)]
+        chunks.extend(f.to_ndarray() for f in to_float.resample(None))
+        rate = stream.rate
+    if not chunks:
+        return np.zeros((1, 0), np.float32), rate
+    return np.concatenate(chunks, axis=1).astype(np.float32), rate
+
+
+def waveform(path: str | Path, duration: float, bins: int = 480) -> list[tuple[float, float]]:
+    """(min, max) of the mono mix in `bins` equal slices of the first `duration` seconds: the drawn waveform."""
+    audio, rate = decode_audio(path)
+    if audio.shape[1] == 0 or rate <= 0:
+        return []
+    mono = audio.mean(axis=0)[: max(1, round(duration * rate))]
+    edges = np.linspace(0, len(mono), bins + 1).astype(int)
+    return [
+        (float(mono[lo:hi].min()), float(mono[lo:hi].max())) if hi > lo else (0.0, 0.0)
+        for lo, hi in itertools.pairwise(edges)
+    ]
+
+
+def decode_frames(path: str | Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def decoded_difference(a: str | Path, b: str | Path) -> dict:
+    """Whether two mp4s decode to the same frames and the same audio samples (how "reproduce" is judged)."""
+    frames_a, frames_b = decode_frames(a), decode_frames(b)
+    (audio_a, rate_a), (audio_b, rate_b) = decode_audio(a), decode_audio(b)
+    same_shape = frames_a.shape == frames_b.shape
+    audio_shape = audio_a.shape == audio_b.shape and rate_a == rate_b
+    return {
+        "frames_identical": bool(same_shape and np.array_equal(frames_a, frames_b)),
+        "audio_identical": bool(audio_shape and np.array_equal(audio_a, audio_b)),
+        "max_pixel_difference": (
+            int(np.abs(frames_a.astype(np.int16) - frames_b.astype(np.int16)).max()) if same_shape else None
+        ),
+        "max_audio_difference": float(np.abs(audio_a - audio_b).max()) if audio_shape and audio_a.size else None,
+        "frames": [int(frames_a.shape[0]), int(frames_b.shape[0])],
+    }
+
+
+# -- export: the A/B pair as one mp4 -------------------------------------------------------------------------------
+def _even(value: float) -> int:
+    return max(2, round(value / 2) * 2)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_side_by_side(
+    a: str | Path, b: str | Path, out: str | Path, labels: tuple[str, str] = ("A", "B"), record: dict | None = None
+) -> Path:
+    """A and B next to each other in one H.264 mp4 (scaled to the taller one's height, captions above), with A's
+    audio copied packet for packet (no re-encode, so no new AAC delay). Refuses pairs that cannot share a timeline."""
+    info_a, info_b = VideoInfo.probe(a), VideoInfo.probe(b)
+    reason = why_not_comparable(info_a, info_b)
+    if reason:
+        raise InvalidRequest(reason)
+    height = _even(max(info_a.height, info_b.height))
+    width_a = _even(info_a.width * height / info_a.height)
+    width_b = _even(info_b.width * height / info_b.height)
+    size = (width_a + PAIR_GAP + width_b, height + PAIR_LABEL_HEIGHT)
+    base = Image.new("RGB", size, (17, 17, 17))
+    draw = ImageDraw.Draw(base)
+    font = _font(max(10, PAIR_LABEL_HEIGHT // 2))
+    for x, text in ((4, labels[0]), (width_a + PAIR_GAP + 4, labels[1])):
+        draw.text((x, PAIR_LABEL_HEIGHT // 2), text, fill=(240, 240, 240), font=font, anchor="lm")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.stem}.partial.mp4")
+    with (
+        av.open(str(a)) as video_a,
+        av.open(str(b)) as video_b,
+        av.open(str(a)) as sound_a,
+        av.open(str(staged), mode="w") as container,
+    ):
+        if record is not None:
+            container.metadata.update(mp4_metadata(record))
+        video = container.add_stream("libx264", rate=info_a.frame_rate, options=X264_OPTIONS)
+        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
+        audio_in = sound_a.streams.audio[0] if sound_a.streams.audio else None
+        audio_out = container.add_stream_from_template(audio_in) if audio_in is not None else None
+        frames = zip(video_a.decode(video=0), video_b.decode(video=0), strict=False)
+        for frame_a, frame_b in frames:
+            canvas = base.copy()
+            for frame, (width, x) in ((frame_a, (width_a, 0)), (frame_b, (width_b, width_a + PAIR_GAP))):
+                image = frame.to_image()
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.Resampling.LANCZOS)
+                canvas.paste(image, (x, PAIR_LABEL_HEIGHT))
+            container.mux(video.encode(av.VideoFrame.from_image(canvas)))
+        container.mux(video.encode())
+        if audio_in is not None:
+            for packet in sound_a.demux(audio_in):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = audio_out
+                container.mux(packet)
+    os.replace(staged, out)
+    return out
+
+
+def pair_record(a: HistoryEntry | None, b: HistoryEntry | None, audio_from: str = "A") -> dict:
+    """The side-by-side mp4's metadata: both results' provenance and which one's audio it carries."""
+    return {
+        "schema": PAIR_SCHEMA,
+        "audio_from": audio_from,
+        "a": {"video": a.video.name, **a.provenance} if a else None,
+        "b": {"video": b.video.name, **b.provenance} if b else None,
+    }
+
+
+# -- reproduce: the request that makes a result again -------------------------------------------------------------
+def request_from_dict(fields: dict, **overrides) -> GenerationRequest:
+    """A GenerationRequest from its asdict() form (a sidecar's "request"); fields this version does not know are
+    refused rather than dropped, so a reproduction never silently differs from what was asked."""
+    known = {f.name for f in dataclasses.fields(GenerationRequest)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InvalidRequest(f"this result was made with request fields this app does not know: {', '.join(unknown)}")
+    values = dict(fields)
+    guidance = values.get("guidance")
+    if isinstance(guidance, dict):
+        values["guidance"] = GuidanceParams(**guidance)
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def _input_path(entry: HistoryEntry, kind: str, original: str) -> tuple[str, str]:
+    """The file to feed again for `kind` (image/audio), verified against the recorded sha256, and a note."""
+    record = (entry.provenance.get("inputs") or {}).get(kind)
+    if not record:
+        if original and Path(original).is_file():
+            return original, f"{kind}: no hash was recorded (an older result), used {original} unverified"
+        raise InvalidRequest(f"the {kind} of this result was not saved and {original or 'its path'} is gone")
+    candidates = [entry.video.parent / record["stored"], Path(original)] if original else []
+    for path in candidates:
+        if path.is_file() and sha256_file(path) == record["sha256"]:
+            return str(path), ""
+    raise InvalidRequest(
+        f"the {kind} of this result ({record.get('name')}, sha256 {record['sha256'][:12]}…) is gone or changed: "
+        f"neither {record['stored']} nor the original path holds it"
+    )
+
+
+def reproduce_request(entry: HistoryEntry, **overrides) -> tuple[GenerationRequest, list[str]]:
+    """The request that makes `entry` again from its saved inputs, into a new file (output_path=None); `overrides`
+    change fields on purpose (the other quantization for an A/B take). Returns it with notes for the reviewer."""
+    image, image_note = _input_path(entry, "image", entry.request.get("image_path") or "")
+    audio, audio_note = _input_path(entry, "audio", entry.request.get("audio_path") or "")
+    request = request_from_dict(entry.request, image_path=image, audio_path=audio, output_path=None, **overrides)
+    return request, [note for note in (image_note, audio_note) if note]
+
+
+def bundle_mismatch(entry: HistoryEntry, bundle: dict) -> str | None:
+    """Why a re-run with `bundle` (Bundle.describe()) would not reproduce `entry`, if the fingerprints say so."""
+    recorded = (entry.provenance.get("bundle") or entry.result.get("bundle") or {}).get("fingerprint")
+    current = bundle.get("fingerprint")
+    if recorded and current and recorded != current:
+        return (
+            f"this result was made with bundle {recorded[:12]}…, the app runs {current[:12]}…: start it with the "
+            "same bundle to reproduce it"
+        )
+    return None
+
+
+def take_key(entry: HistoryEntry, **overrides) -> str:
+    """What makes two takes the same: the request (minus file paths) with `overrides`, the inputs' hashes and the
+    bundle fingerprint. Used to find a take that was already made instead of running it again."""
+    request = {k: v for k, v in entry.request.items() if k not in ("image_path", "audio_path", "output_path")}
+    request.update(overrides)
+    inputs = {kind: record.get("sha256") for kind, record in (entry.provenance.get("inputs") or {}).items()}
+    fingerprint = (entry.provenance.get("bundle") or {}).get("fingerprint")
+    return json.dumps([request, inputs, fingerprint], sort_keys=True, default=str)
+
+
+def find_take(entries: tuple[HistoryEntry, ...], base: HistoryEntry, **overrides) -> HistoryEntry | None:
+    """The newest result that is `base` with `overrides` applied, if one was made already (and recorded hashes)."""
+    if not base.provenance.get("inputs"):
+        return None
+    wanted = take_key(base, **overrides)
+    return next((e for e in entries if e.video != base.video and e.provenance and take_key(e) == wanted), None)
+
+
+def other_quantization(quantization: str) -> str:
+    """The take the one-click A/B runs: bf16 for any quantized result, fp8-cast for a bf16 one."""
+    return "fp8-cast" if quantization == "bf16" else "bf16"
