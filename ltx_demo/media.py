@@ -3,8 +3,10 @@ any model is built, and the mp4 writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -43,6 +45,19 @@ def legal_frame_counts(max_frames: int = MAX_FRAMES) -> list[int]:
     return list(range(9, max_frames + 1, 8))
 
 
+def max_frames_at(width: int, height: int) -> int:
+    """The largest legal (8k+1) frame count check_request accepts at this size."""
+    cap = min(MAX_FRAMES, MAX_PIXEL_FRAMES // max(width * height, 1))
+    return max(9, 8 * ((cap - 1) // 8) + 1)
+
+
+def _nearest(value: int, legal: list[int]) -> str:
+    """'try A' or 'try A or B': the legal values either side of a refused one."""
+    below = [v for v in legal if v < value][-1:]
+    above = [v for v in legal if v > value][:1]
+    return "try " + " or ".join(str(v) for v in below + above)
+
+
 def frames_for_duration(seconds: float, frame_rate: int) -> int:
     """The largest 8k+1 frame count whose clip the audio covers (at least 9)."""
     k = max(1, math.floor((seconds * frame_rate - 1) / 8))
@@ -51,21 +66,24 @@ def frames_for_duration(seconds: float, frame_rate: int) -> int:
 
 def check_request(request: GenerationRequest) -> None:
     """Every check on the request's numbers and strings; files are checked when they are read."""
-    if not request.prompt or not request.prompt.strip():
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise InvalidRequest("prompt is empty: describe the person and the scene")
-    if len(request.prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"prompt is {len(request.prompt)} characters: keep it under {MAX_PROMPT_CHARS}")
+    for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt or "")):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"{name} is {len(text)} characters: shorten it to at most {MAX_PROMPT_CHARS}")
     for name, value in (("width", request.width), ("height", request.height)):
         if not isinstance(value, int) or value % 64 or not MIN_SIDE <= value <= MAX_SIDE:
-            raise InvalidRequest(f"{name} {value} is not a multiple of 64 between {MIN_SIDE} and {MAX_SIDE}")
+            hint = _nearest(value, list(range(MIN_SIDE, MAX_SIDE + 1, 64))) if isinstance(value, int) else "try 768"
+            what = "not between" if isinstance(value, int) and not value % 64 else "not a multiple of 64 between"
+            raise InvalidRequest(f"{name} {value} is {what} {MIN_SIDE} and {MAX_SIDE}: {hint}")
     n = request.num_frames
     if not isinstance(n, int) or n < 9 or (n - 1) % 8:
-        raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES})")
+        hint = _nearest(n, legal_frame_counts(MAX_FRAMES + 8)) if isinstance(n, int) else "try 97"
+        raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES}): {hint}")
     if n > MAX_FRAMES or request.width * request.height * n > MAX_PIXEL_FRAMES:
         raise InvalidRequest(
-            f"{request.width}x{request.height}x{n} frames is over the cap: use at most "
-            f"{min(MAX_FRAMES, frames_for_duration(MAX_PIXEL_FRAMES / (request.width * request.height) / 24, 24))}"
-            " frames at this resolution"
+            f"{request.width}x{request.height} with {n} frames is over the cap: use at most "
+            f"{max_frames_at(request.width, request.height)} frames at this size, or a smaller size"
         )
     if request.frame_rate not in FRAME_RATES:
         raise InvalidRequest(f"frame rate {request.frame_rate} is not one of {', '.join(map(str, FRAME_RATES))}")
@@ -80,23 +98,28 @@ def check_request(request: GenerationRequest) -> None:
     ):
         if value not in {e.value for e in enum}:
             raise InvalidRequest(f"unknown {enum.__name__.lower()} {value!r}: use one of {[e.value for e in enum]}")
-    if request.audio_start < 0:
-        raise InvalidRequest(f"audio start {request.audio_start} s is negative")
+    if not isinstance(request.audio_start, int | float) or not 0 <= request.audio_start < math.inf:
+        raise InvalidRequest(f"audio start {request.audio_start} s must be a number of seconds, 0 or more")
+    numbers = dataclasses.asdict(request.guidance) | {"distilled LoRA strength": request.distilled_lora_strength}
+    for name, value in numbers.items():
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise InvalidRequest(f"{name.replace('_', ' ')} {value} must be a finite number, 0 or more")
 
 
 def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: Path) -> str:
     """Open, flatten to RGB and fit the portrait to exactly width x height (crop or pad); returns a note."""
     if not path or not Path(path).is_file():
         raise InvalidRequest("no portrait image: upload a PNG or JPEG")
+    if Path(path).stat().st_size == 0:
+        raise InvalidRequest("the portrait file is empty (0 bytes): upload a PNG or JPEG")
+    too_big = f"resize it to at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels (e.g. 4096x4096) and upload it again"
     notes = []
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise InvalidRequest(
-                    f"image is {image.width}x{image.height}: use one under {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
-                )
+                raise InvalidRequest(f"the portrait is {image.width}x{image.height} pixels: {too_big}")
             if getattr(image, "is_animated", False):
-                notes.append("animated image: used its first frame")
+                notes.append(f"animated image ({image.n_frames} frames): used its first frame")
                 image.seek(0)
             image.load()
             if image.mode not in ("RGB", "L"):
@@ -105,10 +128,16 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
             rgb = _to_rgb(image)
     except InvalidRequest:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL refuses to open it at all (over ~179 megapixels)
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels"
+        raise InvalidRequest(f"the portrait has {size}: {too_big}") from None
+    except UnidentifiedImageError:
+        raise InvalidRequest("the portrait is not a readable image (no format PIL knows): upload a PNG or JPEG") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data inside a known format
         raise InvalidRequest(
-            f"the portrait is not a readable image ({type(exc).__name__}): upload a PNG or JPEG"
-        ) from exc
+            f"the portrait file is damaged or cut short ({exc}): export it again as PNG or JPEG"
+        ) from None
     match fit:
         case ImageFit.CROP:
             fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.LANCZOS)
@@ -120,9 +149,11 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode.startswith("I"):  # 16-bit (I;16*) or 32-bit integer grey: map the sample range onto 8 bits
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray((array / max(array.max(), 1) * 255).astype(np.uint8))
+        top = array.max(initial=0)
+        scale = 1.0 if top <= 255 else 257.0 if top <= 65535 else top / 255  # 65535 / 257 = 255: not a stretch
+        image = Image.fromarray(np.clip(np.round(array / scale), 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         background = Image.new("RGB", image.size, (0, 0, 0))
         converted = image.convert("RGBA")
@@ -131,74 +162,167 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """Decode any common audio file to float32 (channels, samples) and its sample rate."""
+AUDIO_FORMATS = "WAV, MP3, FLAC, OGG or M4A"
+# Native samples read past each end of the wanted window, so resampling the window gives exactly the samples that
+# resampling the whole file would (resample_poly's filter reaches 10 input samples either side).
+RESAMPLE_MARGIN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AudioWindow:
+    """Part of a decoded audio file at its own rate: float32 (channels, n) starting at sample `offset` of the file."""
+
+    samples: np.ndarray
+    rate: int
+    offset: int
+    total: int | None  # the file's length in samples; None when decoding stopped after the window
+    reaches_end: bool  # the window runs to the end of the file
+
+
+def check_audio_file(path: str) -> None:
+    """What can be said before decoding: missing, empty, or a WAV whose header promises more than the file holds."""
     if not path or not Path(path).is_file():
-        raise InvalidRequest("no audio clip: upload a WAV, MP3, FLAC, OGG or M4A file")
+        raise InvalidRequest(f"no audio clip: upload a {AUDIO_FORMATS} file")
+    size = Path(path).stat().st_size
+    if size == 0:
+        raise InvalidRequest(f"the audio file is empty (0 bytes): upload a {AUDIO_FORMATS} file with speech")
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        byte_rate, position = 0, 12
+        while position + 8 <= size:
+            f.seek(position)
+            chunk, length = f.read(4), int.from_bytes(f.read(4), "little")
+            if chunk == b"fmt ":
+                byte_rate = int.from_bytes(f.read(12)[8:12], "little")  # after format, channels, sample rate
+            if chunk == b"data":
+                available = size - position - 8
+                # 0 and 0xFFFFFFFF: written by streaming recorders that never went back to fill in the length.
+                if length not in (0, 0xFFFFFFFF) and length > available and byte_rate:
+                    raise InvalidRequest(
+                        f"the WAV file is cut short: its header promises {length / byte_rate:.2f} s, the file holds "
+                        f"{available / byte_rate:.2f} s (an interrupted upload or recording?): upload the whole file"
+                    )
+                return
+            position += 8 + length + (length & 1)
+
+
+def _window_bounds(rate: int, start: float, seconds: float | None) -> tuple[int, int | None]:
+    """[lo, hi) in native samples: the window plus margins, lo on the resampling grid (see RESAMPLE_MARGIN)."""
+    step = rate // math.gcd(rate, OUTPUT_SAMPLE_RATE)
+    lo = max(0, round(start * rate) - RESAMPLE_MARGIN) // step * step
+    hi = None if seconds is None else math.ceil((start + seconds) * rate) + RESAMPLE_MARGIN
+    return lo, hi
+
+
+def read_audio(path: str, start: float = 0.0, seconds: float | None = None, keep: bool = True) -> AudioWindow:
+    """Decode `seconds` from `start` (to the end when None) of any common audio file, at its own rate, streaming:
+    a long file is never held whole. keep=False only counts samples (for the file's duration)."""
+    check_audio_file(path)
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.T), int(rate)
+        with soundfile.SoundFile(path) as f:
+            rate, total = int(f.samplerate), int(f.frames)
+            lo, hi = _window_bounds(rate, start, seconds)
+            end = total if hi is None else min(hi, total)
+            data = np.zeros((0, f.channels), np.float32)
+            if keep and lo < end:
+                f.seek(lo)
+                data = f.read(end - lo, dtype="float32", always_2d=True)
+            return AudioWindow(np.ascontiguousarray(data.T), rate, lo, total, end == total)
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
         pass  # not a format libsndfile reads (m4a/aac, video containers): try FFmpeg through PyAV
     try:
         with av.open(path) as container:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
-                raise InvalidRequest("the audio file has no audio stream: upload a speech clip")
+                raise InvalidRequest(f"the file has no audio stream: upload a {AUDIO_FORMATS} file with speech")
+            rate = int(stream.rate or 0)
+            if rate <= 0:
+                raise InvalidRequest(f"the audio stream has no sample rate: upload a {AUDIO_FORMATS} file")
+            lo, hi = _window_bounds(rate, start, seconds)
             to_float = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
-            chunks, rate = [], stream.rate
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray() for f in to_float.resample(frame))
-            chunks.extend(f.to_ndarray() for f in to_float.resample(None))
+            chunks, position, stopped = [], 0, False
+            for frame in _frames_then_flush(container, stream):
+                if not keep:
+                    position += frame.samples if frame is not None else 0
+                    continue
+                for converted in to_float.resample(frame):
+                    n = converted.samples
+                    if position + n > lo and (hi is None or position < hi):
+                        part = converted.to_ndarray()[:, max(0, lo - position) : None if hi is None else hi - position]
+                        chunks.append(part)
+                    position += n
+                if hi is not None and position >= hi:
+                    stopped = True  # the rest of the file is not needed, and not decoded
+                    break
     except InvalidRequest:
         raise
     except (av.error.FFmpegError, StopIteration, ValueError, OSError) as exc:
-        raise InvalidRequest(f"the audio file is not readable ({type(exc).__name__}): upload a WAV or MP3") from exc
-    if not chunks:
-        raise InvalidRequest("the audio clip is empty: upload one with speech")
-    return np.concatenate(chunks, axis=1).astype(np.float32), int(rate)
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise InvalidRequest(f"the file is not readable audio ({why}): upload a {AUDIO_FORMATS} file") from None
+    channels = chunks[0].shape[0] if chunks else 2
+    data = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), np.float32)
+    return AudioWindow(data, rate, min(lo, position), None if stopped else position, not stopped)
+
+
+def _frames_then_flush(container, stream):
+    yield from container.decode(stream)
+    yield None  # flushes the resampler
 
 
 def prepare_audio(path: str, start: float, duration: float) -> tuple[np.ndarray, str]:
     """Stereo, OUTPUT_SAMPLE_RATE, exactly `duration` seconds from `start`: trimmed or padded with silence."""
-    samples, rate = read_audio(path)
+    window = read_audio(path, start, duration)
+    samples, rate = window.samples, window.rate
     notes = []
-    if samples.shape[1] == 0 or rate <= 0:
+    if window.total == 0 or rate <= 0:
         raise InvalidRequest("the audio clip is empty (zero length): upload one with speech")
-    total = samples.shape[1] / rate
-    if start >= total:
-        raise InvalidRequest(f"audio start {start:.2f} s is past the clip's end ({total:.2f} s)")
+    if window.total is not None and round(start * rate) >= window.total:
+        raise InvalidRequest(
+            f"audio start {start:.2f} s is past the clip's end ({window.total / rate:.2f} s): lower the start offset"
+        )
+    if not np.isfinite(samples).all():
+        raise InvalidRequest("the audio has NaN or infinite samples (a broken float WAV?): export it as 16-bit PCM")
     if samples.shape[0] == 1:
         samples = np.repeat(samples, 2, axis=0)
         notes.append("upmixed mono to stereo")
     elif samples.shape[0] > 2:
-        samples = samples[:2]
         notes.append(f"kept the first 2 of {samples.shape[0]} channels")
+        samples = samples[:2]
     if rate != OUTPUT_SAMPLE_RATE:
         ratio = Fraction(OUTPUT_SAMPLE_RATE, rate)
         samples = resample_poly(samples, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
         notes.append(f"resampled {rate} Hz to {OUTPUT_SAMPLE_RATE} Hz")
-    first = round(start * OUTPUT_SAMPLE_RATE)
+    # window.offset is on the resampling grid, so this is the same sample as in the whole file resampled.
+    first = round(start * OUTPUT_SAMPLE_RATE) - window.offset * OUTPUT_SAMPLE_RATE // rate
     wanted = round(duration * OUTPUT_SAMPLE_RATE)
     segment = samples[:, first : first + wanted]
     if start > 0:
         notes.append(f"started at {start:.2f} s")
     if segment.shape[1] < wanted:
         missing = wanted - segment.shape[1]
+        covered = segment.shape[1] / OUTPUT_SAMPLE_RATE
         segment = np.pad(segment, ((0, 0), (0, missing)))
-        notes.append(f"padded {missing / OUTPUT_SAMPLE_RATE:.2f} s of silence at the end")
-    elif samples.shape[1] - first > wanted:
+        notes.append(
+            f"padded {missing / OUTPUT_SAMPLE_RATE:.2f} s of silence at the end (the audio covers {covered:.2f} s of "
+            f"the {duration:.2f} s clip)"
+        )
+    elif not window.reaches_end or samples.shape[1] - first > wanted:
         notes.append(f"trimmed to {duration:.2f} s")
     peak = float(np.abs(segment).max()) if segment.size else 0.0
     if peak > 1.0:
         segment = segment / peak
         notes.append("scaled down to avoid clipping")
+    if peak == 0.0:
+        notes.append("the audio is silent here: expect no lip motion")
     return np.ascontiguousarray(segment, dtype=np.float32), "; ".join(notes) or "used as is"
 
 
 def audio_duration(path: str) -> float:
-    samples, rate = read_audio(path)
-    return samples.shape[1] / rate
+    """Seconds of audio in the file (counted by decoding where the header cannot say; nothing is kept)."""
+    window = read_audio(path, keep=False)
+    return (window.total or 0) / window.rate
 
 
 def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs:

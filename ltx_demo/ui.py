@@ -26,10 +26,12 @@ from ltx_demo.settings import FRAME_RATES, ImageFit, Quantization, Residency
 from ltx_demo.types import (
     GIB,
     GenerationCancelled,
+    GenerationFailed,
     GenerationRequest,
     GenerationResult,
     GuidanceParams,
     InvalidRequest,
+    OutOfMemory,
     Progress,
     VramSample,
 )
@@ -527,6 +529,10 @@ class DemoController:
                 job.steps_started = now
         report(self._describe(job, now), progress.step, progress.total_steps)
 
+    def has_job(self, session: str) -> bool:
+        with self._lock:
+            return session in self._jobs
+
     def cancel(self, session: str) -> str:
         with self._lock:
             job = self._jobs.get(session)
@@ -587,7 +593,8 @@ def pass_unreadable_files_on(image: gr.Image) -> gr.Image:
     def preprocess(payload):
         try:
             return stock(payload)
-        except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError
+        # PIL's UnidentifiedImageError is an OSError; DecompressionBombError (a 20000x20000 PNG) is neither.
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return str(payload.path) if payload is not None and payload.path else None
 
     image.preprocess = preprocess
@@ -1000,12 +1007,14 @@ def build_demo(
                 raise gr.Error(str(exc), title="Check your input") from None
             except GenerationCancelled as exc:
                 raise gr.Error(f"Stopped: {exc}. Nothing was written.", title="Cancelled") from None
+            except GenerationFailed as exc:  # out of memory, disk full: the message says what to try
+                title = "Out of memory" if isinstance(exc, OutOfMemory) else "Could not finish"
+                raise gr.Error(str(exc), title=title) from None
             except Exception as exc:
                 logger.exception("generation failed")
-                hint = ""
-                if type(exc).__name__ == "OutOfMemoryError":
-                    hint = " Try cold-start, fp8-cast, a smaller resolution or fewer frames."
-                raise gr.Error(f"{type(exc).__name__}: {exc}.{hint}", title="Generation failed") from None
+                raise gr.Error(f"{type(exc).__name__}: {exc}", title="Generation failed") from None
+            if "padded" in result.audio_note:  # the clip is longer than the audio: say so where it is seen
+                gr.Warning(f"Audio: {result.audio_note}.", title="The audio is shorter than the video")
             return result.output, api_summary(result), result
 
         def show_result(result: GenerationResult | None):
@@ -1151,6 +1160,14 @@ def build_demo(
             api_visibility="undocumented",
         )
         gr.api(engine_status, api_name="status")
+
+        def tab_closed(request: gr.Request) -> None:
+            """A closed tab (its heartbeat ends) cancels that session's job, which frees what it built."""
+            session = getattr(request, "session_hash", None)
+            if session and controller.has_job(session):
+                logger.info("session %s went away: %s", session, controller.cancel(session))
+
+        demo.unload(tab_closed)
 
     if preload:
         controller.preload_in_background(controller.default_quantization())
