@@ -334,25 +334,32 @@ def waveform(path: str | Path, duration: float, bins: int = 480) -> list[tuple[f
     ]
 
 
-def decode_frames(path: str | Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def decoded_difference(a: str | Path, b: str | Path) -> dict:
-    """Whether two mp4s decode to the same frames and the same audio samples (how "reproduce" is judged)."""
-    frames_a, frames_b = decode_frames(a), decode_frames(b)
+    """Whether two mp4s decode to the same frames and the same audio samples (how "reproduce" is judged); frames are
+    compared one pair at a time, so long clips never sit in memory whole."""
+    counts, max_pixel, same_frames = [0, 0], 0, True
+    with av.open(str(a)) as container_a, av.open(str(b)) as container_b:
+        pairs = itertools.zip_longest(container_a.decode(video=0), container_b.decode(video=0))
+        for frame_a, frame_b in pairs:
+            counts[0] += frame_a is not None
+            counts[1] += frame_b is not None
+            if frame_a is None or frame_b is None:
+                same_frames = False
+                continue
+            x, y = frame_a.to_ndarray(format="rgb24"), frame_b.to_ndarray(format="rgb24")
+            if x.shape != y.shape:
+                same_frames, max_pixel = False, None
+                continue
+            if max_pixel is not None:
+                max_pixel = max(max_pixel, int(np.abs(x.astype(np.int16) - y.astype(np.int16)).max()))
     (audio_a, rate_a), (audio_b, rate_b) = decode_audio(a), decode_audio(b)
-    same_shape = frames_a.shape == frames_b.shape
-    audio_shape = audio_a.shape == audio_b.shape and rate_a == rate_b
+    same_audio_shape = audio_a.shape == audio_b.shape and rate_a == rate_b
     return {
-        "frames_identical": bool(same_shape and np.array_equal(frames_a, frames_b)),
-        "audio_identical": bool(audio_shape and np.array_equal(audio_a, audio_b)),
-        "max_pixel_difference": (
-            int(np.abs(frames_a.astype(np.int16) - frames_b.astype(np.int16)).max()) if same_shape else None
-        ),
-        "max_audio_difference": float(np.abs(audio_a - audio_b).max()) if audio_shape and audio_a.size else None,
-        "frames": [int(frames_a.shape[0]), int(frames_b.shape[0])],
+        "frames_identical": bool(same_frames and max_pixel == 0),
+        "audio_identical": bool(same_audio_shape and np.array_equal(audio_a, audio_b)),
+        "max_pixel_difference": max_pixel,
+        "max_audio_difference": (float(np.abs(audio_a - audio_b).max()) if same_audio_shape and audio_a.size else None),
+        "frames": counts,
     }
 
 

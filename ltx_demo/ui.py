@@ -13,6 +13,7 @@ import secrets
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import gradio as gr
 from PIL import Image
 
-from ltx_demo import media
+from ltx_demo import media, review
 from ltx_demo.settings import FRAME_RATES, ImageFit, Quantization, Residency
 from ltx_demo.types import (
     GIB,
@@ -78,6 +79,7 @@ class EngineLike(Protocol):
 
     bundle: Any
     device: Any
+    output_dir: Path
 
     def generate(
         self,
@@ -414,11 +416,316 @@ def result_html(result: GenerationResult) -> str:
 
 def api_summary(result: GenerationResult) -> dict:
     """What `generate` returns to API clients and shows as the result's parameters: the engine's summary plus the
-    request (everything needed to reproduce it) and where the JSON sidecar was saved."""
+    request, the provenance (input hashes, versions, bundle fingerprint) and where the JSON sidecar was saved."""
+    sidecar = Path(result.output).with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text()).get("provenance") or {}
+    except (OSError, json.JSONDecodeError):
+        record = {}
     return result.summary() | {
         "request": dataclasses.asdict(result.request),
-        "parameters_file": str(Path(result.output).with_suffix(".json")),
+        "provenance": record,
+        "parameters_file": str(sidecar),
     }
+
+
+# -- review: history, selected result, A/B view ---------------------------------------------------------------------
+def file_url(path: str | Path) -> str:
+    """A URL the page can load a file from (gradio's file route; the output folder is in allowed_paths). Relative, so
+    it also works behind a root path or a share link."""
+    return "gradio_api/file=" + urllib.parse.quote(str(Path(path).resolve()))
+
+
+def history_items(entries: Sequence[review.HistoryEntry]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The gallery, newest first: (thumbnail, caption with the key parameters, elapsed seconds and peak VRAM), and
+    each item's mp4 in the same order (what a click on item i loads)."""
+    items, videos = [], []
+    for entry in entries:
+        try:
+            items.append((str(review.thumbnail(entry)), entry.caption()))
+        except (InvalidRequest, OSError, ValueError) as exc:
+            logger.warning("history: no thumbnail for %s (%s)", entry.video.name, exc)
+            continue
+        videos.append(str(entry.video))
+    return items, videos
+
+
+def reproduce_verdict(original: review.HistoryEntry, output: str, difference: dict, notes: Sequence[str]) -> str:
+    """One line for the reviewer: did the re-run decode to the same frames and audio as the original?"""
+    frames = difference["frames"]
+    if difference["frames_identical"] and difference["audio_identical"]:
+        text = (
+            f"Reproduced {original.video.name} into a new file, {Path(output).name}: all {frames[1]} decoded frames "
+            "and every audio sample are identical to the original."
+        )
+    else:
+        text = (
+            f"Re-ran {original.video.name} into {Path(output).name}, but it differs: frames identical "
+            f"{difference['frames_identical']} ({frames[0]} vs {frames[1]}, max pixel difference "
+            f"{difference['max_pixel_difference']}), audio identical {difference['audio_identical']}. The original "
+            f"ran on {original.result.get('device', '?')}."
+        )
+    return " ".join([text, *notes])
+
+
+def _short_hash(value: str | None) -> str:
+    return f"{value[:12]}…" if value else "not recorded"
+
+
+def selected_html(entry: review.HistoryEntry | None, verdict: str = "") -> str:
+    """The selected result's facts: what was asked, what ran, how long, how much memory, and what it came from."""
+    if entry is None:
+        return '<div class="result-empty">Click a result in the history to load its video and parameters.</div>'
+    request, result, record = entry.request, entry.result, entry.provenance
+    guidance = request.get("guidance") or {}
+    inputs = record.get("inputs") or {}
+    versions = record.get("versions") or {}
+    ran = record.get("ran") or {}
+    vram = entry.peak_vram_gib
+    facts = [
+        ("Made", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))),
+        ("File", entry.video.name),
+        ("Seed · steps", f"{entry.value('seed')} · {request.get('steps')}"),
+        (
+            "Video",
+            f"{entry.value('width')}×{entry.value('height')}, {entry.value('num_frames')} frames @ "
+            f"{entry.value('frame_rate')} fps",
+        ),
+        ("Weights", f"{entry.value('quantization')} (compute {result.get('compute_dtype', '?')})"),
+        ("Residency", f"{request.get('residency')} → ran {result.get('residency', ran.get('residency', '?'))}"),
+        (
+            "Guidance",
+            f"CFG {guidance.get('cfg_scale')} · STG {guidance.get('stg_scale')} · rescale "
+            f"{guidance.get('rescale_scale')} · modality {guidance.get('modality_scale')} · LoRA "
+            f"{request.get('distilled_lora_strength')}",
+        ),
+        ("Elapsed", "?" if entry.elapsed_seconds is None else f"{entry.elapsed_seconds:.3f} s"),
+        ("Peak VRAM", "— (no CUDA device)" if vram is None else f"{vram:.2f} GiB"),
+        ("Device", str(result.get("device", ran.get("device", "?")))),
+        (
+            "Portrait",
+            f"{(inputs.get('image') or {}).get('name', '?')} · sha256 "
+            f"{_short_hash((inputs.get('image') or {}).get('sha256'))}",
+        ),
+        (
+            "Audio",
+            f"{(inputs.get('audio') or {}).get('name', '?')} · sha256 "
+            f"{_short_hash((inputs.get('audio') or {}).get('sha256'))}",
+        ),
+        ("Bundle", _short_hash((record.get("bundle") or result.get("bundle") or {}).get("fingerprint"))),
+        ("Versions", " · ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded"),
+    ]
+    rows = "".join(
+        f'<div class="fact"><span class="fact-label">{name}</span>'
+        f'<span class="fact-value" data-fact="{name}">{html.escape(value)}</span></div>'
+        for name, value in facts
+    )
+    prompt = html.escape(request.get("prompt") or "")
+    note = f'<div class="review-verdict">{html.escape(verdict)}</div>' if verdict else ""
+    return (
+        f'<div class="selected-result" data-video="{html.escape(str(entry.video))}">{note}<div class="facts">{rows}'
+        f'</div><div class="selected-prompt"><span class="fact-label">Prompt</span> {prompt}</div></div>'
+    )
+
+
+WAVE_WIDTH, WAVE_HEIGHT = 1000, 80
+
+
+def waveform_svg(peaks: Sequence[tuple[float, float]], duration: float, fps: float) -> str:
+    """The audio under the videos: min/max bars, a second grid, and the playhead the page's script moves."""
+    mid = WAVE_HEIGHT / 2
+    scale = mid / max([max(abs(lo), abs(hi)) for lo, hi in peaks] + [1e-6])
+    step = WAVE_WIDTH / max(1, len(peaks))
+    bars = "".join(
+        f"M{(i + 0.5) * step:.1f} {mid - hi * scale:.1f}V{mid - lo * scale + 0.5:.1f}"
+        for i, (lo, hi) in enumerate(peaks)
+    )
+    grid = "".join(
+        f'<line x1="{WAVE_WIDTH * t / duration:.1f}" x2="{WAVE_WIDTH * t / duration:.1f}" y1="0" y2="{WAVE_HEIGHT}" '
+        f'class="ab-grid"/><text x="{WAVE_WIDTH * t / duration + 3:.1f}" y="11" class="ab-tick">{t:g} s</text>'
+        for t in [i * 0.5 for i in range(int(duration / 0.5) + 1)]
+        if t < duration
+    )
+    return (
+        f'<svg class="ab-wave-svg" viewBox="0 0 {WAVE_WIDTH} {WAVE_HEIGHT}" preserveAspectRatio="none" role="img" '
+        f'aria-label="audio waveform, click to seek" data-bins="{len(peaks)}">{grid}'
+        f'<path d="{bars}" class="ab-bars" stroke-width="{max(step * 0.7, 0.6):.2f}"/>'
+        f'<line class="ab-playhead" x1="0" x2="0" y1="0" y2="{WAVE_HEIGHT}"/></svg>'
+        f'<div class="ab-wave-caption">audio (what you hear) · {duration:.3f} s · {fps:g} fps</div>'
+    )
+
+
+def compare_html(
+    a: review.VideoInfo,
+    b: review.VideoInfo,
+    labels: tuple[str, str],
+    peaks: Sequence[tuple[float, float]],
+    notes: Sequence[str] = (),
+) -> str:
+    """Two videos on one timeline: play/pause, previous/next frame at the videos' fps, a scrubber, and the audio
+    waveform with a playhead. The page's script (AB_SCRIPT) drives it; A is heard first, B is muted."""
+    duration, fps = a.duration, a.fps
+    videos = "".join(
+        f'<figure class="ab-side"><figcaption><b>{side.upper()}</b> · {html.escape(label)}</figcaption>'
+        f'<video class="ab-video" data-role="{side}" src="{html.escape(file_url(info.path))}" preload="auto" '
+        f'playsinline{" muted" if side == "b" else ""} width="{info.width}" height="{info.height}"></video>'
+        f'<div class="ab-file">{html.escape(info.path.name)}</div></figure>'
+        for side, info, label in (("a", a, labels[0]), ("b", b, labels[1]))
+    )
+    note_html = "".join(f'<div class="ab-note">{html.escape(n)}</div>' for n in notes)
+    controls = (
+        '<div class="ab-controls">'
+        '<button type="button" id="ab-prev" data-ab="prev" title="previous frame (←)">◀ frame</button>'
+        '<button type="button" id="ab-play" data-ab="play" title="play / pause both (space)">▶ Play</button>'
+        '<button type="button" id="ab-next" data-ab="next" title="next frame (→)">frame ▶</button>'
+        f'<input type="range" id="ab-scrub" class="ab-scrub" min="0" max="{duration:.6f}" step="any" value="0" '
+        'aria-label="shared timeline">'
+        f'<span class="ab-time">frame 1 / {a.num_frames} · 0.000 s</span>'
+        '<span class="ab-audio">hear: <button type="button" data-ab="audio" data-side="a" class="on">A</button>'
+        '<button type="button" data-ab="audio" data-side="b">B</button></span></div>'
+    )
+    return (
+        f'<div class="ab-root" tabindex="0" data-fps="{fps:.6f}" data-frames="{a.num_frames}" '
+        f'data-duration="{duration:.6f}" data-audio="a" data-state="paused">'
+        f'<div class="ab-videos">{videos}</div>{controls}'
+        f'<div class="ab-wave">{waveform_svg(peaks, duration, fps)}</div>{note_html}</div>'
+    )
+
+
+def compare_message_html(message: str) -> str:
+    return f'<div class="ab-refused" data-reason="{html.escape(message)}">⚠ {html.escape(message)}</div>'
+
+
+def ab_notes(a: review.HistoryEntry | None, b: review.HistoryEntry | None) -> list[str]:
+    """What differs between A and B besides the point of the comparison, so nobody misreads it."""
+    if a is None or b is None:
+        return []
+    notes = []
+    hashes = [{k: (v or {}).get("sha256") for k, v in (e.provenance.get("inputs") or {}).items()} for e in (a, b)]
+    if hashes[0].get("audio") and hashes[1].get("audio") and hashes[0]["audio"] != hashes[1]["audio"]:
+        notes.append("A and B were made from different audio: you hear one of them (pick which with 'hear').")
+    if hashes[0].get("image") and hashes[1].get("image") and hashes[0]["image"] != hashes[1]["image"]:
+        notes.append("A and B were made from different portraits.")
+    if a.request.get("prompt") != b.request.get("prompt"):
+        notes.append("A and B have different prompts.")
+    differing = [
+        name
+        for name in ("seed", "steps", "width", "height", "quantization", "distilled_lora_strength", "guidance")
+        if a.request.get(name) != b.request.get(name)
+    ]
+    if differing:
+        notes.append("They differ in: " + ", ".join(differing) + ".")
+    return notes
+
+
+# The A/B player: one script for the page (launch(head=...)), delegated events, so it keeps working whenever the
+# compare view is re-rendered. A (or whichever is heard) is the clock; the other follows within a frame: small drift
+# is absorbed by its playbackRate, more than one frame by a seek. Frame steps land on frame centres, (k + 0.5) / fps.
+AB_SCRIPT = """
+(() => {
+  if (window.ltxAB) return;
+  const parts = () => {
+    const root = document.querySelector('#ab-compare .ab-root');
+    if (!root) return null;
+    const a = root.querySelector('video[data-role="a"]'), b = root.querySelector('video[data-role="b"]');
+    if (!a || !b) return null;
+    const heard = root.dataset.audio === 'b' ? b : a;
+    return {root, a, b, clock: heard, follower: heard === a ? b : a, fps: parseFloat(root.dataset.fps),
+            frames: parseInt(root.dataset.frames, 10), duration: parseFloat(root.dataset.duration)};
+  };
+  const frameAt = (p, t) => Math.min(p.frames - 1, Math.max(0, Math.floor(t * p.fps + 1e-6)));
+  const draw = (p) => {
+    const t = p.clock.currentTime, paused = p.clock.paused;
+    const label = p.root.querySelector('.ab-time');
+    if (label) label.textContent = `frame ${frameAt(p, t) + 1} / ${p.frames} · ${t.toFixed(3)} s`;
+    const scrub = p.root.querySelector('.ab-scrub');
+    if (scrub && document.activeElement !== scrub) scrub.value = String(t);
+    const head = p.root.querySelector('.ab-playhead');
+    if (head) { const x = String(1000 * Math.min(t, p.duration) / p.duration); head.setAttribute('x1', x);
+                head.setAttribute('x2', x); }
+    const button = p.root.querySelector('[data-ab="play"]');
+    if (button) button.textContent = paused ? '▶ Play' : '❚❚ Pause';
+    p.root.dataset.state = paused ? 'paused' : 'playing';
+  };
+  const seek = (p, t) => {
+    t = Math.max(0, Math.min(t, p.duration));
+    p.a.currentTime = t; p.b.currentTime = t; draw(p);
+  };
+  const pause = (p) => {
+    p.a.pause(); p.b.pause();
+    p.follower.playbackRate = 1; p.follower.currentTime = p.clock.currentTime; draw(p);
+  };
+  const play = async (p) => {
+    if (p.clock.currentTime >= p.duration - 0.5 / p.fps) seek(p, 0);
+    p.follower.currentTime = p.clock.currentTime; p.follower.playbackRate = 1;
+    try { await Promise.all([p.a.play(), p.b.play()]); } catch (err) { console.warn('A/B play', err); pause(p); }
+    draw(p);
+  };
+  const step = (p, delta) => {
+    pause(p);
+    const k = Math.min(p.frames - 1, Math.max(0, Math.round(p.clock.currentTime * p.fps - 0.5) + delta));
+    seek(p, (k + 0.5) / p.fps);
+  };
+  const hear = (p, side) => {
+    p.root.dataset.audio = side; p.a.muted = side !== 'a'; p.b.muted = side !== 'b';
+    p.root.querySelectorAll('[data-ab="audio"]').forEach((el) => el.classList.toggle('on', el.dataset.side === side));
+  };
+  const tick = () => {
+    const p = parts();
+    if (p && !p.clock.paused) {
+      if (p.clock.currentTime >= p.duration || p.clock.ended) {
+        pause(p); seek(p, p.duration);
+      } else {
+        const drift = p.follower.currentTime - p.clock.currentTime;
+        if (Math.abs(drift) > 1 / p.fps) p.follower.currentTime = p.clock.currentTime;
+        else p.follower.playbackRate = Math.min(1.1, Math.max(0.9, 1 - 2 * drift));
+        if (p.follower.paused && !p.follower.ended) p.follower.play().catch(() => {});
+      }
+      draw(p);
+    }
+    requestAnimationFrame(tick);
+  };
+  document.addEventListener('click', (event) => {
+    const p = parts();
+    if (!p) return;
+    const control = event.target.closest('#ab-compare [data-ab]');
+    if (control) {
+      const action = control.dataset.ab;
+      if (action === 'play') { if (p.clock.paused) play(p); else pause(p); }
+      else if (action === 'prev') step(p, -1);
+      else if (action === 'next') step(p, 1);
+      else if (action === 'audio') hear(p, control.dataset.side);
+      return;
+    }
+    const wave = event.target.closest('#ab-compare .ab-wave-svg');
+    if (wave) {
+      const box = wave.getBoundingClientRect();
+      pause(p); seek(p, (event.clientX - box.left) / box.width * p.duration);
+    }
+  });
+  document.addEventListener('input', (event) => {
+    if (!event.target.matches('#ab-compare .ab-scrub')) return;
+    const p = parts();
+    if (!p) return;
+    if (!p.clock.paused) pause(p);
+    seek(p, parseFloat(event.target.value));
+  });
+  document.addEventListener('keydown', (event) => {
+    if (!event.target.closest || !event.target.closest('#ab-compare .ab-root')) return;
+    const p = parts();
+    if (!p || event.target.matches('input')) return;
+    if (event.key === 'ArrowLeft') { step(p, -1); event.preventDefault(); }
+    else if (event.key === 'ArrowRight') { step(p, 1); event.preventDefault(); }
+    else if (event.key === ' ') { if (p.clock.paused) play(p); else pause(p); event.preventDefault(); }
+  });
+  document.addEventListener('loadedmetadata', (event) => {
+    const p = parts();
+    if (p && p.root.contains(event.target)) draw(p);
+  }, true);
+  window.ltxAB = {parts, play, pause, step, seek, hear};
+  requestAnimationFrame(tick);
+})();
+"""
 
 
 # -- the one GPU job ------------------------------------------------------------------------------------------------
@@ -645,6 +952,33 @@ CSS = """
 .phase-table tr.nested td.phase-name { padding-left: 18px; }
 #duration-note, #match-note, #fit-note { font-size: .85rem; opacity: .85; }
 #generate-row button { min-height: 48px; }
+#history .caption-label { font-size: .72rem; white-space: normal; }
+.selected-result .facts { grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); }
+.selected-prompt { font-size: .88rem; margin-top: 4px; }
+.review-verdict { font-weight: 600; padding: 6px 10px; margin-bottom: 8px; border-radius: 8px; background: #ecfdf5;
+  border: 1px solid #6ee7b7; color: #065f46; }
+.ab-root { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 10px;
+  background: var(--block-background-fill); outline: none; }
+.ab-videos { display: flex; gap: 10px; }
+.ab-side { flex: 1 1 0; margin: 0; min-width: 0; }
+.ab-side figcaption { font-size: .85rem; margin-bottom: 4px; }
+.ab-video { width: 100%; height: auto; max-height: 420px; object-fit: contain; background: #000; border-radius: 6px;
+  image-rendering: pixelated; }
+.ab-file { font-size: .72rem; opacity: .6; }
+.ab-controls { display: flex; align-items: center; gap: 8px; margin: 8px 0 4px; flex-wrap: wrap; }
+.ab-controls button { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px;
+  background: var(--button-secondary-background-fill); cursor: pointer; font-variant-numeric: tabular-nums; }
+.ab-controls #ab-play { min-width: 92px; font-weight: 600; }
+.ab-controls .ab-audio button.on { background: #6366f1; color: #fff; }
+.ab-scrub { flex: 1 1 200px; }
+.ab-time { font-variant-numeric: tabular-nums; font-size: .88rem; min-width: 170px; }
+.ab-wave-svg { width: 100%; height: 80px; display: block; cursor: pointer; background: #f8fafc; border-radius: 6px; }
+.ab-wave-svg .ab-bars { stroke: #6366f1; fill: none; }
+.ab-wave-svg .ab-grid { stroke: #e2e8f0; stroke-width: 1; }
+.ab-wave-svg .ab-tick { font-size: 10px; fill: #64748b; }
+.ab-wave-svg .ab-playhead { stroke: #ef4444; stroke-width: 2; vector-effect: non-scaling-stroke; }
+.ab-wave-caption, .ab-note { font-size: .78rem; opacity: .75; margin-top: 2px; }
+.ab-refused { padding: 12px; border: 1px solid #fdba74; background: #fff7ed; color: #7c2d12; border-radius: 10px; }
 """
 
 
@@ -654,8 +988,8 @@ def theme() -> gr.themes.Base:
 
 
 def launch_options() -> dict:
-    """Gradio 6 takes the theme and CSS at launch()."""
-    return {"theme": theme(), "css": CSS}
+    """Gradio 6 takes the theme, CSS and head (the A/B player's script) at launch()."""
+    return {"theme": theme(), "css": CSS, "head": f"<script>{AB_SCRIPT}</script>"}
 
 
 def _disabled_options_css(elem_id: str, values: Sequence[str]) -> str:
@@ -930,6 +1264,63 @@ def build_demo(
                     )
                     parameters = gr.JSON(label="Parameters", elem_id="parameters", open=True)
 
+        # ---------------------------------------------------------------- review: history, A/B, reproduce, export
+        with gr.Column(elem_id="review-section"):
+            gr.Markdown(
+                "### 3 · Review lip sync: history, A/B comparison, reproduce, export", elem_classes="section-title"
+            )
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5, min_width=420):
+                    history = gr.Gallery(
+                        label="History: every finished generation, newest first (click one to load it)",
+                        columns=3,
+                        height=380,
+                        allow_preview=False,
+                        object_fit="contain",
+                        interactive=False,
+                        buttons=[],
+                        elem_id="history",
+                    )
+                    with gr.Row():
+                        history_note = gr.Markdown("", elem_id="history-note")
+                        refresh_button = gr.Button("Refresh", size="sm", scale=0, elem_id="history-refresh")
+                with gr.Column(scale=6, min_width=460):
+                    selected_video = gr.Video(
+                        label="Selected result", elem_id="selected-video", interactive=False, height=300
+                    )
+                    selected_panel = gr.HTML(selected_html(None), elem_id="selected-result", js_on_load=None)
+                    with gr.Row():
+                        reuse_button = gr.Button("Reuse settings", elem_id="reuse-settings")
+                        reproduce_button = gr.Button("Reproduce into a new file", elem_id="reproduce")
+                        other_take_button = gr.Button(
+                            "Compare with bf16 at the same seed", variant="primary", elem_id="compare-other"
+                        )
+                    with gr.Row():
+                        use_a_button = gr.Button("Use as A", size="sm", elem_id="use-as-a")
+                        use_b_button = gr.Button("Use as B", size="sm", elem_id="use-as-b")
+                    with gr.Accordion("Selected result: its parameters (the JSON sidecar)", open=False):
+                        selected_parameters = gr.JSON(label="Parameters", elem_id="selected-parameters")
+            with gr.Row(equal_height=True):
+                pick_a = gr.Dropdown([], label="A", allow_custom_value=True, scale=4, elem_id="pick-a")
+                pick_b = gr.Dropdown([], label="B", allow_custom_value=True, scale=4, elem_id="pick-b")
+                compare_button = gr.Button("Compare A/B", variant="primary", scale=1, elem_id="compare")
+                export_button = gr.Button("Export A/B as one mp4", scale=1, elem_id="export-pair")
+            compare_view = gr.HTML(
+                '<div class="result-empty">Pick A and B (same frame count and rate) and press Compare: they play '
+                "side by side on one timeline, with one audio track and the waveform under them.</div>",
+                elem_id="ab-compare",
+                js_on_load=None,
+            )
+            review_files = gr.File(
+                label="Export: the selected result (mp4 + parameters JSON), or the A/B pair as one side-by-side mp4",
+                file_count="multiple",
+                interactive=False,
+                elem_id="review-downloads",
+            )
+            selected_path = gr.Textbox(visible=False, elem_id="selected-path")
+            reproduce_report = gr.JSON(visible=False)
+        history_videos = gr.State([])
+
         result_state = gr.State(None)
         plot_key = gr.State(samples_key(engine.live_samples()))
         timer = gr.Timer(READOUT_INTERVAL_S)
@@ -1057,6 +1448,185 @@ def build_demo(
             """The engine's status (device, busy, loading, resident models, synthetic) for API clients."""
             return engine.status() | {"unavailable": blocked}
 
+        # -- review -------------------------------------------------------------------------------------------
+        def history_entries() -> tuple[review.HistoryEntry, ...]:
+            return review.scan_history(engine.output_dir)
+
+        def entry_or_error(path: str | None) -> review.HistoryEntry:
+            """Only results in the output folder's history are loaded, compared or re-run (paths come from the page)."""
+            entry = review.find_entry(history_entries(), path)
+            if entry is None:
+                message = "click a result in the history first" if not path else f"{Path(path).name} is not a result"
+                raise gr.Error(message, title="No result selected")
+            return entry
+
+        def show_history():
+            """The gallery (newest first), the clicked-item -> mp4 list, the A/B pickers' choices and a count."""
+            found = history_entries()
+            items, videos = history_items(found)
+            choices = [(e.label(), str(e.video)) for e in found if str(e.video) in videos]
+            note = (
+                f"{len(items)} result(s) in `{engine.output_dir}`"
+                if items
+                else "No results yet: every finished generation appears here, also after a restart."
+            )
+            return items, videos, gr.update(choices=choices), gr.update(choices=choices), note
+
+        def history_api() -> list[dict]:
+            """Every finished result in the output folder, newest first: key parameters, elapsed s, peak VRAM."""
+            return [entry.summary() for entry in history_entries()]
+
+        def load_result(path: str | None, verdict: str = ""):
+            """The selected result: its video, parameters and facts, downloads, and what the one-click A/B runs."""
+            entry = entry_or_error(path)
+            other = review.other_quantization(entry.value("quantization"))
+            return (
+                str(entry.video),
+                str(entry.video),
+                entry.params(),
+                selected_html(entry, verdict),
+                [str(entry.video), str(entry.sidecar)],
+                gr.update(value=f"Compare with {other} at the same seed"),
+            )
+
+        def select_history(videos: list[str], evt: gr.SelectData):
+            index = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+            return load_result(videos[index] if isinstance(index, int) and 0 <= index < len(videos) else None)
+
+        def reuse_settings(path: str | None):
+            """Fill every control from the selected result (its saved inputs, verified by hash)."""
+            entry = entry_or_error(path)
+            try:
+                again, notes = review.reproduce_request(entry)
+            except InvalidRequest as exc:
+                raise gr.Error(str(exc), title="Cannot reuse these settings") from None
+            for note in notes:
+                gr.Warning(note)
+            size = f"{again.width}x{again.height}"
+            preset = size in {value for _, value in RESOLUTIONS}
+            quantizations, residencies = {q.value for q in Quantization}, {r.value for r in Residency}
+            g = again.guidance
+            return [
+                again.image_path,
+                again.audio_path,
+                again.prompt,
+                again.negative_prompt or controller.negative_prompt,
+                size if preset else CUSTOM,
+                again.width,
+                again.height,
+                again.image_fit,
+                again.audio_start,
+                False,  # the saved frame count, not one matched to the audio again
+                again.num_frames,
+                again.frame_rate,
+                again.seed,
+                False,
+                again.steps,
+                again.quantization if again.quantization in quantizations else gr.skip(),
+                again.residency if again.residency in residencies else gr.skip(),
+                g.cfg_scale,
+                g.stg_scale,
+                g.rescale_scale,
+                g.modality_scale,
+                again.distilled_lora_strength,
+            ]
+
+        def run_take(generation: GenerationRequest, request: gr.Request, progress: gr.Progress) -> GenerationResult:
+            """A review job (reproduce, the other take) through the same controller and queue as Generate."""
+
+            def report(text: str, step: int | None, total: int | None) -> None:
+                progress((step, total) if step is not None and total else None, desc=text)
+
+            try:
+                return controller.run(generation, getattr(request, "session_hash", None) or "api", report)
+            except InvalidRequest as exc:
+                raise gr.Error(str(exc), title="Check your input") from None
+            except GenerationCancelled as exc:
+                raise gr.Error(f"Stopped: {exc}. Nothing was written.", title="Cancelled") from None
+            except Exception as exc:
+                logger.exception("review run failed")
+                raise gr.Error(f"{type(exc).__name__}: {exc}", title="Could not finish") from None
+
+        def refuse_other_bundle(entry: review.HistoryEntry) -> None:
+            mismatch = review.bundle_mismatch(entry, engine.bundle.describe())
+            if mismatch:
+                raise gr.Error(mismatch, title="Cannot reproduce with this bundle")
+
+        def reproduce(
+            path: str | None,
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's documented way to ask for a progress bar
+        ):
+            """Re-run a result from its saved inputs into a NEW file and say whether it decodes identically."""
+            entry = entry_or_error(path)
+            refuse_other_bundle(entry)
+            try:
+                again, notes = review.reproduce_request(entry)
+            except InvalidRequest as exc:
+                raise gr.Error(str(exc), title="Cannot reproduce this result") from None
+            result = run_take(again, request, progress)
+            difference = review.decoded_difference(entry.video, result.output)
+            verdict = reproduce_verdict(entry, result.output, difference, notes)
+            report = {"original": str(entry.video), "output": result.output, **difference, "notes": notes}
+            return (*load_result(result.output, verdict), report)
+
+        def compare(a_path: str | None, b_path: str | None) -> str:
+            """The A/B view for two results, or why they cannot share a timeline."""
+            found = history_entries()
+            a, b = review.find_entry(found, a_path), review.find_entry(found, b_path)
+            if a is None or b is None:
+                message = "pick two results from the history as A and B"
+                gr.Warning(message)
+                return compare_message_html(message)
+            try:
+                info_a, info_b = review.VideoInfo.probe(a.video), review.VideoInfo.probe(b.video)
+            except InvalidRequest as exc:
+                return compare_message_html(str(exc))
+            reason = review.why_not_comparable(info_a, info_b)
+            if reason:
+                gr.Warning(reason, title="Cannot compare these two")
+                return compare_message_html(reason)
+            peaks = review.waveform(a.video, info_a.duration)
+            return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b))
+
+        def other_take(
+            path: str | None,
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's documented way to ask for a progress bar
+        ):
+            """One click: the same request with the other weights (bf16 for a quantized take), then A/B them."""
+            entry = entry_or_error(path)
+            other = review.other_quantization(entry.value("quantization"))
+            reason = engine.unavailable(other)
+            if reason:
+                raise gr.Error(f"{other} cannot run here: {reason}", title="Cannot make the other take")
+            refuse_other_bundle(entry)
+            existing = review.find_take(history_entries(), entry, quantization=other)
+            if existing is not None:
+                gr.Info(f"The {other} take is already in the history ({existing.video.name}): comparing with it.")
+                b_path = str(existing.video)
+            else:
+                try:
+                    again, _notes = review.reproduce_request(entry, quantization=other)
+                except InvalidRequest as exc:
+                    raise gr.Error(str(exc), title="Cannot make the other take") from None
+                b_path = run_take(again, request, progress).output
+            return str(entry.video), b_path, compare(str(entry.video), b_path)
+
+        def export_pair(a_path: str | None, b_path: str | None) -> list[str]:
+            """A and B side by side in one mp4 (PyAV), with A's audio, in the output folder's exports/."""
+            found = history_entries()
+            a, b = review.find_entry(found, a_path), review.find_entry(found, b_path)
+            if a is None or b is None:
+                raise gr.Error("pick two results from the history as A and B", title="Nothing to export")
+            out = engine.output_dir / review.EXPORTS_DIR / f"ab_{a.video.stem}__{b.video.stem}.mp4"
+            labels = (f"A · {a.short_label()}", f"B · {b.short_label()}")
+            try:
+                review.render_side_by_side(a.video, b.video, out, labels, review.pair_record(a, b))
+            except InvalidRequest as exc:
+                raise gr.Error(str(exc), title="Cannot export this pair") from None
+            return [str(out)]
+
         # -- events -------------------------------------------------------------------------------------------
         resolution.change(show_resolution, resolution, custom_row, api_name="show_resolution", queue=False)
         gr.on(
@@ -1140,6 +1710,59 @@ def build_demo(
             api_visibility="undocumented",
             show_progress="hidden",
         )
+        # Review: the history refreshes after every run (and on page load); its jobs share Generate's GPU queue.
+        history_outputs = [history, history_videos, pick_a, pick_b, history_note]
+        selected_outputs = [
+            selected_path,
+            selected_video,
+            selected_parameters,
+            selected_panel,
+            review_files,
+            other_take_button,
+        ]
+        run_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
+        run_event.success(
+            lambda result: load_result(result.output if result else None),
+            result_state,
+            selected_outputs,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+        demo.load(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
+        refresh_button.click(
+            show_history, None, history_outputs, api_name="history_view", api_visibility="undocumented"
+        )
+        history.select(select_history, history_videos, selected_outputs, api_visibility="private")
+        reuse_button.click(reuse_settings, selected_path, inputs, api_name="reuse_settings")
+        reproduce_event = reproduce_button.click(
+            reproduce,
+            selected_path,
+            [*selected_outputs, reproduce_report],
+            api_name="reproduce",
+            concurrency_limit=1,
+            concurrency_id="gpu",
+            trigger_mode="once",
+            show_progress_on=[selected_video],
+        )
+        reproduce_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
+        other_take_event = other_take_button.click(
+            other_take,
+            selected_path,
+            [pick_a, pick_b, compare_view],
+            api_name="compare_other_take",
+            concurrency_limit=1,
+            concurrency_id="gpu",
+            trigger_mode="once",
+            show_progress_on=[compare_view],
+        )
+        other_take_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
+        use_a_button.click(lambda path: path, selected_path, pick_a, queue=False, api_visibility="private")
+        use_b_button.click(lambda path: path, selected_path, pick_b, queue=False, api_visibility="private")
+        compare_button.click(compare, [pick_a, pick_b], compare_view, api_name="compare", concurrency_limit=4)
+        export_button.click(export_pair, [pick_a, pick_b], review_files, api_name="export_pair", concurrency_limit=2)
+        # Cancel also drops a queued review job (the running one is stopped by `cancel` above, per session).
+        cancel_button.click(None, None, None, cancels=[reproduce_event, other_take_event], queue=False)
+        gr.api(history_api, api_name="history")
         # Our cancel stops the running job between steps; gradio's `cancels` also drops a job still in the queue.
         cancel_button.click(
             cancel,
