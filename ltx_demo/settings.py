@@ -1,9 +1,8 @@
-"""Demo settings (bundle, output folder, device) and the str Enums whose values are CLI flags and UI labels."""
+"""The str Enums whose values are CLI flags and UI labels, and fixed settings (frame rates, output folder)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -39,26 +38,3 @@ class ImageFit(enum.StrEnum):
 
 FRAME_RATES = (24, 25, 30)
 DEFAULT_OUTPUT_DIR = Path("outputs")
-
-
-@dataclass(frozen=True, slots=True)
-class DemoSettings:
-    bundle_dir: str | None = None
-    checkpoint_path: str | None = None
-    distilled_lora_path: str | None = None
-    spatial_upsampler_path: str | None = None
-    gemma_root: str | None = None
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    device: str | None = None  # None: cuda if available, else cpu
-
-    @classmethod
-    def from_args(cls, args) -> DemoSettings:
-        return cls(
-            bundle_dir=args.bundle,
-            checkpoint_path=args.checkpoint_path,
-            distilled_lora_path=args.distilled_lora_path,
-            spatial_upsampler_path=args.spatial_upsampler_path,
-            gemma_root=args.gemma_root,
-            output_dir=Path(args.output_dir),
-            device=args.device,
-        )
