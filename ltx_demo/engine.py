@@ -7,22 +7,22 @@ and its parameters JSON atomically into the output folder.
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
 import logging
-import os
+import re
 import shutil
 import tempfile
 import threading
-import time
-import uuid
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ltx_demo import media, review
+from ltx_demo import media, outputs, review
 from ltx_demo.checkpoints import Bundle
+from ltx_demo.outputs import KeepPolicy, new_output_path
 from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import (
     ScaledMMCounter,
@@ -30,10 +30,19 @@ from ltx_demo.quantization import (
     text_encoder_unavailable_reason,
     unavailable_reason,
 )
-from ltx_demo.residency import ModelConfig, ModelResidency
+from ltx_demo.residency import ModelConfig, ModelResidency, estimate_memory, free_device_memory
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
-from ltx_demo.types import GIB, GenerationRequest, GenerationResult, InvalidRequest, Progress, VramSample
+from ltx_demo.types import (
+    GIB,
+    GenerationCancelled,
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    OutOfMemory,
+    Progress,
+    VramSample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +62,64 @@ def host_available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
+class _OutOfMemoryError(OutOfMemory, torch.OutOfMemoryError):
+    """OutOfMemory for the UI (torch-free), and still a torch.OutOfMemoryError for callers that catch that (bench)."""
+
+
+def drop_frames(exc: Exception) -> Exception:
+    """The exception without its traceback. The traceback's frames keep a failed run's tensors and models alive
+    (their locals, and the closures of the functions they ran, e.g. a denoising step's transformer) for as long as
+    anyone holds the exception; what a bug report needs is kept as a note with the stack as text."""
+    if not isinstance(exc, GenerationCancelled | InvalidRequest) and not is_out_of_memory(exc):
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        exc.add_note(f"The failed run's stack (its frames were dropped to free its memory):\n{stack}")
+    traceback.clear_frames(exc.__traceback__)
+    return exc.with_traceback(None)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OOM, or the CPU allocator's (a plain RuntimeError) on the host."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+    )
+
+
+def failed_allocation_bytes(error: str) -> int | None:
+    """What the failed allocation asked for plus what PyTorch already held, from the OOM message; None if unsaid."""
+    units = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": GIB, "TiB": 1024**4}
+
+    def amount(pattern: str) -> int:
+        found = re.search(pattern + r"\s*([\d.]+)\s*(B|KiB|MiB|GiB|TiB)", error)
+        return int(float(found.group(1)) * units[found.group(2)]) if found else 0
+
+    tried = amount(r"Tried to allocate")
+    if not tried and (host := re.search(r"you tried to allocate (\d+) bytes", error)):
+        tried = int(host.group(1))
+    held = amount(r"Of the allocated memory")
+    return tried + held or None
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """Free device memory this process may use: the device's free memory, under a per-process fraction cap if set."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    limit = int(torch.cuda.get_per_process_memory_fraction(index) * total) - torch.cuda.memory_reserved(index)
+    return max(0, min(free, limit))
+
+
 def compute_dtype_for(device: torch.device) -> torch.dtype:
     """bf16 on GPUs; float32 on CPUs, where bf16 convolutions are ~40x slower than float32."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, output_dir: Path, device: str | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, output_dir: Path, device: str | None = None, keep_outputs: KeepPolicy | None = None
+    ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
+        self.keep_outputs = keep_outputs or KeepPolicy()  # default: keep every result
+        self.pinned_outputs: set[Path] = set()  # results on someone's screen: never pruned
         self.device = pick_device(device)
         self.compute_dtype = compute_dtype_for(self.device)
         self.loading: str | None = None
@@ -187,13 +245,21 @@ class Engine:
         self._current = telemetry
         telemetry.start_sampling()
         resident_before = self.models.resident()
+        config, failure = None, None
         try:
             with self.models.request():  # non-persistent modes leave nothing on the device, error or not
-                with telemetry.phase("load:configure"):
-                    config, residency_reason = self._model_config(request)
-                    self.models.configure(config)  # releases what another config held, before building anything
-                with torch.inference_mode():
-                    clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+                try:
+                    with telemetry.phase("load:configure"):
+                        config, residency_reason = self._model_config(request)
+                        self.models.configure(config)  # releases what another config held, before building anything
+                    with torch.inference_mode():
+                        clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+                except Exception as exc:
+                    failure = drop_frames(exc)  # so the release below frees this run's memory now
+            if failure is not None:  # raised here, outside the except: nothing chains the failed frames
+                if is_out_of_memory(failure):
+                    raise self._out_of_memory(request, config, telemetry, f"{type(failure).__name__}: {failure}")
+                raise failure
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
@@ -201,13 +267,23 @@ class Engine:
                 frames, audio = clip.frames.numpy(), clip.audio.numpy()
                 metadata = review.mp4_metadata(record)
                 media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata)
+            if cancelled():  # a cancel that came while encoding still means: no result
+                raise GenerationCancelled("cancelled while the video was encoded")
+        except OSError as exc:
+            free_device_memory(self.device)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise outputs.write_failure(exc, Path(exc.filename).parent if exc.filename else work_dir) from None
+        except BaseException:
+            free_device_memory(self.device)  # what the failed run left in the allocator's cache goes back
+            raise
         finally:
             telemetry.stop_sampling()
             self._current = None
             self._last = telemetry
         elapsed = telemetry.now()
         self.models.record_peak(config, (request.width, request.height, request.num_frames), telemetry.peak_vram())
-        output = self._publish(partial, request)
+        output = Path(request.output_path) if request.output_path else new_output_path(self.output_dir, request.seed)
         result = GenerationResult(
             output=str(output),
             request=request,
@@ -235,7 +311,7 @@ class Engine:
             lora_mode=config.lora_mode.value,
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
-        self._write_params(output, result, record)
+        self._publish(partial, output, result, record)
         on_progress(Progress("done"))
         return result
 
@@ -256,22 +332,43 @@ class Engine:
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
         return "cpu"
 
-    def _publish(self, partial: Path, request: GenerationRequest) -> Path:
-        """Move the finished mp4 into the output folder under a new name (rename: never a half-written result)."""
-        if request.output_path:
-            output = Path(request.output_path)
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            output = self.output_dir / f"{stamp}_seed{request.seed}_{uuid.uuid4().hex[:6]}.mp4"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staged = output.with_name(f".{output.name}.partial")
-        shutil.copyfile(partial, staged)
-        os.replace(staged, output)
-        return output
-
-    def _write_params(self, output: Path, result: GenerationResult, record: dict | None = None) -> None:
+    def _publish(self, partial: Path, output: Path, result: GenerationResult, record: dict | None = None) -> None:
+        """The mp4 and its parameters JSON into the output folder, atomically (staged, then renamed: never a
+        half-written result); then old results past --keep-outputs go, never this one or a pinned one."""
         params = {"request": asdict(result.request), "result": result.summary(), "provenance": record or {}}
-        sidecar = output.with_suffix(".json")
-        staged = sidecar.with_name(f".{sidecar.name}.partial")
-        staged.write_text(json.dumps(params, indent=2) + "\n")
-        os.replace(staged, sidecar)
+        outputs.publish(partial, output, params)
+        if not self.keep_outputs.unlimited and output.parent.resolve() == self.output_dir.resolve():
+            outputs.prune(self.output_dir, self.keep_outputs, protect={output, *self.pinned_outputs})
+
+    # -- out of memory ---------------------------------------------------------------------------------------------
+    def _out_of_memory(self, request, config: ModelConfig | None, telemetry: RunTelemetry, error: str) -> OutOfMemory:
+        """Free everything (persistent models too: the next request must not start short), then say how much this
+        request needs (the residency estimator, or what the failed allocation asked for) and how much is free."""
+        self.models.release_all()
+        free_device_memory(self.device)
+        on_host = "DefaultCPUAllocator" in error or self.device.type != "cuda"
+        need = failed_allocation_bytes(error)
+        if config is not None:
+            shape = (request.width, request.height, request.num_frames)
+            try:
+                estimate = estimate_memory(self.bundle, config, shape, self.compute_dtype)
+                need = max(need or 0, estimate.peak(config.residency, config.lora_mode))
+            except Exception:  # the message matters more than the estimate
+                logger.exception("memory estimate failed")
+        free = host_available_bytes() if on_host else device_free_bytes(self.device)
+        # The flow phase that failed: the last one a sample saw open (its load:* sub-phases close before it does).
+        failed = [s.phase for s in telemetry.samples_snapshot() if s.phase != "idle"][-1:]
+        where = f" in {failed[0]}" if failed else ""
+        tries = [
+            *(["fp8-cast"] if request.quantization == Quantization.BF16.value else []),
+            *(["cold-start"] if config is None or config.residency is not Residency.COLD_START else []),
+            "a smaller resolution (or fewer frames)",
+        ]
+        needs = f"needs about {need / GIB:.1f} GiB" if need else "needs more"
+        message = (
+            f"out of {'host' if on_host else 'GPU'} memory{where} at {request.width}x{request.height}, "
+            f"{request.num_frames} frames: {needs}, {free / GIB:.1f} GiB free; try {', '.join(tries[:-1])}"
+            f"{' or ' if len(tries) > 1 else ''}{tries[-1]}. Every model was freed; the next run loads them again"
+        )
+        logger.warning("%s (%s)", message, error.splitlines()[0] if error else "")
+        return _OutOfMemoryError(message)

@@ -1405,7 +1405,7 @@ def build_demo(
                 logger.exception("generation failed")
                 raise gr.Error(f"{type(exc).__name__}: {exc}", title="Generation failed") from None
             if "padded" in result.audio_note:  # the clip is longer than the audio: say so where it is seen
-                gr.Warning(f"Audio: {result.audio_note}.", title="The audio is shorter than the video")
+                gr.Warning(f"The audio is shorter than the video. Audio: {result.audio_note}.", title="Audio padded")
             return result.output, api_summary(result), result
 
         def show_result(result: GenerationResult | None):
