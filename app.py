@@ -1,7 +1,8 @@
 """Start the LTX-2 audio-to-video demo in a browser: flags -> bundle -> engine -> UI -> one GPU queue -> launch.
 
 `python app.py` serves 127.0.0.1:7860 on the embedded tiny synthetic bundle; pass --bundle or the four path flags
-for LTX-2.3. This is the only place where the engine (torch, ltx_*) and the UI (ltx_demo.ui) meet.
+for LTX-2.3. This is the only place where the engine (torch, ltx_*) and the UI (ltx_demo.ui) meet, and where what the
+server exposes is decided: the address, the login, which files it may serve, and how big an upload may be.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ltx_demo.app")
 ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32  # people waiting for the one GPU; more are turned away with "queue full"
+AUTH_ENV = "LTX_DEMO_AUTH"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+GRADIO_CACHE_CLEANUP = (3600, 86400)  # every hour, drop Gradio's copies of uploads and results older than a day
+
+
+def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
+    """'user:pass' (or several, comma-separated) -> Gradio's auth list; None for no login."""
+    if not value:
+        return None
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"--auth / ${AUTH_ENV}: expected user:password (several: comma-separated), got {item!r}")
+        pairs.append((user, password))
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--auth",
+        default=None,
+        help=f"user:password required to open the app or its API (or set ${AUTH_ENV}); use it whenever --host or "
+        "--share exposes the app",
+    )
+    parser.add_argument(
+        "--keep-outputs",
+        default="20GB",
+        help="prune the oldest results in --output-dir past a cap: a count (200), a total size (20GB), an age (7d), "
+        "comma-separated to combine, or 'all' to keep everything; the result just made is never pruned",
+    )
+    parser.add_argument("--max-upload-mb", type=int, default=200, help="largest portrait or audio upload accepted")
     parser.add_argument(
         "--share",
         action="store_true",
@@ -50,11 +80,20 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
     """Build the engine from the bundle flags and the UI around it, with the queue configured."""
     from ltx_demo import ui
     from ltx_demo.engine import Engine
+    from ltx_demo.outputs import KeepPolicy, prune
     from ltx_demo.pipeline import default_negative_prompt
+    from ltx_demo.types import InvalidRequest
 
+    try:
+        keep = KeepPolicy.parse(args.keep_outputs)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     bundle = resolve_from_args(args)
-    engine = Engine(bundle, Path(args.output_dir), args.device)
+    engine = Engine(bundle, Path(args.output_dir), args.device, keep_outputs=keep)
     logger.info("engine on %s, bundle %s", engine.device, bundle.describe())
+    logger.info("output folder %s: %s", Path(args.output_dir).resolve(), keep.describe())
+    if not keep.unlimited:
+        prune(Path(args.output_dir), keep)
     demo = ui.build_demo(
         engine,
         negative_prompt=default_negative_prompt(),
@@ -64,23 +103,45 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
     )
     # The GPU event itself has concurrency_limit=1 (ui.py); the queue shows everyone else their position.
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    demo.delete_cache = GRADIO_CACHE_CLEANUP  # read at launch: Gradio's own copies must not fill the disk either
     return engine, demo
 
 
-def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True) -> None:
+def file_access(args: argparse.Namespace, engine: Engine | None) -> tuple[list[str], list[str]]:
+    """(allowed_paths, blocked_paths) for launch. Gradio serves its own upload/cache folder and these allowed folders
+    only: the output folder (results, their inputs and thumbnails). The model files are blocked outright, even if an
+    output folder was put next to them."""
+    allowed = [str(Path(args.output_dir).resolve())]
+    if engine is None:
+        return allowed, []
+    bundle = engine.bundle
+    models = (bundle.root, bundle.checkpoint, bundle.distilled_lora, bundle.spatial_upsampler, bundle.gemma_root)
+    return allowed, sorted({str(Path(p).resolve()) for p in models if p})
+
+
+def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True, engine: Engine | None = None) -> None:
+    """Serve `demo` as the flags say; `engine` (from create_app) names the model files to block from serving."""
     from ltx_demo import ui
 
+    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV))
     if args.share:
         logger.warning(
             "--share: this app is now reachable by anyone with the public link, and can run jobs on this "
-            "machine's GPU; stop it when the demo is over"
+            "machine's GPU%s; stop it when the demo is over",
+            "" if auth else " (and there is no --auth: anyone with the link needs no password)",
         )
+    if args.host not in LOOPBACK and not auth:
+        logger.warning("--host %s without --auth: anyone who can reach this machine can use the app", args.host)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    allowed, blocked = file_access(args, engine)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        allowed_paths=[str(ASSETS), str(Path(args.output_dir).resolve())],
+        auth=auth,
+        allowed_paths=allowed,
+        blocked_paths=blocked,
+        max_file_size=f"{args.max_upload_mb}mb",
         prevent_thread_lock=not block,
         quiet=not args.debug,
         footer_links=["api", "settings"],
@@ -104,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     from ltx_demo.types import InvalidRequest
 
     try:
-        _, demo = create_app(args)
-    except (BundleError, InvalidRequest) as exc:
+        parse_auth(args.auth or os.environ.get(AUTH_ENV))
+        engine, demo = create_app(args)
+    except (BundleError, InvalidRequest, ValueError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
     logger.info("serving on http://%s:%d", args.host, args.port)
-    launch(demo, args)
+    launch(demo, args, engine=engine)
     return 0
 
 
