@@ -77,10 +77,14 @@ def drop_frames(exc: Exception) -> Exception:
     return exc.with_traceback(None)
 
 
+# Out of memory said as a plain RuntimeError: the CPU allocator, and cuBLAS/cuDNN failing to get their workspace.
+_OOM_RUNTIME_ERRORS = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "STATUS_ALLOC_FAILED")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OOM, or the CPU allocator's (a plain RuntimeError) on the host."""
+    """CUDA's OOM, or the same said as a RuntimeError (the host allocator, cuBLAS, cuDNN)."""
     return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in _OOM_RUNTIME_ERRORS)
     )
 
 
