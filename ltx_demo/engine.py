@@ -62,7 +62,7 @@ def host_available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-class _OutOfMemoryError(OutOfMemory, torch.OutOfMemoryError):
+class OutOfMemoryError(OutOfMemory, torch.OutOfMemoryError):
     """OutOfMemory for the UI (torch-free), and still a torch.OutOfMemoryError for callers that catch that (bench)."""
 
 
@@ -375,4 +375,4 @@ class Engine:
             f"{' or ' if len(tries) > 1 else ''}{tries[-1]}. Every model was freed; the next run loads them again"
         )
         logger.warning("%s (%s)", message, error.splitlines()[0] if error else "")
-        return _OutOfMemoryError(message)
+        return OutOfMemoryError(message)

@@ -133,7 +133,8 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
         size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels"
         raise InvalidRequest(f"the portrait has {size}: {too_big}") from None
     except UnidentifiedImageError:
-        raise InvalidRequest("the portrait is not a readable image (no format PIL knows): upload a PNG or JPEG") from None
+        message = "the portrait is not a readable image (no format PIL knows): upload a PNG or JPEG"
+        raise InvalidRequest(message) from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data inside a known format
         raise InvalidRequest(
             f"the portrait file is damaged or cut short ({exc}): export it again as PNG or JPEG"
