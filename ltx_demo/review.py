@@ -33,6 +33,7 @@ PROVENANCE_SCHEMA = "ltx-demo/provenance-1"
 PAIR_SCHEMA = "ltx-demo/side-by-side-1"
 INPUTS_DIR = "inputs"  # content-addressed copies of the portrait and the audio, next to the results
 THUMBNAILS_DIR = "thumbnails"
+PROXIES_DIR = "proxies"  # video-only copies the A/B player shows (the sound comes from one <audio> element)
 EXPORTS_DIR = "exports"  # side-by-side renders; a subfolder, so the history scan does not list them as results
 PACKAGES = ("torch", "ltx-core", "ltx-pipelines", "transformers", "gradio", "ltx-demo")
 THUMBNAIL_WIDTH = 320
@@ -255,6 +256,28 @@ def thumbnail(entry: HistoryEntry, width: int = THUMBNAIL_WIDTH) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.name}.partial.jpg")
     image.save(staged, quality=88)
+    os.replace(staged, target)
+    return target
+
+
+def video_only(video: str | Path) -> Path:
+    """The mp4's video stream alone (packets copied, nothing re-encoded) in folder/proxies, made once. The A/B player
+    shows these and plays the sound from one audio element: a page then has one clock, and two silent videos that
+    follow it the same way (a video with its own audio track keeps time by its audio output, which stalls alone)."""
+    video = Path(video)
+    target = video.parent / PROXIES_DIR / video.name
+    if target.is_file() and target.stat().st_mtime >= video.stat().st_mtime:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.stem}.partial.mp4")
+    with av.open(str(video)) as source, av.open(str(staged), mode="w") as container:
+        stream = source.streams.video[0]
+        copy = container.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.dts is None:  # the demuxer's end-of-stream marker
+                continue
+            packet.stream = copy
+            container.mux(packet)
     os.replace(staged, target)
     return target
 

@@ -561,16 +561,23 @@ def compare_html(
     labels: tuple[str, str],
     peaks: Sequence[tuple[float, float]],
     notes: Sequence[str] = (),
+    shown: tuple[Path, Path] | None = None,
 ) -> str:
     """Two videos on one timeline: play/pause, previous/next frame at the videos' fps, a scrubber, and the audio
-    waveform with a playhead. The page's script (AB_SCRIPT) drives it; A is heard first, B is muted."""
+    waveform with a playhead. `shown` are the silent copies the videos play (review.video_only); the one sound track
+    (A's, or B's after "hear B") plays from an <audio> element, the clock both videos follow (AB_SCRIPT)."""
     duration, fps = a.duration, a.fps
+    shown = shown or (a.path, b.path)
     videos = "".join(
         f'<figure class="ab-side"><figcaption><b>{side.upper()}</b> · {html.escape(label)}</figcaption>'
-        f'<video class="ab-video" data-role="{side}" src="{html.escape(file_url(info.path))}" preload="auto" '
-        f'playsinline{" muted" if side == "b" else ""} width="{info.width}" height="{info.height}"></video>'
+        f'<video class="ab-video" data-role="{side}" src="{html.escape(file_url(silent))}" preload="auto" '
+        f'playsinline muted width="{info.width}" height="{info.height}"></video>'
         f'<div class="ab-file">{html.escape(info.path.name)}</div></figure>'
-        for side, info, label in (("a", a, labels[0]), ("b", b, labels[1]))
+        for side, info, label, silent in (("a", a, labels[0], shown[0]), ("b", b, labels[1], shown[1]))
+    )
+    sound = (
+        f'<audio class="ab-sound" preload="auto" src="{html.escape(file_url(a.path))}" '
+        f'data-src-a="{html.escape(file_url(a.path))}" data-src-b="{html.escape(file_url(b.path))}"></audio>'
     )
     note_html = "".join(f'<div class="ab-note">{html.escape(n)}</div>' for n in notes)
     controls = (
@@ -587,7 +594,7 @@ def compare_html(
     return (
         f'<div class="ab-root" tabindex="0" data-fps="{fps:.6f}" data-frames="{a.num_frames}" '
         f'data-duration="{duration:.6f}" data-audio="a" data-state="paused">'
-        f'<div class="ab-videos">{videos}</div>{controls}'
+        f'<div class="ab-videos">{videos}</div>{sound}{controls}'
         f'<div class="ab-wave">{waveform_svg(peaks, duration, fps)}</div>{note_html}</div>'
     )
 
@@ -619,18 +626,21 @@ def ab_notes(a: review.HistoryEntry | None, b: review.HistoryEntry | None) -> li
 
 
 # The A/B player: one script for the page (launch(head=...)), delegated events, so it keeps working whenever the
-# compare view is re-rendered. A (or whichever is heard) is the clock; the other follows within a frame: small drift
-# is absorbed by its playbackRate, more than one frame by a seek. Frame steps land on frame centres, (k + 0.5) / fps.
+# compare view is re-rendered. The clock is the one <audio> element (the heard result's sound); both silent videos
+# follow it the same way, through their playbackRate alone: 0 until the clock runs (an audio output takes tens of ms
+# to start), +-10% for drift (25% past half a frame); a seek only past 1.5 frames, since a pause or seek makes a
+# playing video restart its pipeline. Frame steps land on frame centres, (k + 0.5) / fps.
 AB_SCRIPT = """
 (() => {
   if (window.ltxAB) return;
+  const tuning = {nudge: 0.1, bigNudge: 0.25, deadbandFrames: 0.25, seekFrames: 1.5, windowFrames: 0.5};
   const parts = () => {
     const root = document.querySelector('#ab-compare .ab-root');
     if (!root) return null;
     const a = root.querySelector('video[data-role="a"]'), b = root.querySelector('video[data-role="b"]');
-    if (!a || !b) return null;
-    const heard = root.dataset.audio === 'b' ? b : a;
-    return {root, a, b, clock: heard, follower: heard === a ? b : a, fps: parseFloat(root.dataset.fps),
+    const clock = root.querySelector('audio.ab-sound');
+    if (!a || !b || !clock) return null;
+    return {root, a, b, clock, videos: [a, b], fps: parseFloat(root.dataset.fps),
             frames: parseInt(root.dataset.frames, 10), duration: parseFloat(root.dataset.duration)};
   };
   const frameAt = (p, t) => Math.min(p.frames - 1, Math.max(0, Math.floor(t * p.fps + 1e-6)));
@@ -649,16 +659,21 @@ AB_SCRIPT = """
   };
   const seek = (p, t) => {
     t = Math.max(0, Math.min(t, p.duration));
-    p.a.currentTime = t; p.b.currentTime = t; draw(p);
+    for (const media of [p.clock, ...p.videos]) media.currentTime = t;
+    draw(p);
   };
   const pause = (p) => {
-    p.a.pause(); p.b.pause();
-    p.follower.playbackRate = 1; p.follower.currentTime = p.clock.currentTime; draw(p);
+    for (const media of [p.clock, ...p.videos]) { media.pause(); media.playbackRate = 1; }
+    for (const video of p.videos) video.currentTime = p.clock.currentTime;
+    draw(p);
   };
+  const clock = {t: 0, at: 0, running: false};  // the clock's progress over the last window
   const play = async (p) => {
     if (p.clock.currentTime >= p.duration - 0.5 / p.fps) seek(p, 0);
-    p.follower.currentTime = p.clock.currentTime; p.follower.playbackRate = 1;
-    try { await Promise.all([p.a.play(), p.b.play()]); } catch (err) { console.warn('A/B play', err); pause(p); }
+    for (const video of p.videos) { video.currentTime = p.clock.currentTime; video.playbackRate = 0; }
+    Object.assign(clock, {t: p.clock.currentTime, at: performance.now(), running: false});
+    try { await Promise.all([p.clock.play(), ...p.videos.map((v) => v.play())]); }
+    catch (err) { console.warn('A/B play', err); pause(p); }
     draw(p);
   };
   const step = (p, delta) => {
@@ -667,19 +682,34 @@ AB_SCRIPT = """
     seek(p, (k + 0.5) / p.fps);
   };
   const hear = (p, side) => {
-    p.root.dataset.audio = side; p.a.muted = side !== 'a'; p.b.muted = side !== 'b';
+    const src = p.clock.dataset[side === 'b' ? 'srcB' : 'srcA'];
     p.root.querySelectorAll('[data-ab="audio"]').forEach((el) => el.classList.toggle('on', el.dataset.side === side));
+    if (p.root.dataset.audio === side) return;
+    p.root.dataset.audio = side;
+    const t = p.clock.currentTime;
+    pause(p);
+    p.clock.src = src;
+    p.clock.addEventListener('loadedmetadata', () => seek(p, t), {once: true});
+  };
+  const follow = (p, video, t) => {
+    const drift = video.currentTime - t, band = tuning.deadbandFrames / p.fps;
+    const nudge = Math.abs(drift) > 0.5 / p.fps ? tuning.bigNudge : tuning.nudge;
+    let rate = drift < -band ? 1 + nudge : drift > band ? 1 - nudge : 1;
+    if (!clock.running) rate = drift > -band ? 0 : 1;  // wait for the clock, unless already behind it
+    if (Math.abs(drift) > tuning.seekFrames / p.fps) { video.currentTime = t; rate = 1; }
+    if (video.playbackRate !== rate) video.playbackRate = rate;
+    if (video.paused && !video.ended) video.play().catch(() => {});
   };
   const tick = () => {
     const p = parts();
     if (p && !p.clock.paused) {
-      if (p.clock.currentTime >= p.duration || p.clock.ended) {
+      const t = p.clock.currentTime, now = performance.now();
+      if (t >= p.duration || p.clock.ended) {
         pause(p); seek(p, p.duration);
       } else {
-        const drift = p.follower.currentTime - p.clock.currentTime;
-        if (Math.abs(drift) > 1 / p.fps) p.follower.currentTime = p.clock.currentTime;
-        else p.follower.playbackRate = Math.min(1.1, Math.max(0.9, 1 - 2 * drift));
-        if (p.follower.paused && !p.follower.ended) p.follower.play().catch(() => {});
+        const wall = (now - clock.at) / 1000;
+        if (wall >= tuning.windowFrames / p.fps) Object.assign(clock, {t, at: now, running: t - clock.t > 0.5 * wall});
+        for (const video of p.videos) follow(p, video, t);
       }
       draw(p);
     }
@@ -722,7 +752,7 @@ AB_SCRIPT = """
     const p = parts();
     if (p && p.root.contains(event.target)) draw(p);
   }, true);
-  window.ltxAB = {parts, play, pause, step, seek, hear};
+  window.ltxAB = {parts, play, pause, step, seek, hear, tuning};
   requestAnimationFrame(tick);
 })();
 """
@@ -1587,7 +1617,8 @@ def build_demo(
                 gr.Warning(reason, title="Cannot compare these two")
                 return compare_message_html(reason)
             peaks = review.waveform(a.video, info_a.duration)
-            return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b))
+            shown = (review.video_only(a.video), review.video_only(b.video))
+            return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b), shown)
 
         def other_take(
             path: str | None,
