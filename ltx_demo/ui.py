@@ -1490,6 +1490,12 @@ def build_demo(
                 raise gr.Error(message, title="No result selected")
             return entry
 
+        def pin(*videos: Path) -> None:
+            """Results on someone's screen are not pruned by --keep-outputs while this app runs."""
+            pinned = getattr(engine, "pinned_outputs", None)
+            if pinned is not None:
+                pinned.update(Path(video) for video in videos)
+
         def show_history():
             """The gallery (newest first), the clicked-item -> mp4 list, the A/B pickers' choices and a count."""
             found = history_entries()
@@ -1509,6 +1515,7 @@ def build_demo(
         def load_result(path: str | None, verdict: str = ""):
             """The selected result: its video, parameters and facts, downloads, and what the one-click A/B runs."""
             entry = entry_or_error(path)
+            pin(entry.video)
             other = review.other_quantization(entry.value("quantization"))
             return (
                 str(entry.video),
@@ -1616,6 +1623,7 @@ def build_demo(
             if reason:
                 gr.Warning(reason, title="Cannot compare these two")
                 return compare_message_html(reason)
+            pin(a.video, b.video)
             peaks = review.waveform(a.video, info_a.duration)
             shown = (review.video_only(a.video), review.video_only(b.video))
             return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b), shown)

@@ -191,6 +191,7 @@ def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
         assert [h["video"] for h in client.predict(api_name="/history")] == [report["output"], summary["output"]]
         view = client.predict(summary["output"], report["output"], api_name="/compare")
         assert 'data-role="a"' in view and 'data-frames="9"' in view
+        assert {Path(summary["output"]), Path(report["output"])} <= second.engine.pinned_outputs  # never pruned
     finally:
         second.demo.close()
 
