@@ -130,6 +130,13 @@ def test_two_takes_play_step_and_export_together(browser, live_app, tmp_path):
         lambda: page.locator("#history img").count() == 2, lambda: f"history: {page.inner_text('#history-note')}"
     )
     assert page.locator("#ab-compare .ab-wave-svg path.ab-bars").count() == 1
+    # A click in the history (newest first: the bf16 take) loads that result and its parameters.
+    page.locator("#history img").first.click()
+    wait_until(
+        lambda: "bf16 (compute" in page.inner_text("#selected-result"),
+        lambda: f"selected: {page.inner_text('#selected-result')[:200]!r}",
+    )
+    assert "fp8-cast" in other.inner_text()  # the one-click take for a bf16 result is the fp8-cast one
     history = live_app.engine.output_dir
     videos = [Path(p) for p in page.locator("#ab-compare video").evaluate_all("vs => vs.map(v => v.src)")]
     videos = [history / Path(v.name) for v in videos]
