@@ -9,6 +9,17 @@ import pytest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 os.environ.setdefault("TQDM_DISABLE", "1")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +59,19 @@ def small_request():
         return GenerationRequest(**fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium through Playwright (no browser download), launched once for the session."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), or deselect with "
+            "-m 'not browser'"
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

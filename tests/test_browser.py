@@ -20,17 +20,6 @@ from tests.test_ui import ASSETS, ROOT, start_app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
 EVERY_PHASE = (
     "load:configure",
     "prompt_encode",
@@ -60,21 +49,6 @@ def live_app(tiny_bundle, tmp_path_factory):
     running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("browser-outputs"))
     yield running
     running.demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), or deselect with "
-            "-m 'not browser'"
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

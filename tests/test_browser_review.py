@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     choose,
     set_number,
     toasts,
@@ -61,18 +59,6 @@ def live_app(tiny_bundle, tmp_path_factory):
     running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("review-outputs"))
     yield running
     running.demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium, or deselect with -m 'not browser'")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def state(page) -> dict:

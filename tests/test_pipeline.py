@@ -38,6 +38,6 @@ def test_batched_guidance_matches_sequential_passes_in_one_call_per_step(engine,
 
 def test_fp8_scaled_mm_is_refused_without_fp8_tensor_cores(tiny_bundle, small_request, tmp_path):
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
-    with pytest.raises(InvalidRequest, match="fp8-scaled-mm .* GPU tensor cores"):
+    with pytest.raises(InvalidRequest, match=r"fp8-scaled-mm .* GPU tensor cores"):
         engine.generate(small_request(quantization="fp8-scaled-mm"))
     assert sum(engine.models.build_counts.values()) == 0

@@ -380,20 +380,14 @@ def test_four_clients_at_once_each_get_their_own_seed(live_app, monkeypatch):
 
 # -- in the browser: a closed tab, and padded audio said on the page -----------------------------------------------
 @pytest.fixture
-def page(live_app):
-    from playwright.sync_api import sync_playwright
-
-    from .test_browser import CHROMIUM, CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 1100})
-        tab = context.new_page()
-        tab.set_default_timeout(30_000)
-        tab.goto(live_app.url)
-        tab.wait_for_selector("#duration-note :text('frames')")
-        yield tab
-        browser.close()
+def page(live_app, browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1100})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.goto(live_app.url)
+    tab.wait_for_selector("#duration-note :text('frames')")
+    yield tab
+    context.close()
 
 
 @pytest.mark.browser

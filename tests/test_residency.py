@@ -29,6 +29,8 @@ from .test_engine import decode_mp4
 
 logger = logging.getLogger(__name__)
 MODES = ("persistent", "cold-start", "host-cached", "auto")
+
+
 @pytest.fixture
 def clips(monkeypatch):
     """Each generation's DecodedClip, recorded as the flow returns it (before the mp4 is written)."""
