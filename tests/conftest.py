@@ -9,6 +9,17 @@ import pytest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The flow's top-level phases, in order, as every result reports them.
+EVERY_PHASE = (
+    "load:configure",
+    "prompt_encode",
+    "audio_encode",
+    "stage_1",
+    "upsample",
+    "stage_2",
+    "decode",
+    "encode_mp4",
+)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

@@ -16,20 +16,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.conftest import EVERY_PHASE
 from tests.test_ui import ASSETS, ROOT, start_app
 
 pytestmark = pytest.mark.browser
 
-EVERY_PHASE = (
-    "load:configure",
-    "prompt_encode",
-    "audio_encode",
-    "stage_1",
-    "upsample",
-    "stage_2",
-    "decode",
-    "encode_mp4",
-)
 VIDEO_STATE_JS = """async (selector) => {
     const video = document.querySelector(selector);
     if (video.readyState < 1) await new Promise((ok, fail) => {
