@@ -70,12 +70,12 @@ def drop_page_cache() -> bool:
         return False
 
 
-def machine_facts(engine: Engine) -> dict:
+def machine_facts(device) -> dict:
     import torch
 
-    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": str(engine.device)}
-    if engine.device.type == "cuda":
-        facts["card"] = torch.cuda.get_device_name(engine.device)
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        facts["card"] = torch.cuda.get_device_name(device)
         try:
             import pynvml
 
@@ -132,6 +132,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "variant": f"LoRA {summary['lora_mode']}, text encoder {summary['text_encoder_quantization']}"
         + ("" if config.batch_guidance else ", unbatched guidance"),
         "counters": summary["counters"],
+        "components": engine.models.describe(),  # what stays on the device after the run, per model (bytes)
         "forward_seconds": {
             stage: round(summary["phases"][stage]["seconds"] / calls, 4)
             for stage in ("stage_1", "stage_2")
@@ -150,7 +151,7 @@ def run_bench(
     drop_cache: bool,
     command: str,
 ) -> dict:
-    facts = machine_facts(engine)
+    facts = machine_facts(engine.device)
     today = datetime.date.today().isoformat()
     results = []
     for config in configs:
@@ -183,8 +184,16 @@ def run_bench(
 
 def merge_into(benchmarks: Path, new: dict) -> dict:
     """docs/benchmarks.json accumulates across device sessions; a configuration measured again is replaced
-    only when it was measured on the same card with the same command."""
+    only when it was measured on the same card with the same command. One-forward timings (forward-bench) go to
+    `forward`, replaced per (shape, quantization, card)."""
     data = json.loads(benchmarks.read_text()) if benchmarks.exists() else {"configs": []}
+    if new.get("forward"):
+
+        def forward_key(f: dict) -> tuple:
+            return (f["shape"], f["quantization"], f.get("card"), f.get("bundle", {}).get("scale"))
+
+        fresh = {forward_key(f) for f in new["forward"]}
+        data["forward"] = [f for f in data.get("forward", []) if forward_key(f) not in fresh] + new["forward"]
 
     def key(c: dict) -> tuple:
         return (
@@ -198,8 +207,8 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
             c.get("variant"),
         )
 
-    replaced = {key(c) for c in new["configs"]}
-    data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new["configs"]
+    replaced = {key(c) for c in new.get("configs", [])}
+    data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new.get("configs", [])
     benchmarks.write_text(json.dumps(data, indent=2) + "\n")
     return data
 
@@ -267,14 +276,40 @@ def render_markdown(data: dict) -> str:
             f"| {c['resolution']} {c['quantization']} {c['residency']}, {c.get('variant') or '-'} ({c.get('card')}) "
             f"| {load} | " + " | ".join(str(x) for x in cells) + " |"
         )
+    lines += render_forward_table(data.get("forward", []))
     if data.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
-    commands = sorted({c["command"] for c in data["configs"]})
+    measured = data["configs"] + data.get("forward", [])
+    commands = sorted({c["command"] for c in measured})
     lines += ["", "Commands:", ""] + [
-        f"- `{cmd}` ({', '.join(sorted({c['date'] for c in data['configs'] if c['command'] == cmd}))})"
-        for cmd in commands
+        f"- `{cmd}` ({', '.join(sorted({c['date'] for c in measured if c['command'] == cmd}))})" for cmd in commands
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_forward_table(forward: list[dict]) -> list[str]:
+    """One transformer forward per shape: seconds per quantization, ratio to bf16, error vs bf16, fp8 GEMMs."""
+    if not forward:
+        return []
+    lines = [
+        "",
+        "One stage-transformer forward on identical inputs (`python -m ltx_demo forward-bench`; median of the timed "
+        "runs; shape = the pixel size the stage's latents decode to, /4 = four guidance passes in one call):",
+        "",
+        "| card | shape | video tokens | quantization | seconds | x bf16 | rel. error vs bf16 | fp8 GEMMs / forward |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = {"bf16": 0, "fp8-cast": 1, "fp8-scaled-mm": 2}
+    for f in sorted(
+        forward, key=lambda f: (f.get("card") or "", f["video_tokens"], f["batch"], order.get(f["quantization"], 9))
+    ):
+        error = f.get("relative_error_vs_bf16")
+        lines.append(
+            f"| {f.get('card')} | {f['shape']} | {f['video_tokens']} x {f['batch']} | {f['quantization']} "
+            f"| {f['seconds']} | {f.get('ratio_to_bf16', '-')} | {'-' if error is None else f'{error:.4f}'} "
+            f"| {f['fp8_gemm_calls_per_forward']} |"
+        )
+    return lines
 
 
 def parse_resolutions(text: str) -> list[tuple[int, int]]:
@@ -285,5 +320,5 @@ def parse_resolutions(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def command_line() -> str:
-    return "python -m ltx_demo " + shlex.join(sys.argv[1:])
+def command_line(argv: list[str]) -> str:
+    return "python -m ltx_demo " + shlex.join(argv)

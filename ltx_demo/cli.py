@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import sys
@@ -119,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default=DEFAULT_PROMPT)
     bench.add_argument("--drop-page-cache", action="store_true", help="before each cold-start run (needs root)")
     bench.add_argument("--out", required=True)
+    forward = sub.add_parser("forward-bench", help="one transformer forward per shape x quantization vs bf16")
+    add_bundle_flags(forward)
+    forward.add_argument(
+        "--shapes",
+        default="384x256x97,384x256x97/4,512x384x97,768x512x97",
+        help="stage pixel shapes WxHxF[/passes]: 1248, 4x1248, 2496 and 4992 video tokens by default",
+    )
+    forward.add_argument("--quantization", default="bf16,fp8-cast,fp8-scaled-mm", help="comma-separated")
+    forward.add_argument("--warmup", type=int, default=2)
+    forward.add_argument("--repeats", type=int, default=5)
+    forward.add_argument("--out", required=True)
     report = sub.add_parser("bench-report", help="merge bench results into docs/benchmarks.json and render .md")
     report.add_argument("results", nargs="+")
     report.add_argument("--into", default="docs/benchmarks.json")
@@ -216,10 +228,33 @@ def run(args: argparse.Namespace) -> int:
                 args.audio,
                 args.prompt,
                 args.drop_page_cache,
-                bench.command_line(),
+                bench.command_line(args.argv),
             )
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
             print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
+        case "forward-bench":
+            from ltx_demo import bench, forward_bench
+            from ltx_demo.engine import compute_dtype_for, pick_device
+            from ltx_demo.settings import Quantization
+
+            device = pick_device(args.device)
+            bundle = resolve_from_args(args)
+            entries = forward_bench.run_forward_bench(
+                bundle,
+                device,
+                compute_dtype_for(device),
+                forward_bench.parse_shapes(args.shapes),
+                [Quantization(q) for q in args.quantization.split(",")],
+                args.warmup,
+                args.repeats,
+            )
+            facts = bench.machine_facts(device) | {
+                "date": datetime.date.today().isoformat(),
+                "command": bench.command_line(args.argv),
+                "bundle": bundle.describe(),
+            }
+            Path(args.out).write_text(json.dumps({"forward": [facts | e for e in entries]}, indent=2) + "\n")
+            print(json.dumps({"out": args.out, "forward": len(entries)}))
         case "bench-report":
             from ltx_demo import bench
 
@@ -232,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command recorded beside benchmark results
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         stream=sys.stderr,

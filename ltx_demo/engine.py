@@ -22,10 +22,10 @@ import torch
 
 from ltx_demo import media, outputs, review
 from ltx_demo.checkpoints import Bundle
+from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.outputs import KeepPolicy, new_output_path
 from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import (
-    ScaledMMCounter,
     default_text_encoder_quantization,
     text_encoder_unavailable_reason,
     unavailable_reason,

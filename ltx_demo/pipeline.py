@@ -57,7 +57,7 @@ class StepReporter:
         return step
 
 
-def _batched(modalities: list) -> object:
+def batched_modality(modalities: list) -> object:
     """One Modality holding several along the batch axis (same sigma: one denoising step)."""
     from dataclasses import replace as with_fields
 
@@ -127,8 +127,8 @@ def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_conte
 
         videos, audios, configs = zip(*passes.values(), strict=True)
         out_video, out_audio = transformer(
-            video=_batched(list(videos)),
-            audio=_batched(list(audios)),
+            video=batched_modality(list(videos)),
+            audio=batched_modality(list(audios)),
             perturbations=BatchedPerturbationConfig(perturbations=list(configs)),
         )
         outputs = {name: (out_video[i : i + 1], out_audio[i : i + 1]) for i, name in enumerate(passes)}

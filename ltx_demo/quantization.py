@@ -31,6 +31,8 @@ def policy_for(quantization: Quantization) -> QuantizationPolicy | None:
             import ltx_core.loader  # noqa: F401  (see above)
             from ltx_core.quantization import TRANSFORMER_LINEAR_DOWNCAST_MAP, QuantizationPolicy
 
+            from ltx_demo.fp8_matmul import fp8_scaled_mm_module_ops
+
             # The same downcast as fp8-cast while the state dict streams in; only the forward differs.
             return QuantizationPolicy(sd_ops=TRANSFORMER_LINEAR_DOWNCAST_MAP, module_ops=(fp8_scaled_mm_module_ops(),))
         case _:
@@ -49,6 +51,10 @@ def unavailable_reason(
                 return f"fp8-scaled-mm multiplies in fp8 on GPU tensor cores; this engine runs on {device.type}"
             if torch.cuda.get_device_capability(device) < (8, 9):
                 return "fp8-scaled-mm needs fp8 tensor cores (Ada or Hopper, sm_89+)"
+            try:
+                import triton  # noqa: F401
+            except ImportError as exc:
+                return f"fp8-scaled-mm quantizes activations with a Triton kernel; triton is not importable ({exc})"
             return None
         case Quantization.BF16 | Quantization.FP8_CAST:
             # fp8-cast stores weights in fp8 and computes in the activation dtype: it runs on any device.
@@ -62,58 +68,6 @@ def unavailable_reason(
             return None
         case _:
             assert_never(quantization)
-
-
-# -- fp8 scaled matmul ------------------------------------------------------------------------------------------------
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
-
-
-class ScaledMMCounter:
-    """How many linears ran through torch._scaled_mm: proof that the fp8 kernel ran, not a fallback."""
-
-    calls = 0
-
-
-def _scaled_mm_forward(layer: torch.nn.Linear):
-    """y = x W^T + b with W kept in float8_e4m3fn and x quantized per row to fp8: one fp8 tensor-core GEMM.
-
-    ltx-core's downcast stores W = fp8(W) with no scale (scale 1), so scale_b is 1 per output column. x gets a
-    per-row scale amax(|row|)/448 (rowwise scaling: one outlier token does not flatten the others).
-    """
-    import torch
-
-    def forward(x: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
-        weight = layer.weight
-        bias = None if layer.bias is None else layer.bias.to(x.dtype)
-        if weight.dtype != torch.float8_e4m3fn:  # a linear the downcast map does not cover
-            return torch.nn.functional.linear(x, weight.to(x.dtype), bias)
-        rows = x.reshape(-1, x.shape[-1])
-        scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp_(min=1e-12)
-        quantized = (rows.float() / scale_a).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        scale_b = torch.ones((1, weight.shape[0]), device=x.device, dtype=torch.float32)
-        out = torch._scaled_mm(quantized, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=x.dtype)
-        ScaledMMCounter.calls += 1
-        return out.reshape(*x.shape[:-1], weight.shape[0])
-
-    return forward
-
-
-def fp8_scaled_mm_module_ops():
-    """A ModuleOps (applied by ltx-core's builder to the meta model) that gives every block Linear the fp8 GEMM.
-
-    Like ltx-core's UPCAST_DURING_INFERENCE it replaces the instance's forward; weights are looked up at call time,
-    so assigning the loaded state dict later is fine. Non-block linears stay as they are (bf16)."""
-    import torch
-    from ltx_core.loader.module_ops import ModuleOps
-    from ltx_core.model.transformer.model import LTXModel
-
-    def mutate(model: torch.nn.Module) -> torch.nn.Module:
-        for name, module in model.named_modules():
-            if name.startswith("transformer_blocks.") and isinstance(module, torch.nn.Linear):
-                module.forward = _scaled_mm_forward(module)
-        return model
-
-    return ModuleOps(name="fp8_scaled_mm_forward", matcher=lambda m: isinstance(m, LTXModel), mutator=mutate)
 
 
 def fp8_weight_names(model: torch.nn.Module) -> set[str]:

@@ -66,7 +66,7 @@ def test_fp8_modes_against_bf16_on_the_same_stage_inputs(tiny_bundle, small_requ
     import json
     import os
 
-    from ltx_demo.quantization import ScaledMMCounter
+    from ltx_demo.fp8_matmul import ScaledMMCounter
 
     captured: list[dict] = []
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
@@ -97,3 +97,46 @@ def test_fp8_modes_against_bf16_on_the_same_stage_inputs(tiny_bundle, small_requ
         (Path(os.environ["OUT"]) / "fp8-vs-bf16.json").write_text(json.dumps(errors, indent=2))
     print("relative error vs bf16:", errors)
     assert all(error < 0.2 for error in errors.values()), errors
+
+
+@pytest.mark.parametrize("n_cols", [64, 300, 2048, 4096, 16384])
+def test_fused_row_quantization_matches_the_torch_reference(n_cols):
+    """The Triton kernel gives the reference's scales and fp8 values (an element may differ by one fp8 step where
+    Triton's float32 division rounds differently at a tie)."""
+    from ltx_demo.fp8_matmul import quantize_rows, quantize_rows_reference
+
+    generator = torch.Generator(device="cuda").manual_seed(n_cols)
+    rows = torch.randn(257, n_cols, device="cuda", generator=generator).to(torch.bfloat16)
+    rows[3] = 0  # an all-zero row: scale MIN_SCALE, zeros out
+    rows[5, 7 % n_cols] = 3000.0  # one outlier sets its own row's scale only
+    quantized, scale = quantize_rows(rows)
+    expected, expected_scale = quantize_rows_reference(rows)
+    assert quantized.dtype == torch.float8_e4m3fn and quantized.shape == rows.shape and scale.shape == (257, 1)
+    torch.testing.assert_close(scale, expected_scale, rtol=1e-6, atol=0)
+    got, want = quantized.float(), expected.float()
+    differ = got != want
+    assert differ.float().mean() < 1e-3
+    assert ((got - want).abs()[differ] <= want.abs()[differ] / 8 + 1e-6).all()  # at most one e4m3 step
+    assert (got[3] == 0).all()
+    # Non-contiguous rows (a transposed view) are made contiguous first.
+    view = rows.t().contiguous().t()
+    assert torch.equal(quantize_rows(view)[0].float(), got)
+
+
+def test_fp8_scaled_mm_linear_is_close_to_bf16_and_counts_its_gemm():
+    from ltx_demo.fp8_matmul import ScaledMMCounter, scaled_mm_forward
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4096, 2048, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(2, 1248, 4096, device="cuda", dtype=torch.bfloat16)
+    expected = torch.nn.functional.linear(
+        x.float(), layer.weight.float().to(torch.float8_e4m3fn).float(), layer.bias.float()
+    )
+    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    layer.bias.data = layer.bias.data.to(torch.float8_e4m3fn)  # ltx-core's downcast stores the bias in fp8 too
+    forward = scaled_mm_forward(layer)
+    calls = ScaledMMCounter.calls
+    out = forward(x)
+    assert ScaledMMCounter.calls == calls + 1 and out.shape == (2, 1248, 2048) and out.dtype == torch.bfloat16
+    error = float((out.float() - expected).norm() / expected.norm())
+    assert error < 0.05, error  # the activations' fp8 rounding (the weights are fp8 on both sides)

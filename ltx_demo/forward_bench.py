@@ -1,0 +1,175 @@
+"""One stage-transformer forward per token shape and quantization, on identical inputs: seconds, ratio to bf16,
+relative error to bf16's output, and how many fp8 GEMMs ran (the per-shape fp8 vs bf16 table of the benchmarks).
+
+The transformer comes from the bundle through the engine's own builders (ModelResidency -> ltx-pipelines'
+ModelLedger), one quantization at a time; the inputs are built with ltx-core's latent tools at the shape a stage
+sees (stage 1 of 768x512x97 runs at 384x256: 1248 video tokens), with random latents and random text context.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from ltx_demo.checkpoints import Bundle
+from ltx_demo.fp8_matmul import ScaledMMCounter
+from ltx_demo.residency import ModelConfig, ModelResidency
+from ltx_demo.settings import Quantization, Residency, TextEncoderQuantization
+
+logger = logging.getLogger(__name__)
+
+FPS = 24.0
+CONTEXT_TOKENS = 1024  # the embeddings connector's output length for one prompt
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardShape:
+    """The pixel shape a stage's latents decode to, and how many guidance passes share one call."""
+
+    width: int
+    height: int
+    num_frames: int
+    batch: int = 1
+
+    @property
+    def label(self) -> str:
+        base = f"{self.width}x{self.height}x{self.num_frames}"
+        return base if self.batch == 1 else f"{base}/{self.batch}"
+
+
+def parse_shapes(text: str) -> list[ForwardShape]:
+    """'384x256x97,384x256x97/4' -> shapes ('/4': four passes batched into one call)."""
+    shapes = []
+    for item in text.split(","):
+        dims, _, batch = item.strip().partition("/")
+        width, height, frames = (int(v) for v in dims.split("x"))
+        shapes.append(ForwardShape(width, height, frames, int(batch or 1)))
+    return shapes
+
+
+def _context_width(velocity: torch.nn.Module, cross_attention: str) -> int:
+    """What the blocks' cross-attention expects as text context (after the model's own caption projection)."""
+    name = "caption_projection" if cross_attention == "attn2" else "audio_caption_projection"
+    projection = getattr(velocity, name, None)
+    if projection is not None:
+        return next(m for m in projection.modules() if isinstance(m, torch.nn.Linear)).in_features
+    return getattr(velocity.transformer_blocks[0], cross_attention).to_k.in_features
+
+
+def stage_inputs(transformer: torch.nn.Module, shape: ForwardShape, seed: int = 0) -> dict:
+    """Keyword arguments for one X0Model call: video + audio Modality at `shape`, random latents and context."""
+    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+    from ltx_core.tools import AudioLatentTools, VideoLatentTools
+    from ltx_core.types import AudioLatentShape, VideoLatentShape, VideoPixelShape
+    from ltx_pipelines.utils.helpers import modality_from_latent_state
+    from ltx_pipelines.utils.types import PipelineComponents
+
+    from ltx_demo.pipeline import batched_modality
+
+    velocity = transformer.velocity_model
+    parameter = next(velocity.parameters())
+    device = parameter.device
+    dtype = next(p.dtype for p in velocity.parameters() if p.is_floating_point() and p.dtype.itemsize > 1)
+    components = PipelineComponents(dtype=dtype, device=device)
+    pixels = VideoPixelShape(batch=1, frames=shape.num_frames, height=shape.height, width=shape.width, fps=FPS)
+    video_tools = VideoLatentTools(
+        components.video_patchifier,
+        VideoLatentShape.from_pixel_shape(pixels, components.video_latent_channels, components.video_scale_factors),
+        FPS,
+    )
+    audio_tools = AudioLatentTools(components.audio_patchifier, AudioLatentShape.from_video_pixel_shape(pixels))
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=generator).to(device=device, dtype=dtype)
+
+    sigma = torch.tensor([0.5], device=device, dtype=torch.float32)
+    modalities = []
+    for tools, cross_attention in ((video_tools, "attn2"), (audio_tools, "audio_attn2")):
+        state = tools.create_initial_state(device, dtype)
+        state = replace(state, latent=random(*state.latent.shape))
+        context = random(1, CONTEXT_TOKENS, _context_width(velocity, cross_attention))
+        modality = modality_from_latent_state(state, context, sigma)
+        modalities.append(batched_modality([modality] * shape.batch))
+    video, audio = modalities
+    return {
+        "video": video,
+        "audio": audio,
+        "perturbations": BatchedPerturbationConfig.empty(shape.batch),
+    }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(transformer: torch.nn.Module, inputs: dict, warmup: int, repeats: int) -> tuple[list[float], int]:
+    """Seconds per forward (after `warmup` untimed ones) and fp8 GEMMs per forward."""
+    device = inputs["video"].latent.device
+    with torch.inference_mode():
+        for _ in range(warmup):
+            transformer(**inputs)
+        _synchronize(device)
+        seconds = []
+        calls_before = ScaledMMCounter.calls
+        for _ in range(repeats):
+            start = time.perf_counter()
+            transformer(**inputs)
+            _synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return seconds, (ScaledMMCounter.calls - calls_before) // max(repeats, 1)
+
+
+def run_forward_bench(
+    bundle: Bundle,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    shapes: list[ForwardShape],
+    quantizations: list[Quantization],
+    warmup: int = 2,
+    repeats: int = 5,
+) -> list[dict]:
+    """bf16 first (the reference for errors and ratios), then each fp8 mode, one transformer on the device at a
+    time. Returns one entry per (shape, quantization)."""
+    order = sorted(quantizations, key=lambda q: q is not Quantization.BF16)
+    residency = ModelResidency(bundle, device, compute_dtype)
+    reference: dict[str, torch.Tensor] = {}
+    reference_seconds: dict[str, float] = {}
+    entries = []
+    for quantization in order:
+        residency.configure(
+            ModelConfig(quantization, Residency.PERSISTENT, 1.0, text_encoder_quantization=TextEncoderQuantization.BF16)
+        )
+        with residency.stage_transformer(1) as transformer:
+            for shape in shapes:
+                inputs = stage_inputs(transformer, shape)
+                seconds, fp8_calls = time_forward(transformer, inputs, warmup, repeats)
+                with torch.inference_mode():
+                    video = transformer(**inputs)[0].float().cpu()
+                median = statistics.median(seconds)
+                entry = {
+                    "shape": shape.label,
+                    "batch": shape.batch,
+                    "video_tokens": int(inputs["video"].latent.shape[1]),
+                    "audio_tokens": int(inputs["audio"].latent.shape[1]),
+                    "quantization": quantization.value,
+                    "seconds": round(median, 5),
+                    "runs": [round(s, 5) for s in seconds],
+                    "fp8_gemm_calls_per_forward": fp8_calls,
+                }
+                if quantization is Quantization.BF16:
+                    reference[shape.label], reference_seconds[shape.label] = video, median
+                if shape.label in reference:
+                    expected = reference[shape.label]
+                    entry["ratio_to_bf16"] = round(median / reference_seconds[shape.label], 3)
+                    entry["relative_error_vs_bf16"] = float((video - expected).norm() / expected.norm())
+                logger.info("forward %s %s: %.4f s", shape.label, quantization.value, median)
+                entries.append(entry)
+                del inputs, video
+        residency.release_all()
+    return entries

@@ -1,0 +1,79 @@
+"""The benchmark commands on the tiny bundle (CPU): bench, forward-bench and bench-report write what the docs show."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ltx_demo.cli import main
+
+from .conftest import ASSETS
+
+
+def test_forward_bench_times_each_shape_and_quantization_against_bf16(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "forward.json"
+    code = main(
+        [
+            "forward-bench",
+            "--bundle",
+            str(tiny_bundle.root),
+            "--device",
+            "cpu",
+            "--shapes",
+            "128x128x17,128x128x17/4,256x128x17",
+            "--quantization",
+            "fp8-cast,bf16",  # bf16 runs first whatever the order: it is the reference
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    entries = json.loads(out.read_text())["forward"]
+    assert [(e["quantization"], e["shape"]) for e in entries] == [
+        (q, s) for q in ("bf16", "fp8-cast") for s in ("128x128x17", "128x128x17/4", "256x128x17")
+    ]
+    # 128x128x17 -> a 4x4x3 latent; 256x128 doubles the width; /4 keeps the tokens per pass and batches 4 passes.
+    assert [e["video_tokens"] for e in entries[:3]] == [48, 48, 96]
+    assert [e["batch"] for e in entries[:3]] == [1, 4, 1]
+    for entry in entries:
+        assert len(entry["runs"]) == 2 and entry["seconds"] > 0 and entry["fp8_gemm_calls_per_forward"] == 0
+        assert entry["card"] and entry["command"].startswith("python -m ltx_demo forward-bench")
+    bf16 = [e for e in entries if e["quantization"] == "bf16"]
+    fp8 = [e for e in entries if e["quantization"] == "fp8-cast"]
+    assert all(e["relative_error_vs_bf16"] == 0.0 and e["ratio_to_bf16"] == 1.0 for e in bf16)
+    # fp8 weights change the output, by an fp8-sized amount.
+    assert all(0.0005 < e["relative_error_vs_bf16"] < 0.1 for e in fp8), fp8
+
+    into, markdown = tmp_path / "benchmarks.json", tmp_path / "benchmarks.md"
+    assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
+    assert len(json.loads(into.read_text())["forward"]) == 6
+    assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
+    assert len(json.loads(into.read_text())["forward"]) == 6  # the same measurement again replaces, not appends
+    table = markdown.read_text()
+    assert "| 128x128x17/4 | 48 x 4 | fp8-cast |" in table
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("residency", ["persistent"])
+def test_bench_runs_a_configuration_and_reports_identical_outputs(tiny_bundle, tmp_path, residency, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--output-dir", str(tmp_path / "mp4")]
+    args += ["--resolutions", "64x64", "--num-frames", "9", "--steps", "2", "--runs", "2", "--quantization", "bf16"]
+    args += ["--residency", residency, "--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out)]
+    assert main(args) == 0
+    (config,) = json.loads(out.read_text())["configs"]
+    assert config["resolution"] == "64x64" and config["residency"] == residency and len(config["runs"]) == 2
+    first, second = config["runs"]
+    assert config["identical_outputs"] is True and first["output_hash"] == second["output_hash"]
+    assert first["phases"]["stage_1"] > 0 and first["counters"]["stage_2_transformer_calls"] > 0
+    assert "transformer" in first["components"]["device_models"]
+
+    into, markdown = tmp_path / "benchmarks.json", tmp_path / "benchmarks.md"
+    assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
+    assert "| 64x64 | 9 | 2 | bf16 | persistent |" in markdown.read_text()
+    capsys.readouterr()
