@@ -39,6 +39,11 @@ def policy_for(quantization: Quantization) -> QuantizationPolicy | None:
             assert_never(quantization)
 
 
+def stores_fp8(quantization: Quantization) -> bool:
+    """Transformer block weights (and with them the LoRA adapter) are kept in float8_e4m3fn."""
+    return quantization in (Quantization.FP8_CAST, Quantization.FP8_SCALED_MM)
+
+
 def unavailable_reason(
     quantization: Quantization, device: torch.device, lora_mode: LoraMode = LoraMode.ADAPTER
 ) -> str | None:
@@ -107,12 +112,11 @@ def text_encoder_unavailable_reason(quantization: TextEncoderQuantization, devic
 
 
 def is_nf4_target(name: str) -> bool:
-    """The Gemma decoder's attention and MLP projections, and the unused lm_head (encode() never calls it).
+    """The Gemma decoder's attention and MLP projections (the lm_head is dropped: text_path).
 
-    The vision tower, embeddings and norms stay bf16: the vision tower is unused for text and small, the
-    embedding table is a lookup, not a matmul.
+    Embeddings and norms stay bf16: the embedding table is a lookup, not a matmul.
     """
-    return name == "model.lm_head" or (".language_model.layers." in name and name.rsplit(".", 1)[-1].endswith("_proj"))
+    return ".language_model.layers." in name and name.rsplit(".", 1)[-1].endswith("_proj")
 
 
 def swap_in_linear4bit_(text_encoder: torch.nn.Module, compute_dtype: torch.dtype) -> int:

@@ -23,8 +23,15 @@ from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
 from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, load_lora_pairs
-from ltx_demo.quantization import NF4_BYTES_PER_WEIGHT, is_nf4_target, policy_for, swap_in_linear4bit_
+from ltx_demo.quantization import (
+    NF4_BYTES_PER_WEIGHT,
+    is_nf4_target,
+    policy_for,
+    stores_fp8,
+    swap_in_linear4bit_,
+)
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.text_path import drop_unused_gemma_parts_, is_dropped_gemma_key, store_linears_in_fp8_
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +315,9 @@ class ModelResidency:
                         str(self.bundle.distilled_lora),
                         lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
                     )
-                    adapter = LowRankAdapter(model, pairs, strength, self.compute_dtype)
+                    adapter = LowRankAdapter(
+                        model, pairs, strength, self.compute_dtype, store_fp8=stores_fp8(self._config.quantization)
+                    )
             except LoraTargetError as exc:
                 raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
             finally:
@@ -321,7 +330,7 @@ class ModelResidency:
         stage_1, stage_2 = self._ledgers
         factories = {
             "text_encoder": lambda: self._build_text_encoder(stage_1),
-            "embeddings_processor": stage_1.gemma_embeddings_processor,
+            "embeddings_processor": lambda: self._build_embeddings_processor(stage_1),
             "audio_encoder": stage_1.audio_encoder,
             "video_encoder": stage_1.video_encoder,
             "transformer": stage_1.transformer,
@@ -354,17 +363,30 @@ class ModelResidency:
 
     def _build_text_encoder(self, ledger):
         """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU, 4-bit linears swapped in,
-        then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears)."""
+        then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears).
+        Either way the parts a text prompt never runs are dropped (text_path)."""
         match self._config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
-                return ledger.text_encoder()
+                text_encoder = ledger.text_encoder()
+                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
+                return text_encoder
             case TextEncoderQuantization.NF4:
                 text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
                 logger.info("text encoder: %d linears in nf4", swapped)
                 return text_encoder.to(self.device).eval()
             case _:
                 assert_never(self._config.text_encoder_quantization)
+
+    def _build_embeddings_processor(self, ledger):
+        """ModelLedger's processor; with an fp8 quantization built on the CPU, its linears stored in fp8, then moved
+        (the device never holds its bf16 weights)."""
+        if not stores_fp8(self._config.quantization):
+            return ledger.gemma_embeddings_processor()
+        processor = ledger.embeddings_processor_builder.build(device=torch.device("cpu"), dtype=self.compute_dtype)
+        logger.info("embeddings processor: %d linears in fp8", store_linears_in_fp8_(processor))
+        return processor.to(self.device).eval()
 
     def release(self, name: str) -> None:
         name = canonical(name)
@@ -617,6 +639,7 @@ def _weight_bytes(
         with gemma_architecture(bundle):
             meta = builder.meta_model(builder.model_config(), builder.module_ops)
         kept = {name for name, _ in [*meta.named_parameters(), *meta.named_buffers()]}
+        linear_weights.update(f"{n}.weight" for n, m in meta.named_modules() if isinstance(m, torch.nn.Linear))
         device = host = 0
         for key, elements, dtype in _header_tensors(paths, builder.model_sd_ops):
             host += elements * size(dtype)
@@ -624,19 +647,26 @@ def _weight_bytes(
                 device += int(device_bytes(key, elements, dtype))
         return device, host
 
+    linear_weights: set[str] = set()
+
     def fp8_or_compute(key: str, elements: int, dtype: torch.dtype) -> int:
         if policy is not None and policy.sd_ops is not None:
             dtype = policy.sd_ops.apply_to_key_value(key, torch.empty(0, dtype=dtype, device="meta"))[0][1].dtype
         return elements * (1 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else itemsize)
 
     def text_encoder_bytes(key: str, elements: int, _dtype: torch.dtype) -> float:
+        if is_dropped_gemma_key(key):
+            return 0
         nf4 = text_encoder is TextEncoderQuantization.NF4 and key.endswith(".weight")
         return elements * (NF4_BYTES_PER_WEIGHT if nf4 and is_nf4_target(key.removesuffix(".weight")) else itemsize)
+
+    def processor_bytes(key: str, elements: int, _dtype: torch.dtype) -> int:
+        return elements * (1 if stores_fp8(quantization) and key in linear_weights else itemsize)
 
     components, host = {}, 0
     for name, builder, device_bytes in (
         ("text_encoder", ledger.text_encoder_builder, text_encoder_bytes),
-        ("embeddings_processor", ledger.embeddings_processor_builder, None),
+        ("embeddings_processor", ledger.embeddings_processor_builder, processor_bytes),
         ("audio_encoder", ledger.audio_encoder_builder, None),
         ("video_encoder", ledger.vae_encoder_builder, None),
         ("transformer", ledger.transformer_builder, fp8_or_compute),
@@ -648,7 +678,10 @@ def _weight_bytes(
     # The fp8 cast happens as the state dict loads, so the host cache holds the transformer's block linears in fp8.
     components["transformer_stage_2"] = components["transformer"]
     lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
-    components["lora_adapter"] = sum(elements for _, elements, _ in lora) * itemsize
+    # fp8 configs keep the adapter in fp8 (plus one scale per row, < 0.3% at rank 384: not counted).
+    components["lora_adapter"] = sum(elements for _, elements, _ in lora) * (
+        1 if stores_fp8(quantization) else itemsize
+    )
     host += sum(elements * size(dtype) for _, elements, dtype in lora)
     if policy is not None and policy.sd_ops is not None:
         transformer_paths = [str(bundle.checkpoint)]

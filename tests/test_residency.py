@@ -329,3 +329,63 @@ def test_nf4_text_encoder_is_refused_on_cpu_with_the_reason(tiny_bundle, small_r
         engine.generate(small_request(lora_mode="merged"))
     assert sum(engine.models.build_counts.values()) == 0
     assert engine.default_text_encoder_quantization() == TextEncoderQuantization.BF16.value
+
+
+# -- what the persistent set holds ---------------------------------------------------------------------------------
+def test_fp8_configs_keep_the_adapter_in_fp8_at_half_the_bytes_and_close_to_bf16(tiny_bundle):
+    from ltx_demo.lora_adapter import LowRankAdapter, load_lora_pairs
+
+    pairs = load_lora_pairs(str(tiny_bundle.distilled_lora))
+    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    models.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
+    with models.use("transformer") as transformer, torch.inference_mode():
+        layer = transformer.velocity_model.transformer_blocks[0].attn1.to_q
+        x = torch.randn(16, layer.in_features)
+        outputs, sizes = {}, {}
+        for store_fp8 in (False, True):
+            adapter = LowRankAdapter(transformer, pairs, 1.0, torch.float32, store_fp8=store_fp8)
+            with adapter.active(True):
+                outputs[store_fp8] = layer(x)
+            sizes[store_fp8] = adapter.summary.bytes
+            assert (layer.lora_A.dtype == torch.float8_e4m3fn) == store_fp8
+            adapter.detach()
+        base = layer(x)
+    # float32 (4 bytes) -> fp8 (1 byte) + one scale per row (at this rank 8, B's 4-byte row scales weigh half as
+    # much as its 8 fp8 entries; at LTX-2.3's rank 384 they are ~1%).
+    assert sizes[True] < 0.35 * sizes[False]
+    lora_term = (outputs[False] - base).norm()
+    error = float((outputs[True] - outputs[False]).norm() / lora_term)
+    assert 0 < error < 0.1, error  # fp8-sized rounding of the low-rank term only
+    assert not hasattr(layer, "lora_A_scale")  # detach drops the scales too
+
+
+def test_the_text_path_drops_what_text_never_runs_and_stores_the_processor_in_fp8(tiny_bundle):
+    from ltx_demo.text_path import DroppedModule
+
+    prompt = "A woman speaks to the camera."
+    contexts, sizes = {}, {}
+    for quantization in (Quantization.BF16, Quantization.FP8_CAST):
+        models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+        models.configure(ModelConfig(quantization, Residency.COLD_START, 1.0))
+        with torch.inference_mode(), models.request():
+            with models.use("text_encoder") as text_encoder:
+                gemma = text_encoder.model
+                assert isinstance(gemma.lm_head, DroppedModule) and isinstance(gemma.model.vision_tower, DroppedModule)
+                with pytest.raises(RuntimeError, match="never runs it"):
+                    gemma.lm_head(torch.zeros(1))
+                hidden, mask = text_encoder.encode(prompt)
+            with models.use("embeddings_processor") as processor:
+                linears = [m for m in processor.modules() if isinstance(m, torch.nn.Linear)]
+                fp8 = {m.weight.dtype == torch.float8_e4m3fn for m in linears}
+                assert fp8 == {quantization is Quantization.FP8_CAST}
+                sizes[quantization] = module_bytes(processor)
+                encoded = processor.process_hidden_states(hidden, mask)
+            contexts[quantization] = (encoded.video_encoding.float(), encoded.audio_encoding.float())
+    assert sizes[Quantization.FP8_CAST] < 0.6 * sizes[Quantization.BF16]
+    difference = [
+        float((contexts[Quantization.FP8_CAST][i] - contexts[Quantization.BF16][i]).norm()
+              / contexts[Quantization.BF16][i].norm())
+        for i in range(2)
+    ]  # fmt: skip
+    logger.info("fp8 vs bf16 embeddings processor, relative difference of the contexts: %s", difference)
+    assert all(0 < d < 0.1 for d in difference), difference
