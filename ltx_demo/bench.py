@@ -129,7 +129,8 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "idle_gib": to_gib(idle),
         "output_hash": output_hash(result.output),
         "page_cache": page_cache,
-        "variant": f"LoRA {summary['lora_mode']}, text encoder {summary['text_encoder_quantization']}"
+        "variant": f"LoRA {summary['stage_2_lora'] or summary['lora_mode']}, "
+        f"text encoder {summary['text_encoder_quantization']}"
         + ("" if config.batch_guidance else ", unbatched guidance"),
         "counters": summary["counters"],
         "components": engine.models.describe(),  # what stays on the device after the run, per model (bytes)

@@ -236,7 +236,7 @@ class Engine:
 
     def _vram_budget(self, budget_gib: float | None) -> tuple[int, str]:
         if budget_gib is not None:
-            return int(budget_gib * GIB), "--vram-budget-gib"
+            return int(budget_gib * GIB), "the budget given: --vram-budget-gib or the UI's VRAM budget field"
         if self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)
             # What this process holds in its allocator is ours to release, so it counts as available.
@@ -313,6 +313,7 @@ class Engine:
             residency_reason=residency_reason,
             text_encoder_quantization=config.text_encoder_quantization.value,
             lora_mode=config.lora_mode.value,
+            stage_2_lora=self.models.stage_2_lora,
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
         self._publish(partial, output, result, record)

@@ -1,4 +1,5 @@
-"""The distilled LoRA as a runtime low-rank adapter: y = base(x) + strength * (x @ A^T) @ B^T, switchable per stage.
+"""The distilled LoRA on the one stage transformer: a runtime low-rank adapter, y = base(x) + strength * (x @ A^T)
+@ B^T switchable per stage, or (per-request modes on CUDA) fused into the weights in place before stage 2.
 
 One stage transformer serves both stages: stage 1 runs with the adapter off, stage 2 with it on, instead of a
 second copy with the LoRA fused into its weights (which for fp8 also needs ltx-core's Triton kernel on CUDA).
@@ -45,6 +46,52 @@ def lora_pairs(lora_sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor
             raise LoraTargetError(f"{stem}: lora_A without lora_B")
         pairs[stem] = (a, b)
     return pairs
+
+
+def target_linear(velocity: torch.nn.Module, stem: str, a: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
+    """The Linear a LoRA pair modifies, checked: it exists, is a Linear, and B @ A has its weight's shape."""
+    try:
+        layer = velocity.get_submodule(stem)
+    except AttributeError as exc:
+        raise LoraTargetError(f"{stem}: the LoRA names a layer the transformer does not have") from exc
+    if not isinstance(layer, torch.nn.Linear):
+        raise LoraTargetError(f"{stem}: the LoRA targets a {type(layer).__name__}, not a Linear")
+    if (
+        a.ndim != 2
+        or b.ndim != 2
+        or a.shape[0] != b.shape[1]
+        or (b.shape[0], a.shape[1]) != (layer.out_features, layer.in_features)
+    ):
+        raise LoraTargetError(
+            f"{stem}: B{tuple(b.shape)} @ A{tuple(a.shape)} does not fit a {layer.in_features}->"
+            f"{layer.out_features} Linear"
+        )
+    return layer
+
+
+def fuse_in_place_(
+    transformer: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], strength: float
+) -> int:
+    """W <- W + strength * B @ A in each LoRA'd Linear, in place, through ltx-core's apply_loras (fp8 weights on
+    CUDA: its Triton rounding kernel, sm_89+), one layer at a time so only one layer's delta exists at once.
+
+    For the per-request modes: their transformer is freed after stage 2, so it never needs its base weights back,
+    and stage 2's peak is the transformer alone instead of the transformer plus the adapter. Returns how many."""
+    from ltx_core.loader.fuse_loras import apply_loras
+    from ltx_core.loader.primitives import LoraStateDictWithStrength, StateDict
+
+    velocity = getattr(transformer, "velocity_model", transformer)
+    for stem, (a, b) in pairs.items():
+        weight = target_linear(velocity, stem, a, b).weight
+        key = f"{stem}.weight"
+        lora = StateDict(
+            {f"{stem}.lora_A.weight": a, f"{stem}.lora_B.weight": b}, a.device, a.nbytes + b.nbytes, {a.dtype}
+        )
+        base = StateDict({key: weight.data}, weight.device, weight.nbytes, {weight.dtype})
+        fused = apply_loras(base, [LoraStateDictWithStrength(lora, strength)], dtype=weight.dtype)
+        weight.data.copy_(fused.sd[key])
+        del fused
+    return len(pairs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +154,7 @@ class LowRankAdapter:
         )
 
     def _target(self, stem: str, a: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
-        try:
-            layer = self._velocity.get_submodule(stem)
-        except AttributeError as exc:
-            raise LoraTargetError(f"{stem}: the LoRA names a layer the transformer does not have") from exc
-        if not isinstance(layer, torch.nn.Linear):
-            raise LoraTargetError(f"{stem}: the LoRA targets a {type(layer).__name__}, not a Linear")
-        if (
-            a.ndim != 2
-            or b.ndim != 2
-            or a.shape[0] != b.shape[1]
-            or (b.shape[0], a.shape[1]) != (layer.out_features, layer.in_features)
-        ):
-            raise LoraTargetError(
-                f"{stem}: B{tuple(b.shape)} @ A{tuple(a.shape)} does not fit a {layer.in_features}->"
-                f"{layer.out_features} Linear"
-            )
-        return layer
+        return target_linear(self._velocity, stem, a, b)
 
     def _wrap(self, layer: torch.nn.Linear, base_forward: Callable) -> Callable:
         adapter = self

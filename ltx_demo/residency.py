@@ -22,7 +22,7 @@ import torch
 from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
-from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, load_lora_pairs
+from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, fuse_in_place_, load_lora_pairs
 from ltx_demo.quantization import (
     NF4_BYTES_PER_WEIGHT,
     is_nf4_target,
@@ -171,6 +171,8 @@ class ModelResidency:
         self._ledgers = None
         self._registry: PinnedStateDictRegistry | None = None
         self._measured_peaks: dict[tuple, int] = {}
+        self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
+        self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
         self._lock = threading.RLock()
         # Pay ltx-pipelines' import (seconds: it pulls in transformers) at construction, not in the first request.
         import ltx_pipelines.utils.model_ledger  # noqa: F401
@@ -233,6 +235,7 @@ class ModelResidency:
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """One generation. Modes other than persistent leave nothing on the device after it, error or not."""
+        self.stage_2_lora = None
         try:
             yield
         finally:
@@ -283,16 +286,64 @@ class ModelResidency:
         match self._config.lora_mode:
             case LoraMode.FUSED:
                 with self._use("transformer" if stage == 1 else "transformer_stage_2", on_build, label) as model:
+                    if stage == 2:
+                        self.stage_2_lora = "fused copy"
                     yield model
             case LoraMode.ADAPTER:
                 with self._lock:
                     (self._kept.add if stage == 1 else self._kept.discard)("transformer")
                 with self._use("transformer", on_build, label) as model:
+                    if stage == 2 and self.fuses_in_place():
+                        self._fuse_for_stage_2(model, on_build)
+                        yield model
+                        return
                     adapter = self._adapter_for(model, on_build) if stage == 2 else self._adapters.get("transformer")
+                    if stage == 2:
+                        self.stage_2_lora = "adapter" if adapter else "none (strength 0)"
                     with adapter.active(stage == 2) if adapter else contextlib.nullcontext():
                         yield model
             case _:
                 assert_never(self._config.lora_mode)
+
+    def fuses_in_place(self) -> bool:
+        """Stage 2 of a per-request mode on CUDA fuses the LoRA into the transformer it is about to free anyway:
+        its peak is then the transformer alone, not transformer + adapter (3.1 GiB fp8 for LTX-2.3). fp8 weights
+        fuse with ltx-core's Triton kernel (sm_89+); older GPUs keep the adapter. Elsewhere (CPU) there is no VRAM
+        peak to lower, and the adapter keeps every mode's output identical to persistent's."""
+        config = self._config
+        if (
+            config is None
+            or config.residency not in (Residency.COLD_START, Residency.HOST_CACHED)
+            or config.distilled_lora_strength == 0
+            or self.device.type != "cuda"
+        ):
+            return False
+        return not stores_fp8(config.quantization) or torch.cuda.get_device_capability(self.device) >= (8, 9)
+
+    def _fuse_for_stage_2(self, model: torch.nn.Module, on_build) -> None:
+        """Read the LoRA (through the host cache when there is one) and fuse it in place, once per build."""
+        if id(model) in self._fused:
+            return
+        stage_1, _ = self._ledgers
+        builder = stage_1.transformer_builder
+        scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
+        self._on_loading(ADAPTER)
+        try:
+            with scope, torch.inference_mode(False), torch.no_grad():
+                pairs = load_lora_pairs(
+                    str(self.bundle.distilled_lora),
+                    lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
+                )
+                fused = fuse_in_place_(model, pairs, self._config.distilled_lora_strength)
+                del pairs
+        except LoraTargetError as exc:
+            raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
+        finally:
+            self._on_loading(None)
+        logger.info("distilled LoRA fused in place into %d linears for stage 2", fused)
+        self._fused.add(id(model))
+        self.build_counts[ADAPTER] += 1
+        self.stage_2_lora = "fused in place"
 
     def adapter(self, name: str = "transformer") -> LowRankAdapter | None:
         return self._adapters.get(name)
@@ -394,13 +445,17 @@ class ModelResidency:
             adapter = self._adapters.pop(name, None)
             if adapter is not None:
                 adapter.detach()
-            if self._held.pop(name, None) is not None:
+            model = self._held.pop(name, None)
+            if model is not None:
+                self._fused.discard(id(model))
+                del model
                 free_device_memory(self.device)
 
     def release_all(self) -> None:
         """Free every model held on the device (the host cache, if any, stays)."""
         with self._lock:
             self._drop_adapters()
+            self._fused.clear()
             if self._held:
                 self._held.clear()
                 free_device_memory(self.device)

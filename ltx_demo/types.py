@@ -102,6 +102,7 @@ class GenerationResult:
     residency_reason: str = ""  # why auto picked the mode that ran (residency is then the mode that ran)
     text_encoder_quantization: str | None = None  # what ran
     lora_mode: str | None = None
+    stage_2_lora: str | None = None  # how stage 2 applied the distilled LoRA: adapter, fused in place, fused copy
     counters: dict = field(default_factory=dict)  # e.g. transformer calls per stage, fp8 GEMM calls
 
     def summary(self) -> dict:
@@ -124,6 +125,7 @@ class GenerationResult:
             "residency_reason": self.residency_reason,
             "text_encoder_quantization": self.text_encoder_quantization,
             "lora_mode": self.lora_mode,
+            "stage_2_lora": self.stage_2_lora,
             "device": self.device,
             "synthetic": self.synthetic,
             "audio_note": self.audio_note,

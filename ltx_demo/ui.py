@@ -1253,6 +1253,13 @@ def build_demo(
                         elem_id="residency",
                         info=" ".join(RESIDENCY_NOTES.get(r.value, r.value) for r in Residency),
                     )
+                    vram_budget = gr.Number(
+                        value=None,
+                        minimum=0,
+                        label="VRAM budget for auto (GiB)",
+                        info="auto picks the fastest mode whose peak fits; empty: what the device has free",
+                        elem_id="vram-budget",
+                    )
                 with gr.Accordion("Advanced: guidance", open=False):
                     with gr.Row():
                         cfg_scale = gr.Slider(1.0, 10.0, value=guidance.cfg_scale, step=0.1, label="CFG scale")
@@ -1377,6 +1384,7 @@ def build_demo(
             steps: float,
             quantization: str,
             residency: str,
+            vram_budget_gib: float | None,
             cfg_scale: float,
             stg_scale: float,
             rescale_scale: float,
@@ -1408,6 +1416,7 @@ def build_demo(
                     seed=used_seed,
                     quantization=quantization,
                     residency=residency,
+                    vram_budget_gib=float(vram_budget_gib) if vram_budget_gib else None,
                     audio_start=float(audio_start or 0.0),
                     image_fit=image_fit,
                     guidance=GuidanceParams(
@@ -1561,6 +1570,7 @@ def build_demo(
                 again.steps,
                 again.quantization if again.quantization in quantizations else gr.skip(),
                 again.residency if again.residency in residencies else gr.skip(),
+                again.vram_budget_gib,
                 g.cfg_scale,
                 g.stg_scale,
                 g.rescale_scale,
@@ -1725,6 +1735,7 @@ def build_demo(
             steps,
             quantization,
             residency,
+            vram_budget,
             cfg_scale,
             stg_scale,
             rescale_scale,

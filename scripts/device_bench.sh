@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Full-scale benchmark on the device machine: makes (or reuses) the full-scale synthetic bundle, then runs
-# `python -m ltx_demo bench` with the arguments given, writing results under $OUT. Usage:
-#   scripts/device_bench.sh NAME [bench args...]     e.g. scripts/device_bench.sh seed-768 --resolutions 768x512
+# `python -m ltx_demo bench` (or forward-bench) with the arguments given, writing results under $OUT. Usage:
+#   scripts/device_bench.sh bench|forward-bench NAME [args...]
+#   e.g. scripts/device_bench.sh bench seed-768 --resolutions 768x512;  scripts/device_bench.sh forward-bench fwd
 # The bundle (~72 GiB) is more than the one-GPU machine's 64 GiB disk, so it lives in a RAM-backed tmpfs; a
 # cold-start run there reads from RAM, so its page cache cannot be dropped (the results say "warm").
 set -uo pipefail
-name=$1; shift
+command=$1; name=$2; shift 2
 OUT=${OUT:-/tmp/device-out}
 mkdir -p "$OUT"
 if [ ! -d /tmp/site/ltx_core ]; then
@@ -16,22 +17,26 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTORCH_CUDA_
 BUNDLE=/mnt/ltx-full/bundle
 if [ ! -f "$BUNDLE/bundle.json" ]; then
   mkdir -p /mnt/ltx-full && (mountpoint -q /mnt/ltx-full || mount -t tmpfs -o size=90G tmpfs /mnt/ltx-full) || exit 1
-  df -h /mnt/ltx-full /tmp | tee "$OUT/disk-$name.txt"
+  df -h /mnt/ltx-full /tmp / | tee "$OUT/disk-$name.txt"
   /usr/bin/time -v python3 -m ltx_demo make-bundle --scale full --out "$BUNDLE" >"$OUT/make-bundle.json" \
     2>"$OUT/make-bundle.log" || { tail -20 "$OUT/make-bundle.log"; exit 1; }
   grep -E "Elapsed|Maximum resident" "$OUT/make-bundle.log"
   python3 -m ltx_demo check-bundle --bundle "$BUNDLE" >"$OUT/check-bundle.json" 2>&1; echo "check-bundle rc=$?"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-$name.json" "$@" \
-  2> >(grep -v "^INFO" >"$OUT/bench-$name.log")
+python3 -m ltx_demo "$command" --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/$command-$name.json" "$@" \
+  2> >(grep -v "^INFO" >"$OUT/$command-$name.log")
 rc=$?
-tail -c 3000 "$OUT/bench-$name.log"
-python3 - "$OUT/bench-$name.json" <<'PY'
+tail -c 3000 "$OUT/$command-$name.log"
+python3 - "$OUT/$command-$name.json" <<'PY'
 import json, sys
-for c in json.load(open(sys.argv[1]))["configs"]:
-    print(c["resolution"], c["quantization"], c["residency"], c["card"],
+data = json.load(open(sys.argv[1]))
+for c in data.get("configs", []):
+    print(c["resolution"], c["quantization"], c["residency"], c["card"], c.get("variant"),
           [(r.get("elapsed_seconds"), r.get("peak_vram_gib"), r.get("resident_gib"), r.get("oom")) for r in c["runs"]],
           "identical:", c["identical_outputs"])
+for f in data.get("forward", []):
+    print(f["card"], f["shape"], f["video_tokens"], f["quantization"], f["seconds"], f.get("ratio_to_bf16"),
+          f.get("relative_error_vs_bf16"), f["fp8_gemm_calls_per_forward"])
 PY
 exit $rc

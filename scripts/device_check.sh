@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine from the repo root: installs the carried wheels, runs every gpu-marked
 # test, then one small CUDA generate per quantization and residency; what it measures lands under $OUT.
+# Usage: scripts/device_check.sh [pytest -k expression]   (with one, only the selected tests and no generates)
 # Carry: .whl (ltx-core, ltx-pipelines, transformers 4.57.x, huggingface-hub, tokenizers, av, soundfile, cffi,
 # pycparser, nvidia-ml-py, bitsandbytes).
 set -uo pipefail
@@ -15,8 +16,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, transformers, ltx_core; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"
 
-python3 -m pytest -m gpu tests/ -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -40
+select=${1:-}
+python3 -m pytest -m gpu tests/ -q -p no:cacheprovider -o addopts="" -rA ${select:+-k "$select"} 2>&1 \
+  | tee "$OUT/gpu-tests.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
+[ -n "$select" ] && exit "$tests_rc"
 
 : >"$OUT/generate.jsonl"
 for q in bf16 fp8-cast fp8-scaled-mm; do

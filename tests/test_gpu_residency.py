@@ -71,8 +71,18 @@ def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_pa
             assert all(t.is_pinned() for sd in cache.values() for t in sd.sd.values())
     REPORT[f"modes_{quantization}"] = memory
     assert results[0].text_encoder_quantization == "nf4"  # the CUDA default
-    for result, clip in zip(results[1:], clips[1:], strict=True):
-        assert_same_output(results[0], result, clips[0], clip)
+    by_mode = dict(zip(MODES, zip(results, clips, strict=True), strict=True))
+    # The per-request modes fuse the LoRA in place on CUDA (their stage 2 peak is the transformer alone); the
+    # persistent transformer keeps the runtime adapter. Same mechanism, same output; across the two, close.
+    assert [by_mode[m][0].stage_2_lora for m in MODES] == ["adapter", "fused in place", "fused in place", "adapter"]
+    persistent, auto = by_mode["persistent"], by_mode["auto"]
+    assert_same_output(persistent[0], auto[0], persistent[1], auto[1])
+    cold, cached = by_mode["cold-start"], by_mode["host-cached"]
+    assert_same_output(cold[0], cached[0], cold[1], cached[1])
+    difference = float((cold[1].frames.float() - persistent[1].frames.float()).abs().mean())
+    scale = float(persistent[1].frames.float().abs().mean())
+    REPORT[f"fused_in_place_vs_adapter_frames_{quantization}"] = difference / scale
+    assert difference < 0.1 * scale, (difference, scale)
 
 
 @pytest.mark.parametrize("mode", ["cold-start", "host-cached"])

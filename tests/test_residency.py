@@ -389,3 +389,31 @@ def test_the_text_path_drops_what_text_never_runs_and_stores_the_processor_in_fp
     ]  # fmt: skip
     logger.info("fp8 vs bf16 embeddings processor, relative difference of the contexts: %s", difference)
     assert all(0 < d < 0.1 for d in difference), difference
+
+
+@pytest.mark.parametrize("quantization", [Quantization.BF16, Quantization.FP8_CAST])
+def test_fusing_in_place_gives_ltx_cores_fused_weights(tiny_bundle, quantization):
+    """What cold-start and host-cached do on CUDA before stage 2 (ltx-core's apply_loras, one layer at a time, in
+    place), checked here on the CPU against the second transformer ltx-pipelines' ModelLedger fuses."""
+    from ltx_demo.lora_adapter import fuse_in_place_, load_lora_pairs
+
+    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.bfloat16)  # CUDA's compute dtype (no forward)
+    models.configure(ModelConfig(quantization, Residency.COLD_START, 0.7, LoraMode.FUSED))
+    with models.request(), torch.inference_mode():
+        with models.use("transformer") as transformer:
+            before = {n: p.clone() for n, p in transformer.named_parameters()}
+            fused_count = fuse_in_place_(transformer, load_lora_pairs(str(tiny_bundle.distilled_lora)), 0.7)
+            in_place = dict(transformer.named_parameters())
+        with models.use("transformer_stage_2") as reference:
+            expected = dict(reference.named_parameters())
+            changed = [n for n in in_place if not torch.equal(in_place[n], before[n])]
+            assert len(changed) == fused_count > 0
+            for name, tensor in in_place.items():
+                assert tensor.dtype == expected[name].dtype and torch.equal(tensor, expected[name]), name
+
+
+def test_per_request_modes_fuse_in_place_only_on_cuda(tiny_bundle, small_request, tmp_path):
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    result = engine.generate(small_request(residency="cold-start"))
+    assert result.stage_2_lora == "adapter" and not engine.models.fuses_in_place()  # CPU: same output as persistent
+    assert result.summary()["stage_2_lora"] == "adapter"

@@ -195,6 +195,19 @@ def test_api_generate_returns_the_summary(client, live_app):
     assert Path(summary["output"]).parent == live_app.output_dir
 
 
+def test_api_auto_residency_follows_the_vram_budget_field(client):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    files = dict(image=handle_file(str(ASSETS / "astronaut.png")), audio=handle_file(str(ASSETS / "speech_hello.wav")))
+    auto = SMALL | {"residency": "auto"}
+    with pytest.raises(AppError, match=r"no residency mode fits the 0\.0 GiB budget"):
+        client.predict(prompt="A woman.", api_name="/generate", vram_budget_gib=0.0001, **files, **auto)
+    _video, summary = client.predict(prompt="A woman.", api_name="/generate", vram_budget_gib=64, **files, **auto)
+    assert summary["residency_requested"] == "auto" and summary["residency"] == "persistent"
+    assert "fits the 64.0 GiB budget (the budget given" in summary["residency_reason"]
+
+
 def test_api_bad_input_names_the_fix_and_keeps_serving(client):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
