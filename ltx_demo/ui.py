@@ -1254,10 +1254,10 @@ def build_demo(
                         info=" ".join(RESIDENCY_NOTES.get(r.value, r.value) for r in Residency),
                     )
                     vram_budget = gr.Number(
-                        value=None,
+                        value=0,
                         minimum=0,
                         label="VRAM budget for auto (GiB)",
-                        info="auto picks the fastest mode whose peak fits; empty: what the device has free",
+                        info="auto picks the fastest mode whose peak fits; 0: what the device has free",
                         elem_id="vram-budget",
                     )
                 with gr.Accordion("Advanced: guidance", open=False):
@@ -1570,7 +1570,7 @@ def build_demo(
                 again.steps,
                 again.quantization if again.quantization in quantizations else gr.skip(),
                 again.residency if again.residency in residencies else gr.skip(),
-                again.vram_budget_gib,
+                again.vram_budget_gib or 0,
                 g.cfg_scale,
                 g.stg_scale,
                 g.rescale_scale,
