@@ -206,12 +206,18 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
             c.get("card"),
             c.get("bundle", {}).get("scale"),
             c.get("variant"),
+            page_cache(c),
         )
 
     replaced = {key(c) for c in new.get("configs", [])}
     data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new.get("configs", [])
     benchmarks.write_text(json.dumps(data, indent=2) + "\n")
     return data
+
+
+def page_cache(config: dict) -> str | None:
+    """Whether a cold-start configuration read from a warm or a dropped page cache (None for other modes)."""
+    return next((r["page_cache"] for r in config["runs"] if r.get("page_cache")), None)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -253,7 +259,7 @@ def render_markdown(data: dict) -> str:
         later = _mean([r["elapsed_seconds"] for r in runs[1:]]) if len(runs) > 1 else "-"
         lines.append(
             f"| {c['resolution']} | {c['num_frames']} | {c['steps']} | {c['quantization']} | {c['residency']} "
-            f"| {c.get('variant') or '-'} "
+            f"| {c.get('variant') or '-'}{f', page cache {page_cache(c)}' if page_cache(c) else ''} "
             f"| {c.get('card')} | {scale} | {len(c['runs'])} | {first} | {later} "
             f"| {_mean([r['peak_vram_gib'] for r in runs])} | {_mean([r['device_peak_gib'] for r in runs])} "
             f"| {_mean([r['resident_gib'] for r in runs])} | {c.get('identical_outputs')} "
@@ -274,7 +280,8 @@ def render_markdown(data: dict) -> str:
         load = _mean([sum(v for k, v in r["phases"].items() if k.startswith("load:")) for r in runs])
         cells = [_mean([r["phases"].get(p) for r in runs]) for p in main]
         lines.append(
-            f"| {c['resolution']} {c['quantization']} {c['residency']}, {c.get('variant') or '-'} ({c.get('card')}) "
+            f"| {c['resolution']} {c['quantization']} {c['residency']}, {c.get('variant') or '-'}"
+            f"{f', page cache {page_cache(c)}' if page_cache(c) else ''} ({c.get('card')}) "
             f"| {load} | " + " | ".join(str(x) for x in cells) + " |"
         )
     lines += render_forward_table(data.get("forward", []))

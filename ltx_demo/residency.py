@@ -492,12 +492,17 @@ class ModelResidency:
         with self._lock:
             config = self._config
             adapter = self._adapters.get("transformer")
+            adapter_bytes = adapter.summary.bytes if adapter else 0
             return {
                 "mode": config.residency.value if config else None,
                 "lora_mode": config.lora_mode.value if config else None,
                 "text_encoder_quantization": config.text_encoder_quantization.value if config else None,
-                "device_models": {name: module_bytes(self._held[name]) for name in self.resident()},
-                "lora_adapter": adapter.summary.bytes if adapter else None,
+                # The adapter's A and B are buffers on the transformer's linears: counted once, as lora_adapter.
+                "device_models": {
+                    name: module_bytes(self._held[name]) - (adapter_bytes if name == "transformer" else 0)
+                    for name in self.resident()
+                },
+                "lora_adapter": adapter_bytes or None,
                 "host_cache_bytes": self.host_cache_bytes(),
             }
 

@@ -417,3 +417,13 @@ def test_per_request_modes_fuse_in_place_only_on_cuda(tiny_bundle, small_request
     result = engine.generate(small_request(residency="cold-start"))
     assert result.stage_2_lora == "adapter" and not engine.models.fuses_in_place()  # CPU: same output as persistent
     assert result.summary()["stage_2_lora"] == "adapter"
+
+
+def test_describe_counts_every_resident_byte_once(tiny_bundle, small_request, tmp_path):
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    engine.generate(small_request(quantization="fp8-cast", residency="persistent"))
+    described = engine.models.describe()
+    held = [engine.models.held(name) for name in engine.models.resident()]
+    unique = {t.data_ptr(): t.nbytes for m in held for t in [*m.parameters(), *m.buffers()] if t.device.type != "meta"}
+    assert described["lora_adapter"] > 0
+    assert sum(described["device_models"].values()) + described["lora_adapter"] == sum(unique.values())
