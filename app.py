@@ -89,7 +89,7 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     bundle = resolve_from_args(args)
-    engine = Engine(bundle, Path(args.output_dir), args.device, keep_outputs=keep)
+    engine = Engine(bundle, Path(args.output_dir), args.device, keep_outputs=keep, cuda_graphs=args.cuda_graphs)
     logger.info("engine on %s, bundle %s", engine.device, bundle.describe())
     logger.info("output folder %s: %s", Path(args.output_dir).resolve(), keep.describe())
     if not keep.unlimited:

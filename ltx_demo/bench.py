@@ -191,7 +191,13 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
     if new.get("forward"):
 
         def forward_key(f: dict) -> tuple:
-            return (f["shape"], f["quantization"], f.get("card"), f.get("bundle", {}).get("scale"))
+            return (
+                f["shape"],
+                f["quantization"],
+                f.get("card"),
+                f.get("bundle", {}).get("scale"),
+                bool(f.get("cuda_graphs")),
+            )
 
         fresh = {forward_key(f) for f in new["forward"]}
         data["forward"] = [f for f in data.get("forward", []) if forward_key(f) not in fresh] + new["forward"]
@@ -304,16 +310,26 @@ def render_forward_table(forward: list[dict]) -> list[str]:
         "One stage-transformer forward on identical inputs (`python -m ltx_demo forward-bench`; median of the timed "
         "runs; shape = the pixel size the stage's latents decode to, /4 = four guidance passes in one call):",
         "",
-        "| card | shape | video tokens | quantization | seconds | x bf16 | rel. error vs bf16 | fp8 GEMMs / forward |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| card | CUDA graphs | shape | video tokens | quantization | seconds | x bf16 | rel. error vs bf16 "
+        "| fp8 GEMMs / forward |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"bf16": 0, "fp8-cast": 1, "fp8-scaled-mm": 2}
-    for f in sorted(
-        forward, key=lambda f: (f.get("card") or "", f["video_tokens"], f["batch"], order.get(f["quantization"], 9))
-    ):
+
+    def position(f: dict) -> tuple:
+        return (
+            f.get("card") or "",
+            bool(f.get("cuda_graphs")),
+            f["video_tokens"],
+            f["batch"],
+            order.get(f["quantization"], 9),
+        )
+
+    for f in sorted(forward, key=position):
         error = f.get("relative_error_vs_bf16")
         lines.append(
-            f"| {f.get('card')} | {f['shape']} | {f['video_tokens']} x {f['batch']} | {f['quantization']} "
+            f"| {f.get('card')} | {'yes' if f.get('cuda_graphs') else 'no'} | {f['shape']} "
+            f"| {f['video_tokens']} x {f['batch']} | {f['quantization']} "
             f"| {f['seconds']} | {f.get('ratio_to_bf16', '-')} | {'-' if error is None else f'{error:.4f}'} "
             f"| {f['fp8_gemm_calls_per_forward']} |"
         )

@@ -118,7 +118,12 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
 
 class Engine:
     def __init__(
-        self, bundle: Bundle, output_dir: Path, device: str | None = None, keep_outputs: KeepPolicy | None = None
+        self,
+        bundle: Bundle,
+        output_dir: Path,
+        device: str | None = None,
+        keep_outputs: KeepPolicy | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -127,7 +132,9 @@ class Engine:
         self.device = pick_device(device)
         self.compute_dtype = compute_dtype_for(self.device)
         self.loading: str | None = None
-        self.models = ModelResidency(bundle, self.device, self.compute_dtype, on_loading=self._set_loading)
+        self.models = ModelResidency(
+            bundle, self.device, self.compute_dtype, on_loading=self._set_loading, cuda_graphs=cuda_graphs
+        )
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()
         self._current: RunTelemetry | None = None

@@ -109,12 +109,20 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_forward(transformer: torch.nn.Module, inputs: dict, warmup: int, repeats: int) -> tuple[list[float], int]:
-    """Seconds per forward (after `warmup` untimed ones) and fp8 GEMMs per forward."""
+    """Seconds per forward (after `warmup` untimed ones) and fp8 GEMMs per forward.
+
+    With CUDA graphs the timed forwards replay a graph, which runs no Python per linear and so counts nothing;
+    the count then comes from the warm-ups, per block pass that ran eagerly (warm-ups and the capture)."""
     device = inputs["video"].latent.device
+    graphed = transformer.velocity_model.__dict__.get("_process_transformer_blocks")
+    eager_before, calls_before = getattr(graphed, "eager_runs", 0), ScaledMMCounter.calls
     with torch.inference_mode():
         for _ in range(warmup):
             transformer(**inputs)
         _synchronize(device)
+    eager_runs = getattr(graphed, "eager_runs", 0) - eager_before
+    warmup_calls = (ScaledMMCounter.calls - calls_before) // eager_runs if eager_runs else None
+    with torch.inference_mode():
         seconds = []
         calls_before = ScaledMMCounter.calls
         for _ in range(repeats):
@@ -122,6 +130,8 @@ def time_forward(transformer: torch.nn.Module, inputs: dict, warmup: int, repeat
             transformer(**inputs)
             _synchronize(device)
             seconds.append(time.perf_counter() - start)
+    if warmup_calls is not None:
+        return seconds, warmup_calls
     return seconds, (ScaledMMCounter.calls - calls_before) // max(repeats, 1)
 
 
@@ -133,11 +143,12 @@ def run_forward_bench(
     quantizations: list[Quantization],
     warmup: int = 2,
     repeats: int = 5,
+    cuda_graphs: bool = False,
 ) -> list[dict]:
     """bf16 first (the reference for errors and ratios), then each fp8 mode, one transformer on the device at a
     time. Returns one entry per (shape, quantization)."""
     order = sorted(quantizations, key=lambda q: q is not Quantization.BF16)
-    residency = ModelResidency(bundle, device, compute_dtype)
+    residency = ModelResidency(bundle, device, compute_dtype, cuda_graphs=cuda_graphs)
     reference: dict[str, torch.Tensor] = {}
     reference_seconds: dict[str, float] = {}
     entries = []
@@ -161,6 +172,7 @@ def run_forward_bench(
                     "seconds": round(median, 5),
                     "runs": [round(s, 5) for s in seconds],
                     "fp8_gemm_calls_per_forward": fp8_calls,
+                    "cuda_graphs": residency.cuda_graphs,
                 }
                 if quantization is Quantization.BF16:
                     reference[shape.label], reference_seconds[shape.label] = video, median

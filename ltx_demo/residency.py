@@ -22,6 +22,7 @@ import torch
 from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
+from ltx_demo.cuda_graphs import GraphedBlocks
 from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, fuse_in_place_, load_lora_pairs
 from ltx_demo.quantization import (
     NF4_BYTES_PER_WEIGHT,
@@ -157,8 +158,10 @@ class ModelResidency:
         device: torch.device,
         compute_dtype: torch.dtype,
         on_loading: Callable[[str | None], None] | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.bundle = bundle
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"  # replay the transformer blocks (cuda_graphs.py)
         self.device = device
         self.compute_dtype = compute_dtype
         self.build_counts: Counter[str] = BuildCounts()
@@ -345,6 +348,17 @@ class ModelResidency:
         self.build_counts[ADAPTER] += 1
         self.stage_2_lora = "fused in place"
 
+    def _adapter_state(self) -> tuple:
+        """What of the adapter changes the blocks' code path: a graph captured with it on cannot replay it off."""
+        adapter = self._adapters.get("transformer")
+        return (id(adapter), adapter.enabled) if adapter else (None, False)
+
+    def _invalidate_graphs(self) -> None:
+        for model in self._held.values():
+            graphed = getattr(model, "velocity_model", model).__dict__.get("_process_transformer_blocks")
+            if isinstance(graphed, GraphedBlocks):
+                graphed.invalidate()
+
     def adapter(self, name: str = "transformer") -> LowRankAdapter | None:
         return self._adapters.get(name)
 
@@ -374,6 +388,7 @@ class ModelResidency:
             finally:
                 self._on_loading(None)
             self._adapters["transformer"] = adapter
+            self._invalidate_graphs()  # the linears' forwards changed
             self.build_counts[ADAPTER] += 1
             return adapter
 
@@ -406,6 +421,8 @@ class ModelResidency:
         _assert_materialized(label, model, self.bundle)
         if name.startswith("transformer"):
             _cast_unquantized_(model, self.compute_dtype)
+            if self.cuda_graphs:
+                GraphedBlocks(model.velocity_model, extra_key=self._adapter_state)
         model.requires_grad_(False)
         self.build_counts[name] += 1
         if loads_before is None or sum(self._registry.loads.values()) > loads_before:
@@ -463,7 +480,9 @@ class ModelResidency:
     def _drop_adapters(self) -> None:
         for adapter in self._adapters.values():
             adapter.detach()
-        self._adapters.clear()
+        if self._adapters:
+            self._adapters.clear()
+            self._invalidate_graphs()
 
     def _drop_host_cache(self) -> None:
         if self._registry is not None:

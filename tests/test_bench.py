@@ -55,7 +55,7 @@ def test_forward_bench_times_each_shape_and_quantization_against_bf16(tiny_bundl
     assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
     assert len(json.loads(into.read_text())["forward"]) == 6  # the same measurement again replaces, not appends
     table = markdown.read_text()
-    assert "| 128x128x17/4 | 48 x 4 | fp8-cast |" in table
+    assert "| no | 128x128x17/4 | 48 x 4 | fp8-cast |" in table
     capsys.readouterr()
 
 

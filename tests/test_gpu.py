@@ -140,3 +140,42 @@ def test_fp8_scaled_mm_linear_is_close_to_bf16_and_counts_its_gemm():
     assert ScaledMMCounter.calls == calls + 1 and out.shape == (2, 1248, 2048) and out.dtype == torch.bfloat16
     error = float((out.float() - expected).norm() / expected.norm())
     assert error < 0.05, error  # the activations' fp8 rounding (the weights are fp8 on both sides)
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-cast", "fp8-scaled-mm"])
+def test_cuda_graph_replay_gives_the_eager_output(tiny_bundle, quantization):
+    """GraphedBlocks on a real transformer: the replayed forward equals the eager one bit for bit, a new input
+    shape captures a second graph, and the same shape replays."""
+    from ltx_demo.forward_bench import ForwardShape, stage_inputs
+    from ltx_demo.residency import ModelConfig, ModelResidency
+    from ltx_demo.settings import Quantization, Residency
+
+    outputs = {}
+    for graphs in (False, True):
+        models = ModelResidency(tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=graphs)
+        models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, 1.0))
+        with models.stage_transformer(1) as transformer, torch.inference_mode():
+            small = stage_inputs(transformer, ForwardShape(128, 128, 17))
+            batched = stage_inputs(transformer, ForwardShape(128, 128, 17, batch=2), seed=1)
+            outputs[graphs] = [transformer(**small)[0].clone() for _ in range(3)] + [transformer(**batched)[0]]
+            graphed = transformer.velocity_model.__dict__.get("_process_transformer_blocks")
+            if graphs:
+                assert graphed.captures == 2 and graphed.replays == 4
+            else:
+                assert graphed is None
+        models.release_all()
+    for eager, replayed in zip(outputs[False], outputs[True], strict=True):
+        assert torch.equal(eager, replayed)
+
+
+def test_cuda_graphs_in_the_engine_match_eager_and_follow_the_adapter(tiny_bundle, small_request, tmp_path):
+    """Stage 1 (adapter off) and stage 2 (adapter on) capture separate graphs; frames equal the eager engine's."""
+    frames = {}
+    for graphs in (False, True):
+        engine = Engine(tiny_bundle, tmp_path / str(graphs), device="cuda", cuda_graphs=graphs)
+        request = small_request(quantization="fp8-cast", width=128, height=128, num_frames=17)
+        frames[graphs] = [decode_mp4(engine.generate(request).output)[0] for _ in range(2)]
+        if graphs:
+            graphed = engine.models.held("transformer").velocity_model._process_transformer_blocks
+            assert graphed.captures >= 2 and graphed.replays > graphed.captures
+    assert all(np.array_equal(frames[False][0], f) for f in (*frames[False], *frames[True]))

@@ -41,3 +41,23 @@ def test_fp8_scaled_mm_is_refused_without_fp8_tensor_cores(tiny_bundle, small_re
     with pytest.raises(InvalidRequest, match=r"fp8-scaled-mm .* GPU tensor cores"):
         engine.generate(small_request(quantization="fp8-scaled-mm"))
     assert sum(engine.models.build_counts.values()) == 0
+
+
+def test_cuda_graph_helpers_flatten_and_rebuild_the_blocks_arguments():
+    """What GraphedBlocks copies into its static inputs: every tensor inside ltx-core's TransformerArgs, in order,
+    with the structure (bools, None, nested tuples) kept for the rebuild. Replay itself needs CUDA (test_gpu)."""
+    from ltx_core.model.transformer.transformer_args import TransformerArgs
+
+    from ltx_demo.cuda_graphs import flatten, unflatten
+
+    t = [torch.randn(2, 3) for _ in range(6)]
+    args = TransformerArgs(x=t[0], context=t[1], context_mask=None, timesteps=t[2], embedded_timestep=t[3],
+                           positional_embeddings=(t[4], t[5]), cross_positional_embeddings=None,
+                           cross_scale_shift_timestep=None, cross_gate_timestep=None, enabled=True)  # fmt: skip
+    structure, tensors = flatten((args, None))
+    assert len(tensors) == 6 and all(a is b for a, b in zip(tensors, t, strict=True))
+    copies = [x.clone() for x in tensors]
+    rebuilt, nothing = unflatten(structure, copies)
+    assert nothing is None and isinstance(rebuilt, TransformerArgs) and rebuilt.enabled is True
+    assert rebuilt.x is copies[0] and rebuilt.positional_embeddings[1] is copies[5]
+    assert isinstance(rebuilt.positional_embeddings, tuple) and rebuilt.context_mask is None
