@@ -66,6 +66,23 @@ def _signature(structure, tensors: list[torch.Tensor]) -> Hashable:
     return structure, tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
+def _mask_caching(perturbations):
+    """The same BatchedPerturbationConfig, its masks made once and kept. ltx-core builds a partial mask with
+    `mask[i] = 0`, a host-to-device scalar copy a capture may not contain; the warm-ups (not captured) fill the
+    cache, the capture then reads it, and the captured graph keeps those tensors alive."""
+    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+
+    class CachedMasks(type(perturbations)):
+        def mask(self, perturbation_type, block, device, dtype):
+            key = (perturbation_type, block, str(device), dtype)
+            if key not in cache:
+                cache[key] = BatchedPerturbationConfig.mask(self, perturbation_type, block, device, dtype)
+            return cache[key]
+
+    cache: dict = {}
+    return CachedMasks(perturbations=perturbations.perturbations)
+
+
 @dataclass(slots=True)
 class _Captured:
     graph: torch.cuda.CUDAGraph
@@ -73,6 +90,7 @@ class _Captured:
     output_structure: object
     outputs: list[torch.Tensor]
     output_is_input: dict[int, int]  # output leaf -> input leaf, where the blocks passed an input through
+    perturbations: object  # with the masks the graph reads
 
 
 class GraphedBlocks:
@@ -108,6 +126,7 @@ class GraphedBlocks:
     def _capture(self, structure, tensors: list[torch.Tensor], perturbations) -> _Captured:
         static_inputs = [t.clone() for t in tensors]
         video, audio = unflatten(structure, static_inputs)
+        perturbations = _mask_caching(perturbations)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm up off the capture: cuBLAS handles, Triton compiles, allocator
@@ -129,7 +148,7 @@ class GraphedBlocks:
         }
         self.captures += 1
         logger.info("captured the transformer blocks for a new input signature (%d so far)", self.captures)
-        return _Captured(graph, static_inputs, output_structure, outputs, passthrough)
+        return _Captured(graph, static_inputs, output_structure, outputs, passthrough, perturbations)
 
     def invalidate(self) -> None:
         """Drop every captured graph (and with them their pool)."""

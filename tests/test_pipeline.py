@@ -61,3 +61,24 @@ def test_cuda_graph_helpers_flatten_and_rebuild_the_blocks_arguments():
     assert nothing is None and isinstance(rebuilt, TransformerArgs) and rebuilt.enabled is True
     assert rebuilt.x is copies[0] and rebuilt.positional_embeddings[1] is copies[5]
     assert isinstance(rebuilt.positional_embeddings, tuple) and rebuilt.context_mask is None
+
+
+def test_cuda_graph_captures_read_perturbation_masks_made_before_the_capture():
+    from ltx_core.guidance.perturbations import (
+        BatchedPerturbationConfig,
+        Perturbation,
+        PerturbationConfig,
+        PerturbationType,
+    )
+
+    from ltx_demo.cuda_graphs import _mask_caching
+
+    skip = PerturbationType.SKIP_VIDEO_SELF_ATTN
+    original = BatchedPerturbationConfig([PerturbationConfig.empty(), PerturbationConfig([Perturbation(skip, [0])])])
+    cached = _mask_caching(original)
+    values = torch.zeros(2, 3, 4)
+    first, again = cached.mask_like(skip, 0, values), cached.mask_like(skip, 0, values)
+    assert torch.equal(first, original.mask_like(skip, 0, values)) and first.flatten().tolist() == [1.0, 0.0]
+    assert first.data_ptr() == again.data_ptr()  # made once: a capture reads it, it never writes it
+    assert repr(cached).endswith(repr(original).removeprefix("BatchedPerturbationConfig"))
+    assert cached.any_in_batch(skip, 0) and not cached.all_in_batch(skip, 0)
