@@ -72,6 +72,9 @@ def _mask_caching(perturbations):
     cache, the capture then reads it, and the captured graph keeps those tensors alive."""
     from ltx_core.guidance.perturbations import BatchedPerturbationConfig
 
+    if perturbations is None:  # stage 2 calls without any
+        return None
+
     class CachedMasks(type(perturbations)):
         def mask(self, perturbation_type, block, device, dtype):
             key = (perturbation_type, block, str(device), dtype)
