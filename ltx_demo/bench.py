@@ -131,7 +131,8 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "page_cache": page_cache,
         "variant": f"LoRA {summary['stage_2_lora'] or summary['lora_mode']}, "
         f"text encoder {summary['text_encoder_quantization']}"
-        + ("" if config.batch_guidance else ", unbatched guidance"),
+        + ("" if config.batch_guidance else ", unbatched guidance")
+        + (", CUDA graphs" if engine.models.cuda_graphs else ""),
         "counters": summary["counters"],
         "components": engine.models.describe(),  # what stays on the device after the run, per model (bytes)
         "forward_seconds": {
