@@ -1253,13 +1253,13 @@ def build_demo(
                         elem_id="residency",
                         info=" ".join(RESIDENCY_NOTES.get(r.value, r.value) for r in Residency),
                     )
-                    vram_budget = gr.Number(
-                        value=0,
-                        minimum=0,
-                        label="VRAM budget for auto (GiB)",
-                        info="auto picks the fastest mode whose peak fits; 0: what the device has free",
-                        elem_id="vram-budget",
-                    )
+                vram_budget = gr.Number(
+                    value=0,
+                    minimum=0,
+                    label="VRAM budget for residency auto (GiB)",
+                    info="auto picks the fastest mode whose peak fits this budget; 0: what the device has free",
+                    elem_id="vram-budget",
+                )
                 with gr.Accordion("Advanced: guidance", open=False):
                     with gr.Row():
                         cfg_scale = gr.Slider(1.0, 10.0, value=guidance.cfg_scale, step=0.1, label="CFG scale")
