@@ -42,7 +42,8 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="replay the transformer blocks as CUDA graphs (less host time per step; holds their activations)",
+        help="replay the transformer blocks as CUDA graphs: less host time per step, ~1.3 GiB more held; pays off in "
+        "persistent mode (per-request modes capture again for every request)",
     )
 
 
