@@ -174,7 +174,6 @@ class ModelResidency:
         self._ledgers = None
         self._registry: PinnedStateDictRegistry | None = None
         self._measured_peaks: dict[tuple, int] = {}
-        self._in_request = False
         self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
         self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
         self._lock = threading.RLock()
@@ -240,12 +239,10 @@ class ModelResidency:
     def request(self) -> Iterator[None]:
         """One generation. Modes other than persistent leave nothing on the device after it, error or not."""
         self.stage_2_lora = None
-        self._in_request = True
         try:
             yield
         finally:
             with self._lock:
-                self._in_request = False
                 self._kept.clear()
                 if self._config is not None and self._config.residency is not Residency.PERSISTENT:
                     self.release_all()
@@ -469,12 +466,7 @@ class ModelResidency:
             if model is not None:
                 self._fused.discard(id(model))
                 del model
-                if self._in_request:
-                    # Within a request the next phase reuses the allocator's freed blocks (handing them to the
-                    # driver and asking again cost ~3 s a request at full scale); the request's end returns them.
-                    gc.collect()
-                else:
-                    free_device_memory(self.device)
+                free_device_memory(self.device)
 
     def release_all(self) -> None:
         """Free every model held on the device (the host cache, if any, stays)."""
