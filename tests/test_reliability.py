@@ -7,6 +7,7 @@ torch.OutOfMemoryError with CUDA's own message. tests/test_gpu_oom.py is the rea
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import gc
 import json
@@ -323,7 +324,13 @@ def test_cancel_through_the_api_frees_the_run_and_writes_nothing(live_app):
     while not (engine.status()["busy"] and (s := engine.live_samples()) and s[-1].phase == "stage_1"):
         assert time.monotonic() < deadline, "the job never reached stage_1"
         time.sleep(0.05)
-    client.predict(api_name="/cancel")
+    try:
+        client.predict(api_name="/cancel")
+    except concurrent.futures.CancelledError:
+        # Seen once in CI under load: gradio_client reported the /cancel call itself as cancelled (its `cancels`
+        # drops this session's generate job at the same moment). Whether the cancel happened is what the job's
+        # result below checks: had it not, the 100-step job would finish and write a result.
+        pass
     with pytest.raises(AppError, match=r"cancelled at stage_1 step .*Nothing was written"):
         job.result(timeout=60)
 
