@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,54 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# -- the real app, served from a thread -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LiveApp:
+    url: str
+    engine: object
+    demo: object
+    output_dir: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(bundle_root: Path, output_dir: Path) -> LiveApp:
+    """The real app (same flags, engine, UI and queue as `python app.py`), served from a thread of this process so a
+    test can compare what the page showed with what the engine recorded."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import app
+
+    port = free_port()
+    args = app.build_parser().parse_args(
+        ["--bundle", str(bundle_root), "--port", str(port), "--output-dir", str(output_dir)]
+    )
+    engine, demo = app.create_app(args)
+    app.launch(demo, args, block=False)
+    return LiveApp(f"http://127.0.0.1:{port}/", engine, demo, output_dir)
+
+
+@pytest.fixture(scope="module")
+def live_app(tiny_bundle, tmp_path_factory, request):
+    """One real app per test module, writing into its own output folder."""
+    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp(f"{request.module.__name__.rsplit('.', 1)[-1]}-out"))
+    yield running
+    running.demo.close()
+
+
+@pytest.fixture
+def page(browser, live_app):
+    """A fresh tab on the live app, after its load events have run."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1100})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.goto(live_app.url)
+    tab.wait_for_selector("#generate")
+    tab.wait_for_selector("#duration-note :text('frames')")
+    yield tab
+    context.close()

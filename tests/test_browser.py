@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from tests.conftest import EVERY_PHASE
-from tests.test_ui import ASSETS, ROOT, start_app
+from tests.test_ui import ASSETS, ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -33,25 +33,6 @@ VIDEO_STATE_JS = """async (selector) => {
     return {duration: video.duration, src: video.currentSrc, width: video.videoWidth, height: video.videoHeight,
             error: video.error ? video.error.code : null};
 }"""
-
-
-@pytest.fixture(scope="module")
-def live_app(tiny_bundle, tmp_path_factory):
-    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("browser-outputs"))
-    yield running
-    running.demo.close()
-
-
-@pytest.fixture
-def page(browser, live_app):
-    context = browser.new_context(viewport={"width": 1440, "height": 1100})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(live_app.url)
-    page.wait_for_selector("#generate")
-    page.wait_for_selector("#duration-note :text('frames')")  # the load events have run
-    yield page
-    context.close()
 
 
 # -- page helpers ---------------------------------------------------------------------------------------------------

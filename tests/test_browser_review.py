@@ -21,7 +21,7 @@ from tests.test_browser import (
     upload_portrait,
     wait_until,
 )
-from tests.test_ui import ASSETS, ROOT, start_app
+from tests.test_ui import ASSETS, ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -52,13 +52,6 @@ SHOWN_JS = """async () => {
     }
     return shown;
 }"""
-
-
-@pytest.fixture(scope="module")
-def live_app(tiny_bundle, tmp_path_factory):
-    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("review-outputs"))
-    yield running
-    running.demo.close()
 
 
 def state(page) -> dict:

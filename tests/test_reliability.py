@@ -31,7 +31,7 @@ from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
 
 from .conftest import ASSETS
 from .test_engine import decode_mp4
-from .test_ui import SMALL, start_app
+from .test_ui import SMALL
 
 CUDA_OOM = (
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 GiB is "
@@ -295,13 +295,6 @@ def test_engine_prunes_after_each_result_and_keeps_the_new_one(tiny_bundle, tmp_
 
 
 # -- the real app: cancel, concurrency --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def live_app(tiny_bundle, tmp_path_factory):
-    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("reliability-outputs"))
-    yield running
-    running.demo.close()
-
-
 def files():
     from gradio_client import handle_file
 
@@ -386,17 +379,6 @@ def test_four_clients_at_once_each_get_their_own_seed(live_app, monkeypatch):
 
 
 # -- in the browser: a closed tab, and padded audio said on the page -----------------------------------------------
-@pytest.fixture
-def page(live_app, browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1100})
-    tab = context.new_page()
-    tab.set_default_timeout(30_000)
-    tab.goto(live_app.url)
-    tab.wait_for_selector("#duration-note :text('frames')")
-    yield tab
-    context.close()
-
-
 @pytest.mark.browser
 def test_closing_the_tab_cancels_its_run_and_writes_nothing(page, live_app):
     from .test_browser import fill_small_run

@@ -149,7 +149,8 @@ def test_side_by_side_export_has_both_videos_and_a_copy_of_as_audio(reproduced, 
 def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
     from gradio_client import Client, handle_file
 
-    from .test_ui import SMALL, start_app
+    from .conftest import start_app
+    from .test_ui import SMALL
 
     output_dir = tmp_path / "outputs"
     first = start_app(tiny_bundle.root, output_dir)

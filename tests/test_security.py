@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from .conftest import ASSETS
-from .test_ui import ROOT, SMALL, free_port
+from .conftest import ASSETS, free_port
+from .test_ui import ROOT, SMALL
 
 UPLOAD_CAP_MB = 1
 

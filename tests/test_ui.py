@@ -6,12 +6,9 @@ The live app here is the real one (app.py's flags -> engine -> UI -> queue -> la
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,42 +28,6 @@ SMALL = dict(
     quantization="bf16",
     residency="persistent",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class LiveApp:
-    url: str
-    engine: object
-    demo: object
-    output_dir: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(bundle_root: Path, output_dir: Path) -> LiveApp:
-    """The real app (same flags, engine, UI and queue as `python app.py`), served from a thread of this process so a
-    test can compare what the page showed with what the engine recorded."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import app
-
-    port = free_port()
-    args = app.build_parser().parse_args(
-        ["--bundle", str(bundle_root), "--port", str(port), "--output-dir", str(output_dir)]
-    )
-    engine, demo = app.create_app(args)
-    app.launch(demo, args, block=False)
-    return LiveApp(f"http://127.0.0.1:{port}/", engine, demo, output_dir)
-
-
-@pytest.fixture(scope="module")
-def live_app(tiny_bundle, tmp_path_factory):
-    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("ui-outputs"))
-    yield running
-    running.demo.close()
 
 
 @pytest.fixture(scope="module")

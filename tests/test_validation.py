@@ -24,7 +24,7 @@ from ltx_demo.settings import ImageFit
 from ltx_demo.types import InvalidRequest
 
 from .conftest import ASSETS
-from .test_ui import SMALL, start_app
+from .test_ui import SMALL
 
 TONE_HZ = 220.0
 
@@ -287,13 +287,6 @@ API_FIELDS = {  # GenerationRequest field -> the /generate parameter that carrie
     "width": "width",
     "height": "height",
 }
-
-
-@pytest.fixture(scope="module")
-def live_app(tiny_bundle, tmp_path_factory):
-    running = start_app(tiny_bundle.root, tmp_path_factory.mktemp("validation-outputs"))
-    yield running
-    running.demo.close()
 
 
 def test_catalogue_through_the_api_then_a_good_request(live_app, files):
