@@ -40,6 +40,9 @@ from ltx_demo.types import (
 logger = logging.getLogger(__name__)
 
 CUSTOM = "custom"
+# Every event that runs the pipeline shares one queue of one: jobs never overlap on the device, a second click while
+# one is pending is dropped.
+GPU_JOB = dict(concurrency_limit=1, concurrency_id="gpu", trigger_mode="once")
 RESOLUTIONS = (
     ("768 × 512 · landscape", "768x512"),
     ("1024 × 768 · landscape", "1024x768"),
@@ -1747,9 +1750,7 @@ def build_demo(
             inputs,
             [video, parameters, result_state],
             api_name="generate",
-            concurrency_limit=1,
-            concurrency_id="gpu",
-            trigger_mode="once",
+            **GPU_JOB,
             show_progress_on=[video],
         )
         run_event.success(
@@ -1789,9 +1790,7 @@ def build_demo(
             selected_path,
             [*selected_outputs, reproduce_report],
             api_name="reproduce",
-            concurrency_limit=1,
-            concurrency_id="gpu",
-            trigger_mode="once",
+            **GPU_JOB,
             show_progress_on=[selected_video],
         )
         reproduce_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
@@ -1800,9 +1799,7 @@ def build_demo(
             selected_path,
             [pick_a, pick_b, compare_view],
             api_name="compare_other_take",
-            concurrency_limit=1,
-            concurrency_id="gpu",
-            trigger_mode="once",
+            **GPU_JOB,
             show_progress_on=[compare_view],
         )
         other_take_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
