@@ -327,26 +327,32 @@ class ModelResidency:
         """Read the LoRA (through the host cache when there is one) and fuse it in place, once per build."""
         if id(model) in self._fused:
             return
+        with self._lora_pairs(on_build) as pairs, torch.inference_mode(False), torch.no_grad():
+            fused = fuse_in_place_(model, pairs, self._config.distilled_lora_strength)
+        logger.info("distilled LoRA fused in place into %d linears for stage 2", fused)
+        self._fused.add(id(model))
+        self.build_counts[ADAPTER] += 1
+        self.stage_2_lora = "fused in place"
+
+    @contextlib.contextmanager
+    def _lora_pairs(self, on_build) -> Iterator[dict]:
+        """The distilled LoRA's (A, B) pairs, read with ltx-core's own loader (builder.load_sd: through the host cache
+        when there is one), as the `lora_adapter` build phase; a LoRA that does not fit the transformer is a
+        BundleError naming the file."""
         stage_1, _ = self._ledgers
         builder = stage_1.transformer_builder
         scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
         self._on_loading(ADAPTER)
         try:
-            with scope, torch.inference_mode(False), torch.no_grad():
-                pairs = load_lora_pairs(
+            with scope:
+                yield load_lora_pairs(
                     str(self.bundle.distilled_lora),
                     lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
                 )
-                fused = fuse_in_place_(model, pairs, self._config.distilled_lora_strength)
-                del pairs
         except LoraTargetError as exc:
             raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
         finally:
             self._on_loading(None)
-        logger.info("distilled LoRA fused in place into %d linears for stage 2", fused)
-        self._fused.add(id(model))
-        self.build_counts[ADAPTER] += 1
-        self.stage_2_lora = "fused in place"
 
     def _adapter_state(self) -> tuple:
         """What of the adapter changes the blocks' code path: a graph captured with it on cannot replay it off."""
@@ -369,24 +375,10 @@ class ModelResidency:
             adapter = self._adapters.get("transformer")
             if adapter is not None or strength == 0:
                 return adapter  # strength 0: stage 2 runs the base weights, as ltx-core's fusion does
-            scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
-            self._on_loading(ADAPTER)
-            try:
-                with scope:
-                    stage_1, _ = self._ledgers
-                    builder = stage_1.transformer_builder
-                    # ltx-core's own LoRA read (builder.load_sd): through the host cache when there is one.
-                    pairs = load_lora_pairs(
-                        str(self.bundle.distilled_lora),
-                        lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
-                    )
-                    adapter = LowRankAdapter(
-                        model, pairs, strength, self.compute_dtype, store_fp8=stores_fp8(self._config.quantization)
-                    )
-            except LoraTargetError as exc:
-                raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
-            finally:
-                self._on_loading(None)
+            with self._lora_pairs(on_build) as pairs:
+                adapter = LowRankAdapter(
+                    model, pairs, strength, self.compute_dtype, store_fp8=stores_fp8(self._config.quantization)
+                )
             self._adapters["transformer"] = adapter
             self._invalidate_graphs()  # the linears' forwards changed
             self.build_counts[ADAPTER] += 1
