@@ -81,8 +81,8 @@ def toasts(page) -> str:
     return "\n".join(page.locator(".toast-body").all_inner_texts())
 
 
-def fill_small_run(page, *, seed: int = 1234, steps: int = 2) -> None:
-    """The smallest video the pipeline accepts: 64x64, 9 frames (0.375 s at 24 fps)."""
+def fill_inputs_for_a_custom_size(page) -> None:
+    """Portrait, voice and prompt in, the frame count set by hand, the resolution switched to custom."""
     upload_portrait(page, ASSETS / "astronaut.png")
     upload_audio(page, ASSETS / "speech_hello.wav")
     page.wait_for_selector("#match-note :text('lasts 4.53 s')")  # the audio was read and matched
@@ -90,6 +90,11 @@ def fill_small_run(page, *, seed: int = 1234, steps: int = 2) -> None:
     page.wait_for_selector("#match-note :text('frames set by hand')")
     page.locator("#prompt textarea").fill("A woman astronaut speaks calmly to the camera, static close-up.")
     choose(page, "resolution", "custom")
+
+
+def fill_small_run(page, *, seed: int = 1234, steps: int = 2) -> None:
+    """The smallest video the pipeline accepts: 64x64, 9 frames (0.375 s at 24 fps)."""
+    fill_inputs_for_a_custom_size(page)
     set_number(page, "width", 64)
     set_number(page, "height", 64)
     set_number(page, "frames", 9)

@@ -15,13 +15,12 @@ import pytest
 
 from tests.test_browser import (
     choose,
+    fill_inputs_for_a_custom_size,
     set_number,
     toasts,
-    upload_audio,
-    upload_portrait,
     wait_until,
 )
-from tests.test_ui import ASSETS, ROOT
+from tests.test_ui import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -79,13 +78,7 @@ def test_two_takes_play_step_and_export_together(browser, live_app, tmp_path):
     assert page.evaluate("typeof window.ltxAB") == "object", "the A/B script (launch head) did not run"
 
     # Take 1: fp8-cast, 64x64, 25 frames at 24 fps.
-    upload_portrait(page, ASSETS / "astronaut.png")
-    upload_audio(page, ASSETS / "speech_hello.wav")
-    page.wait_for_selector("#match-note :text('lasts 4.53 s')")  # the audio was read and matched
-    page.locator("#match-audio input[type=checkbox]").uncheck()
-    page.wait_for_selector("#match-note :text('frames set by hand')")
-    page.locator("#prompt textarea").fill("A woman astronaut speaks calmly to the camera, static close-up.")
-    choose(page, "resolution", "custom")
+    fill_inputs_for_a_custom_size(page)
     for elem_id, value in (("width", 64), ("height", 64), ("frames", FRAMES), ("steps", 2), ("seed", 4321)):
         set_number(page, elem_id, value)
     choose(page, "frame-rate", str(FPS))
