@@ -108,6 +108,33 @@ def test_per_request_modes_build_once_per_request_and_hold_nothing_after(tiny_bu
     assert engine.models.resident() == ()
 
 
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
+def test_release_frees_every_tensor_at_once_without_a_gc_pass(tiny_bundle, quantization):
+    """fp8-cast's and the adapter's forward patches make each patched Linear a reference cycle, and the stage
+    block's caller still names the transformer when it is released: its tensors must go anyway, at release."""
+    import gc
+    import weakref
+
+    residency = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    residency.configure(ModelConfig(Quantization(quantization), Residency.COLD_START, 1.0))
+    gc.collect()
+    gc.disable()
+    try:
+        with residency.request():
+            with residency.stage_transformer(1) as transformer:
+                tensors = [weakref.ref(t) for t in [*transformer.parameters(), *transformer.buffers()]]
+            with residency.stage_transformer(2) as transformer:
+                assert residency.adapter() is not None  # the adapter's forward patches are on
+                held = transformer  # a name the caller keeps past the block
+            with residency.use("video_decoder") as decoder:
+                decoder_tensors = [weakref.ref(t) for t in [*decoder.parameters(), *decoder.buffers()]]
+        alive = sum(ref() is not None for ref in tensors + decoder_tensors)
+    finally:
+        gc.enable()
+    assert alive == 0, f"{alive} of {len(tensors) + len(decoder_tensors)} tensors outlived their release"
+    assert list(held.parameters()) == []  # what the caller kept is an empty shell
+
+
 def test_switching_mode_or_quantization_releases_before_the_new_config_builds(tiny_bundle, small_request, tmp_path,
                                                                               monkeypatch):  # fmt: skip
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
