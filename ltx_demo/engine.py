@@ -124,6 +124,7 @@ class Engine:
         device: str | None = None,
         keep_outputs: KeepPolicy | None = None,
         cuda_graphs: bool = False,
+        nf4_cache_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -133,7 +134,12 @@ class Engine:
         self.compute_dtype = compute_dtype_for(self.device)
         self.loading: str | None = None
         self.models = ModelResidency(
-            bundle, self.device, self.compute_dtype, on_loading=self._set_loading, cuda_graphs=cuda_graphs
+            bundle,
+            self.device,
+            self.compute_dtype,
+            on_loading=self._set_loading,
+            cuda_graphs=cuda_graphs,
+            nf4_cache_dir=nf4_cache_dir,
         )
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()

@@ -8,10 +8,12 @@ runtime adapter for stage 2); `auto` picks a mode per request from a VRAM budget
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import assert_never
 
 import torch
-from ltx_core.loader.registry import StateDictRegistry
+from ltx_core.loader.registry import DummyRegistry, StateDictRegistry
 
+from ltx_demo import nf4_state
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
 from ltx_demo.cuda_graphs import GraphedBlocks
 from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, fuse_in_place_, load_lora_pairs
@@ -178,8 +181,11 @@ class ModelResidency:
         compute_dtype: torch.dtype,
         on_loading: Callable[[str | None], None] | None = None,
         cuda_graphs: bool = False,
+        nf4_cache_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
+        # cold-start keeps the nf4 text encoder's quantized state in a file here (nf4_state.py); None: never
+        self.nf4_cache_dir = nf4_cache_dir
         self.cuda_graphs = cuda_graphs and device.type == "cuda"  # replay the transformer blocks (cuda_graphs.py)
         self.device = device
         self.compute_dtype = compute_dtype
@@ -192,6 +198,7 @@ class ModelResidency:
         self._config: ModelConfig | None = None
         self._ledgers = None
         self._registry: PinnedStateDictRegistry | None = None
+        self._nf4_state: dict[str, torch.Tensor] | None = None  # host-cached: the quantized text encoder, pinned
         self._measured_peaks: dict[tuple, int] = {}
         self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
         self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
@@ -441,22 +448,69 @@ class ModelResidency:
         return model
 
     def _build_text_encoder(self, ledger):
-        """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU, 4-bit linears swapped in,
-        then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears).
-        Either way the parts a text prompt never runs are dropped (text_path)."""
+        """bf16 through ModelLedger.text_encoder(); nf4: see _build_nf4_text_encoder. Either way the parts a text
+        prompt never runs are dropped (text_path)."""
         match self._config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
                 text_encoder = ledger.text_encoder()
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
-                text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
-                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
-                swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
-                logger.info("text encoder: %d linears in nf4", swapped)
-                return text_encoder.to(self.device).eval()
+                return self._build_nf4_text_encoder(ledger.text_encoder_builder)
             case _:
                 assert_never(self._config.text_encoder_quantization)
+
+    def _build_nf4_text_encoder(self, builder):
+        """ltx-core's builder onto the CPU in bf16, 4-bit linears swapped in, then the move to the device, which is
+        where bitsandbytes quantizes (the device never sees bf16 linears). That quantized state is kept (nf4_state):
+        host-cached in pinned memory, cold-start in a file under nf4_cache_dir; later builds start from it."""
+        residency = self._config.residency
+        cache_file = None
+        if residency is Residency.HOST_CACHED and self._nf4_state is not None:
+            return nf4_state.build_from_quantized_state(builder, self._nf4_state, self.device, self.compute_dtype)
+        if residency is Residency.COLD_START and self.nf4_cache_dir is not None:
+            cache_file = nf4_state.cache_file(self.nf4_cache_dir, list(builder.model_path))
+            if cache_file.is_file():
+                try:
+                    state = nf4_state.load_state(cache_file, self.device)
+                    return nf4_state.build_from_quantized_state(builder, state, self.device, self.compute_dtype)
+                except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        raise
+                    logger.warning("ignoring the unreadable nf4 cache %s (%s); quantizing again", cache_file, exc)
+                    cache_file.unlink(missing_ok=True)
+        if residency is Residency.HOST_CACHED:
+            # The bf16 Gemma is read past the host cache: the cache keeps the quantized state instead (a third).
+            builder = dataclasses.replace(builder, registry=DummyRegistry())
+            self._registry.loads["text_encoder (nf4)"] += 1
+        text_encoder = builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+        logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
+        swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
+        logger.info("text encoder: %d linears in nf4", swapped)
+        text_encoder = text_encoder.to(self.device).eval()
+        if residency is Residency.HOST_CACHED:
+            self._nf4_state = nf4_state.quantized_state(text_encoder, pin=torch.cuda.is_available())
+        elif cache_file is not None:
+            self._write_nf4_cache(text_encoder, cache_file)
+        return text_encoder
+
+    def _write_nf4_cache(self, text_encoder: torch.nn.Module, cache_file: Path) -> None:
+        """Once per Gemma: a failure (disk full, read-only folder) is logged and never fails the request."""
+        started = time.perf_counter()
+        try:
+            nf4_state.save_state(nf4_state.quantized_state(text_encoder, pin=False), cache_file)
+        except (OSError, RuntimeError) as exc:
+            logger.warning(
+                "could not keep the nf4 text encoder in %s (%s); later cold starts quantize again", cache_file, exc
+            )
+            self.nf4_cache_dir = None
+            return
+        logger.info(
+            "nf4 text encoder kept in %s (%.2f GiB, %.1f s): later cold starts read it instead of the bf16 Gemma",
+            cache_file,
+            cache_file.stat().st_size / GIB,
+            time.perf_counter() - started,
+        )
 
     def _build_embeddings_processor(self, ledger):
         """ModelLedger's processor; with an fp8 quantization built on the CPU, its linears stored in fp8, then moved
@@ -499,6 +553,7 @@ class ModelResidency:
             self._invalidate_graphs()
 
     def _drop_host_cache(self) -> None:
+        self._nf4_state = None
         if self._registry is not None:
             self._registry.clear()
             self._registry = None
@@ -514,7 +569,8 @@ class ModelResidency:
         return self._held.get(canonical(name))
 
     def host_cache_bytes(self) -> int:
-        return self._registry.nbytes() if self._registry is not None else 0
+        nf4 = nf4_state.state_bytes(self._nf4_state) if self._nf4_state is not None else 0
+        return (self._registry.nbytes() if self._registry is not None else 0) + nf4
 
     def host_cache_loads(self) -> Counter:
         """Disk reads into the host cache per sd_ops name (each should be 1 however many requests ran)."""
@@ -767,7 +823,9 @@ def _weight_bytes(
         ("video_decoder", ledger.vae_decoder_builder, None),
     ):
         components[name], stored = weigh(builder, device_bytes or (lambda _k, elements, _d: elements * itemsize))
-        host += stored
+        # host-cached keeps the nf4 text encoder as quantized (what the device holds), not the bf16 files
+        nf4_cached = name == "text_encoder" and text_encoder is TextEncoderQuantization.NF4
+        host += components[name] if nf4_cached else stored
     # The fp8 cast happens as the state dict loads, so the host cache holds the transformer's block linears in fp8.
     components["transformer_stage_2"] = components["transformer"]
     lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
