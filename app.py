@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ltx_demo.cli import DEFAULT_PROMPT, add_bundle_flags, nf4_cache_dir_from_args, resolve_from_args
+from ltx_demo.cli import DEFAULT_PROMPT, add_bundle_flags, cold_start_cache_dir_from_args, resolve_from_args
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -95,7 +95,7 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
         args.device,
         keep_outputs=keep,
         cuda_graphs=args.cuda_graphs,
-        nf4_cache_dir=nf4_cache_dir_from_args(args),
+        cold_start_cache_dir=cold_start_cache_dir_from_args(args),
     )
     logger.info("engine on %s, bundle %s", engine.device, bundle.describe())
     logger.info("output folder %s: %s", Path(args.output_dir).resolve(), keep.describe())

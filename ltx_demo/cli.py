@@ -47,10 +47,11 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
         "persistent mode (per-request modes capture again for every request)",
     )
     group.add_argument(
-        "--nf4-cache-dir",
-        default=str(cache_dir() / "nf4"),
-        help="cold-start keeps the nf4 text encoder here once quantized (~7 GiB for Gemma-3-12B) and reads it instead "
-        "of the 23 GiB bf16 Gemma on later requests; 'off': quantize on every request",
+        "--cold-start-cache-dir",
+        default=str(cache_dir() / "cold-start"),
+        help="cold-start keeps the models whose build costs more than their size here, as built (fp8 transformer, "
+        "nf4 Gemma, fp8 embeddings processor: ~33 GB for LTX-2.3), and reads them instead of the bf16 files on later "
+        "requests; 'off': build from the bundle every time",
     )
 
 
@@ -186,8 +187,9 @@ def resolve_from_args(args: argparse.Namespace):
     )
 
 
-def nf4_cache_dir_from_args(args: argparse.Namespace) -> Path | None:
-    return None if args.nf4_cache_dir.lower() == "off" else Path(args.nf4_cache_dir).expanduser()
+def cold_start_cache_dir_from_args(args: argparse.Namespace) -> Path | None:
+    folder = args.cold_start_cache_dir
+    return None if folder.lower() == "off" else Path(folder).expanduser()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
                 Path(args.output_dir),
                 args.device,
                 cuda_graphs=args.cuda_graphs,
-                nf4_cache_dir=nf4_cache_dir_from_args(args),
+                cold_start_cache_dir=cold_start_cache_dir_from_args(args),
             )
             result = engine.generate(request)
             print(json.dumps(result.summary(), indent=2))
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                 Path(args.output_dir),
                 args.device,
                 cuda_graphs=args.cuda_graphs,
-                nf4_cache_dir=nf4_cache_dir_from_args(args),
+                cold_start_cache_dir=cold_start_cache_dir_from_args(args),
             )
             configs = [
                 bench.BenchConfig(

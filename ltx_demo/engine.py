@@ -124,7 +124,7 @@ class Engine:
         device: str | None = None,
         keep_outputs: KeepPolicy | None = None,
         cuda_graphs: bool = False,
-        nf4_cache_dir: Path | None = None,
+        cold_start_cache_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -139,7 +139,7 @@ class Engine:
             self.compute_dtype,
             on_loading=self._set_loading,
             cuda_graphs=cuda_graphs,
-            nf4_cache_dir=nf4_cache_dir,
+            cold_start_cache_dir=cold_start_cache_dir,
         )
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()

@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import importlib.metadata
 import logging
+import shutil
 import threading
 import time
 from collections import Counter
@@ -23,7 +25,7 @@ from typing import assert_never
 import torch
 from ltx_core.loader.registry import DummyRegistry, StateDictRegistry
 
-from ltx_demo import nf4_state
+from ltx_demo import built_states
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
 from ltx_demo.cuda_graphs import GraphedBlocks
 from ltx_demo.lora_adapter import LoraTargetError, LowRankAdapter, fuse_in_place_, load_lora_pairs
@@ -75,6 +77,21 @@ class ModelConfig:
     distilled_lora_strength: float
     lora_mode: LoraMode = LoraMode.ADAPTER
     text_encoder_quantization: TextEncoderQuantization = TextEncoderQuantization.BF16
+
+
+KEEP_FREE_BYTES = 10 * 1024**3  # cold-start keeps a model only if the disk keeps this much free after it
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    """What a kept state depends on besides its source files (built_states.state_folder)."""
+    versions = {}
+    for name in ("torch", "ltx-core", "bitsandbytes"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 def free_device_memory(device: torch.device, collect: bool = True) -> None:
@@ -181,16 +198,17 @@ class ModelResidency:
         compute_dtype: torch.dtype,
         on_loading: Callable[[str | None], None] | None = None,
         cuda_graphs: bool = False,
-        nf4_cache_dir: Path | None = None,
+        cold_start_cache_dir: Path | None = None,
     ) -> None:
         self.bundle = bundle
-        # cold-start keeps the nf4 text encoder's quantized state in a file here (nf4_state.py); None: never
-        self.nf4_cache_dir = nf4_cache_dir
+        # cold-start keeps the fp8 transformer and processor and the nf4 text encoder here as built (built_states)
+        self.cold_start_cache_dir = cold_start_cache_dir
         self.cuda_graphs = cuda_graphs and device.type == "cuda"  # replay the transformer blocks (cuda_graphs.py)
         self.device = device
         self.compute_dtype = compute_dtype
         self.build_counts: Counter[str] = BuildCounts()
         self.disk_reads: Counter[str] = Counter()  # builds that read their weights from disk (not the host cache)
+        self.kept_builds: Counter[str] = Counter()  # builds from a kept state (built_states), not the bundle's files
         self._on_loading = on_loading or (lambda _name: None)
         self._held: dict[str, torch.nn.Module] = {}
         self._adapters: dict[str, LowRankAdapter] = {}
@@ -429,7 +447,7 @@ class ModelResidency:
         loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
         try:
             with gemma_architecture(self.bundle), torch.inference_mode(False):
-                model = factories[name]()
+                model = self._build_kept_or_new(name, factories[name])
         except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
@@ -448,69 +466,127 @@ class ModelResidency:
         return model
 
     def _build_text_encoder(self, ledger):
-        """bf16 through ModelLedger.text_encoder(); nf4: see _build_nf4_text_encoder. Either way the parts a text
-        prompt never runs are dropped (text_path)."""
+        """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU in bf16, 4-bit linears swapped
+        in, then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears).
+        host-cached keeps the quantized state in pinned memory instead of the bf16 Gemma, and later requests start
+        from it. Either way the parts a text prompt never runs are dropped (text_path)."""
         match self._config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
                 text_encoder = ledger.text_encoder()
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
-                return self._build_nf4_text_encoder(ledger.text_encoder_builder)
+                builder = ledger.text_encoder_builder
+                if self._nf4_state is not None:
+                    self.kept_builds["text_encoder"] += 1
+                    return built_states.build_nf4_text_encoder(
+                        builder, self._nf4_state, self.device, self.compute_dtype
+                    )
+                if self._registry is not None:  # host-cached: the bf16 Gemma is read past the cache
+                    builder = dataclasses.replace(builder, registry=DummyRegistry())
+                    self._registry.loads["text_encoder (nf4)"] += 1
+                text_encoder = builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
+                swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
+                logger.info("text encoder: %d linears in nf4", swapped)
+                text_encoder = text_encoder.to(self.device).eval()
+                if self._registry is not None:
+                    self._nf4_state = built_states.host_copy(text_encoder, pin=torch.cuda.is_available())
+                return text_encoder
             case _:
                 assert_never(self._config.text_encoder_quantization)
 
-    def _build_nf4_text_encoder(self, builder):
-        """ltx-core's builder onto the CPU in bf16, 4-bit linears swapped in, then the move to the device, which is
-        where bitsandbytes quantizes (the device never sees bf16 linears). That quantized state is kept (nf4_state):
-        host-cached in pinned memory, cold-start in a file under nf4_cache_dir; later builds start from it."""
-        residency = self._config.residency
-        cache_file = None
-        if residency is Residency.HOST_CACHED and self._nf4_state is not None:
-            return nf4_state.build_from_quantized_state(builder, self._nf4_state, self.device, self.compute_dtype)
-        if residency is Residency.COLD_START and self.nf4_cache_dir is not None:
-            cache_file = nf4_state.cache_file(self.nf4_cache_dir, list(builder.model_path))
-            if cache_file.is_file():
-                try:
-                    state = nf4_state.load_state(cache_file, self.device)
-                    return nf4_state.build_from_quantized_state(builder, state, self.device, self.compute_dtype)
-                except (OSError, KeyError, ValueError, RuntimeError) as exc:
-                    if isinstance(exc, torch.OutOfMemoryError):
-                        raise
-                    logger.warning("ignoring the unreadable nf4 cache %s (%s); quantizing again", cache_file, exc)
-                    cache_file.unlink(missing_ok=True)
-        if residency is Residency.HOST_CACHED:
-            # The bf16 Gemma is read past the host cache: the cache keeps the quantized state instead (a third).
-            builder = dataclasses.replace(builder, registry=DummyRegistry())
-            self._registry.loads["text_encoder (nf4)"] += 1
-        text_encoder = builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
-        logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
-        swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
-        logger.info("text encoder: %d linears in nf4", swapped)
-        text_encoder = text_encoder.to(self.device).eval()
-        if residency is Residency.HOST_CACHED:
-            self._nf4_state = nf4_state.quantized_state(text_encoder, pin=torch.cuda.is_available())
-        elif cache_file is not None:
-            self._write_nf4_cache(text_encoder, cache_file)
-        return text_encoder
+    # -- cold-start: models kept as built ------------------------------------------------------------------------
+    def _kept_folder(self, name: str) -> Path | None:
+        """cold-start: where `name` is kept as built, for the models whose build reads and casts more than they
+        hold (fp8 transformer and processor: bf16 files; nf4 text encoder: the bf16 Gemma); None otherwise."""
+        config = self._config
+        if config.residency is not Residency.COLD_START or self.cold_start_cache_dir is None:
+            return None
+        stage_1, _ = self._ledgers
+        sources = {
+            "transformer": (stores_fp8(config.quantization), [str(self.bundle.checkpoint)]),
+            "embeddings_processor": (stores_fp8(config.quantization), [str(self.bundle.checkpoint)]),
+            "text_encoder": (
+                config.text_encoder_quantization is TextEncoderQuantization.NF4,
+                list(stage_1.text_encoder_builder.model_path),
+            ),
+        }
+        kept, paths = sources.get(name, (False, []))
+        if not kept:
+            return None
+        recipe = {
+            "quantization": config.quantization.value,
+            "text_encoder": config.text_encoder_quantization.value,
+            "dtype": str(self.compute_dtype),
+            "versions": _library_versions(),
+        }
+        return built_states.state_folder(self.cold_start_cache_dir, name, paths, recipe)
 
-    def _write_nf4_cache(self, text_encoder: torch.nn.Module, cache_file: Path) -> None:
-        """Once per Gemma: a failure (disk full, read-only folder) is logged and never fails the request."""
-        started = time.perf_counter()
+    def _build_kept_or_new(self, name: str, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        folder = self._kept_folder(name)
+        if folder is not None and built_states.is_kept(folder):
+            try:
+                model = self._rebuild(name, built_states.load_state(folder, self.device))
+                self.kept_builds[name] += 1
+                return model
+            except built_states.UnreadableState as exc:
+                logger.warning("ignoring the unreadable kept %s in %s (%s); building it again", name, folder, exc)
+                shutil.rmtree(folder, ignore_errors=True)
+        model = build()
+        if folder is not None:
+            self._keep(name, model, folder)
+        return model
+
+    def _rebuild(self, name: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """`name` from its kept state: the meta model its ModelLedger builder makes, the kept tensors assigned."""
+        stage_1, _ = self._ledgers
+        match name:
+            case "text_encoder":
+                builder = stage_1.text_encoder_builder
+                return built_states.build_nf4_text_encoder(builder, state, self.device, self.compute_dtype)
+            case "transformer":
+                from ltx_core.model.transformer.model import X0Model
+
+                builder = stage_1.transformer_builder
+                policy = policy_for(self._config.quantization)
+                module_ops = (*builder.module_ops, *policy.module_ops)  # as ModelLedger.transformer() composes them
+                return built_states.build_with_state(
+                    lambda: X0Model(builder.meta_model(builder.model_config(), module_ops)), state, self.device, name
+                )
+            case "embeddings_processor":
+                builder = stage_1.embeddings_processor_builder
+                processor = built_states.build_with_state(
+                    lambda: builder.meta_model(builder.model_config(), builder.module_ops), state, self.device, name
+                )
+                store_linears_in_fp8_(processor)  # the weights are fp8 already; this puts the upcasting forward on
+                return processor
+            case _:
+                raise AssertionError(f"{name} is never kept")
+
+    def _keep(self, name: str, model: torch.nn.Module, folder: Path) -> None:
+        """Write the built model's state once. A failure (disk full, read-only folder) or too little free space is
+        logged and never fails the request; later cold starts then build from the bundle."""
+        needed = module_bytes(model) + KEEP_FREE_BYTES
         try:
-            nf4_state.save_state(nf4_state.quantized_state(text_encoder, pin=False), cache_file)
-        except (OSError, RuntimeError) as exc:
-            logger.warning(
-                "could not keep the nf4 text encoder in %s (%s); later cold starts quantize again", cache_file, exc
-            )
-            self.nf4_cache_dir = None
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(folder.parent).free
+            if free < needed:
+                logger.warning(
+                    "not keeping %s in %s: %.1f GiB free, %.1f GiB needed (its size + %.0f GiB kept free)",
+                    name, folder.parent, free / GIB, needed / GIB, KEEP_FREE_BYTES / GIB,
+                )  # fmt: skip
+                return
+            started = time.perf_counter()
+            written = built_states.save_model_state(model, folder)
+        except Exception as exc:  # writing the cache must never fail the request
+            logger.warning("could not keep %s in %s (%s); cold starts build it from the bundle", name, folder, exc)
+            self.cold_start_cache_dir = None
             return
         logger.info(
-            "nf4 text encoder kept in %s (%.2f GiB, %.1f s): later cold starts read it instead of the bf16 Gemma",
-            cache_file,
-            cache_file.stat().st_size / GIB,
-            time.perf_counter() - started,
-        )
+            "kept %s as built in %s (%.2f GiB, %.1f s): later cold starts read it instead of the bundle's files",
+            name, folder, written / GIB, time.perf_counter() - started,
+        )  # fmt: skip
 
     def _build_embeddings_processor(self, ledger):
         """ModelLedger's processor; with an fp8 quantization built on the CPU, its linears stored in fp8, then moved
@@ -569,7 +645,7 @@ class ModelResidency:
         return self._held.get(canonical(name))
 
     def host_cache_bytes(self) -> int:
-        nf4 = nf4_state.state_bytes(self._nf4_state) if self._nf4_state is not None else 0
+        nf4 = built_states.state_bytes(self._nf4_state) if self._nf4_state is not None else 0
         return (self._registry.nbytes() if self._registry is not None else 0) + nf4
 
     def host_cache_loads(self) -> Counter:

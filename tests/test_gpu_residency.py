@@ -100,24 +100,24 @@ def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, t
 
 
 @pytest.mark.parametrize("mode", ["cold-start", "host-cached"])
-def test_the_kept_nf4_text_encoder_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):  # noqa: F811
-    """Request 2 builds Gemma from the nf4 state request 1 kept (host-cached: pinned memory; cold-start: a file),
-    without building the bf16 Gemma again, and gives the same frames; memory still returns to the baseline."""
-    engine = Engine(tiny_bundle, tmp_path / "out", device="cuda", nf4_cache_dir=tmp_path / "nf4")
+def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):  # noqa: F811
+    """Request 2 builds from what request 1 kept (host-cached: the nf4 Gemma in pinned memory; cold-start: the fp8
+    transformer and processor and the nf4 Gemma in files) and gives the same frames; memory returns to baseline."""
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept")
     baseline = allocated()
     request = small_request(quantization="fp8-cast", residency=mode, width=128, height=128, num_frames=17)
     first, second = engine.generate(request), engine.generate(request)
     assert first.text_encoder_quantization == "nf4"
     assert_same_output(first, second, clips[0], clips[1])
     assert engine.models.resident() == () and abs(allocated() - baseline) < 50 * MIB
+    kept = dict(engine.models.kept_builds)
     if mode == "host-cached":
-        kept = engine.models._nf4_state
-        assert kept and all(t.is_pinned() for t in kept.values())
-        assert engine.models.host_cache_loads()["text_encoder (nf4)"] == 1
-        assert engine.models.disk_reads["text_encoder"] == 1
+        state = engine.models._nf4_state
+        assert state and all(t.is_pinned() for t in state.values())
+        assert engine.models.host_cache_loads()["text_encoder (nf4)"] == 1 and kept == {"text_encoder": 1}
     else:
-        assert len(list((tmp_path / "nf4").glob("gemma-nf4-*.safetensors"))) == 1
-    REPORT[f"kept_nf4_{mode}"] = {"requests": 2, "same_frames": True}
+        assert kept == {"text_encoder": 1, "transformer": 1, "embeddings_processor": 1}
+    REPORT[f"kept_as_built_{mode}"] = {"requests": 2, "same_frames": True, "kept_builds": kept}
 
 
 def test_switching_from_persistent_releases_the_device(tiny_bundle, small_request, tmp_path):
