@@ -11,6 +11,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         residency=config.residency,
         batch_guidance=config.batch_guidance,
     )
+    kept_before = Counter(engine.models.kept_builds)
     try:
         result = engine.generate(request)
     except torch.OutOfMemoryError as exc:
@@ -132,7 +134,9 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "variant": f"LoRA {summary['stage_2_lora'] or summary['lora_mode']}, "
         f"text encoder {summary['text_encoder_quantization']}"
         + ("" if config.batch_guidance else ", unbatched guidance")
-        + (", CUDA graphs" if engine.models.cuda_graphs else ""),
+        + (", CUDA graphs" if engine.models.cuda_graphs else "")
+        + (", kept as built" if kept_as_built(engine, summary) else ""),
+        "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
         "components": engine.models.describe(),  # what stays on the device after the run, per model (bytes)
         "forward_seconds": {
@@ -141,6 +145,18 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
             if (calls := summary["counters"].get(f"{stage}_transformer_calls"))
         },
     }
+
+
+def kept_as_built(engine: Engine, summary: dict) -> bool:
+    """Whether this run's mode keeps models as built (residency.py, built_states.py): cold-start with a cache
+    folder, host-cached with the nf4 text encoder."""
+    match summary["residency"]:
+        case "cold-start":
+            return engine.models.cold_start_cache_dir is not None
+        case "host-cached":
+            return summary["text_encoder_quantization"] == "nf4"
+        case _:
+            return False
 
 
 def run_bench(

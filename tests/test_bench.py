@@ -77,3 +77,18 @@ def test_bench_runs_a_configuration_and_reports_identical_outputs(tiny_bundle, t
     assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
     assert "| 64x64 | 9 | 2 | bf16 | persistent |" in markdown.read_text()
     capsys.readouterr()
+
+
+def test_bench_cold_start_reads_the_models_it_kept_after_the_first_run(tiny_bundle, tmp_path, capsys):
+    out, kept = tmp_path / "bench.json", tmp_path / "kept"
+    args = ["bench", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--output-dir", str(tmp_path / "mp4")]
+    args += ["--resolutions", "64x64", "--num-frames", "9", "--steps", "2", "--runs", "2", "--quantization"]
+    args += ["fp8-cast", "--residency", "cold-start", "--cold-start-cache-dir", str(kept)]
+    args += ["--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out)]
+    assert main(args) == 0
+    (config,) = json.loads(out.read_text())["configs"]
+    first, second = config["runs"]
+    assert first["kept_builds"] == {} and second["kept_builds"] == {"transformer": 1, "embeddings_processor": 1}
+    assert config["identical_outputs"] is True and "kept as built" in config["variant"]
+    assert len([f for f in kept.iterdir() if not f.name.startswith(".")]) == 2
+    capsys.readouterr()
