@@ -127,6 +127,14 @@ def is_kept(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
 
 
+def kept_bytes(folder: Path) -> int:
+    """What a complete kept state holds, as written (0 if its record cannot be read)."""
+    try:
+        return int(json.loads((folder / COMPLETE).read_text())["bytes"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
 def save_model_state(model: torch.nn.Module, folder: Path) -> int:
     """The model's state dict into `folder` in shards of ~2 GiB (the host holds one shard at a time), written
     under a temporary name and renamed into place complete. Returns the bytes written."""

@@ -669,7 +669,19 @@ class ModelResidency:
                 },
                 "lora_adapter": adapter_bytes or None,
                 "host_cache_bytes": self.host_cache_bytes(),
+                "kept_as_built": self.kept_as_built(),
             }
+
+    def kept_as_built(self) -> dict[str, int]:
+        """cold-start: the models of the current config kept on disk as built, with their bytes (built_states)."""
+        if self._config is None or self._ledgers is None:
+            return {}
+        kept = {}
+        for name in ("text_encoder", "embeddings_processor", "transformer"):
+            folder = self._kept_folder(name)
+            if folder is not None and built_states.is_kept(folder):
+                kept[name] = built_states.kept_bytes(folder)
+        return kept
 
     def preload(self) -> None:
         """Build every model the current config keeps (persistent), the stage transformer and its adapter too."""

@@ -365,6 +365,11 @@ def status_html(status: dict, job_line: str) -> str:
         pill, state = "idle", "idle"
     resident = status.get("resident") or []
     resident_text = f"{len(resident)} model(s) resident: {', '.join(resident)}" if resident else "no models resident"
+    residency = status.get("residency") or {}
+    if residency.get("host_cache_bytes"):
+        resident_text += f"; host cache {residency['host_cache_bytes'] / GIB:.1f} GiB"
+    if kept := residency.get("kept_as_built"):
+        resident_text += f"; kept on disk for cold-start: {', '.join(kept)} ({sum(kept.values()) / GIB:.1f} GiB)"
     device = html.escape(str(status.get("device", "?"))) + ("" if status.get("cuda") else " (no CUDA device)")
     return (
         f'<div class="status-line"><span class="pill pill-{pill}">{state}</span>'
