@@ -127,6 +127,18 @@ def is_kept(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
 
 
+def drop_other_states(folder: Path) -> list[str]:
+    """Delete the other kept states of the same model (another checkpoint, recipe or library version): at most one
+    per model stays, so the folder never grows past one set (~33 GB for LTX-2.3). Returns what was deleted."""
+    name = folder.name.rsplit("-", 1)[0]
+    dropped = []
+    for other in folder.parent.glob(f"{name}-*"):
+        if other != folder and other.is_dir() and other.name.rsplit("-", 1)[0] == name:
+            shutil.rmtree(other, ignore_errors=True)
+            dropped.append(other.name)
+    return dropped
+
+
 def kept_bytes(folder: Path) -> int:
     """What a complete kept state holds, as written (0 if its record cannot be read)."""
     try:

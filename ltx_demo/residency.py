@@ -570,6 +570,8 @@ class ModelResidency:
         needed = module_bytes(model) + KEEP_FREE_BYTES
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
+            if dropped := built_states.drop_other_states(folder):
+                logger.info("dropped the kept %s of another configuration: %s", name, ", ".join(dropped))
             free = shutil.disk_usage(folder.parent).free
             if free < needed:
                 logger.warning(

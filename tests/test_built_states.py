@@ -122,9 +122,29 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     # bf16 builds read no more than they hold: nothing is kept for them.
     engine.generate(small_request(quantization="bf16", residency="cold-start"))
     assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}
+    before = sorted(f.name for f in cache_dir.iterdir())
+    engine.generate(small_request(quantization="fp8-cast", residency="cold-start", distilled_lora_strength=0.5))
+    assert sorted(f.name for f in cache_dir.iterdir()) == before  # the LoRA strength is not part of the recipe
     # Other modes never read or write the folder.
+    kept = dict(engine.models.kept_builds)
     engine.generate(small_request(quantization="fp8-cast", residency="host-cached"))
-    assert engine.models.kept_builds == kept
+    assert engine.models.kept_builds == kept and sorted(f.name for f in cache_dir.iterdir()) == before
+
+
+def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bundle, small_request, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    import ltx_demo.residency as residency_module
+
+    cache_dir = tmp_path / "kept"
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    request = small_request(quantization="fp8-cast", residency="cold-start")
+    engine.generate(request)
+    before = sorted(f.name for f in cache_dir.iterdir())
+    monkeypatch.setattr(residency_module, "_library_versions", lambda: {"torch": "a later one"})  # an upgrade
+    engine.generate(request)
+    after = sorted(f.name for f in cache_dir.iterdir())
+    assert len(after) == 2 and not set(after) & set(before)  # one state per model: the old ones are gone
+    assert engine.models.kept_builds["transformer"] == 0  # the upgrade's states were built, not read
 
 
 def test_without_a_cache_folder_cold_start_builds_from_the_bundle_every_time(tiny_bundle):
