@@ -49,8 +49,10 @@ def host_copy(model: torch.nn.Module, pin: bool) -> dict[str, torch.Tensor]:
     """A host copy of the model's state dict (for nf4: packed weights and their quant states)."""
     state = {}
     for key, value in model.state_dict().items():
-        host = value.detach().to("cpu", copy=True)
-        state[key] = host.pin_memory() if pin else host
+        if pin:  # one copy, straight into pinned memory
+            state[key] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True).copy_(value.detach())
+        else:
+            state[key] = value.detach().to("cpu", copy=True)
     return state
 
 
