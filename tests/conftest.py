@@ -112,9 +112,9 @@ def start_app(bundle_root: Path, output_dir: Path) -> LiveApp:
     import app
 
     port = free_port()
-    args = app.build_parser().parse_args(
-        ["--bundle", str(bundle_root), "--port", str(port), "--output-dir", str(output_dir)]
-    )
+    kept = output_dir.with_name(f"{output_dir.name}-kept")  # cold-start's kept models: not in the user's cache
+    flags = ["--bundle", str(bundle_root), "--port", str(port), "--output-dir", str(output_dir)]
+    args = app.build_parser().parse_args([*flags, "--cold-start-cache-dir", str(kept)])
     engine, demo = app.create_app(args)
     app.launch(demo, args, block=False)
     return LiveApp(f"http://127.0.0.1:{port}/", engine, demo, output_dir)
