@@ -680,7 +680,10 @@ class ModelResidency:
             return {}
         kept = {}
         for name in ("text_encoder", "embeddings_processor", "transformer"):
-            folder = self._kept_folder(name)
+            try:
+                folder = self._kept_folder(name)
+            except OSError:  # a bundle file gone: the status still answers (the next build says what is wrong)
+                return {}
             if folder is not None and built_states.is_kept(folder):
                 kept[name] = built_states.kept_bytes(folder)
         return kept
