@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -32,8 +31,6 @@ import torch
 
 from ltx_demo.quantization import swap_in_linear4bit_
 from ltx_demo.text_path import drop_unused_gemma_parts_
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when what is saved (or how it is named) changes
 SHARD_BYTES = 2 * 1024**3
