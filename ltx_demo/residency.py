@@ -216,7 +216,9 @@ class ModelResidency:
         self._config: ModelConfig | None = None
         self._ledgers = None
         self._registry: PinnedStateDictRegistry | None = None
-        self._nf4_state: dict[str, torch.Tensor] | None = None  # host-cached: the quantized text encoder, pinned
+        # host-cached: the models kept as built in pinned memory instead of their files' state (nf4 Gemma, fp8
+        # processor); the rest of the host cache is the registry
+        self._host_states: dict[str, dict[str, torch.Tensor]] = {}
         self._measured_peaks: dict[tuple, int] = {}
         self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
         self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
@@ -468,53 +470,57 @@ class ModelResidency:
     def _build_text_encoder(self, ledger):
         """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU in bf16, 4-bit linears swapped
         in, then the move to the device, which is where bitsandbytes quantizes (the device never sees bf16 linears).
-        host-cached keeps the quantized state in pinned memory instead of the bf16 Gemma, and later requests start
-        from it. Either way the parts a text prompt never runs are dropped (text_path)."""
+        Either way the parts a text prompt never runs are dropped (text_path)."""
         match self._config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
                 text_encoder = ledger.text_encoder()
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
-                builder = ledger.text_encoder_builder
-                if self._nf4_state is not None:
-                    self.kept_builds["text_encoder"] += 1
-                    return built_states.build_nf4_text_encoder(
-                        builder, self._nf4_state, self.device, self.compute_dtype
-                    )
-                if self._registry is not None:  # host-cached: the bf16 Gemma is read past the cache
-                    builder = dataclasses.replace(builder, registry=DummyRegistry())
-                    self._registry.loads["text_encoder (nf4)"] += 1
+                builder = self._past_the_host_cache("text_encoder", ledger.text_encoder_builder)
                 text_encoder = builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
                 logger.info("text encoder: %d linears in nf4", swapped)
-                text_encoder = text_encoder.to(self.device).eval()
-                if self._registry is not None:
-                    self._nf4_state = built_states.host_copy(text_encoder, pin=torch.cuda.is_available())
-                return text_encoder
+                return text_encoder.to(self.device).eval()
             case _:
                 assert_never(self._config.text_encoder_quantization)
 
-    # -- cold-start: models kept as built ------------------------------------------------------------------------
-    def _kept_folder(self, name: str) -> Path | None:
-        """cold-start: where `name` is kept as built, for the models whose build reads and casts more than they
-        hold (fp8 transformer and processor: bf16 files; nf4 text encoder: the bf16 Gemma); None otherwise."""
+    # -- models kept as built (built_states) ----------------------------------------------------------------------
+    def _kept_as_built(self, name: str) -> bool:
+        """Whether this config keeps `name` as built: the builds that read and cast more than they hold (fp8
+        transformer and processor: bf16 files; nf4 text encoder: the bf16 Gemma). host-cached keeps the processor
+        and the text encoder in pinned memory (its registry already holds the transformer's fp8 state); cold-start
+        keeps all three in files."""
         config = self._config
-        if config.residency is not Residency.COLD_START or self.cold_start_cache_dir is None:
+        fp8 = stores_fp8(config.quantization)
+        match config.residency:
+            case Residency.HOST_CACHED:
+                kept = {"embeddings_processor": fp8}
+            case Residency.COLD_START if self.cold_start_cache_dir is not None:
+                kept = {"embeddings_processor": fp8, "transformer": fp8}
+            case _:
+                return False
+        kept["text_encoder"] = config.text_encoder_quantization is TextEncoderQuantization.NF4
+        return kept.get(name, False)
+
+    def _past_the_host_cache(self, name: str, builder):
+        """host-cached keeps `name` as built, so its first build reads its files past the registry (the cache would
+        otherwise hold their bf16 state as well)."""
+        if self._registry is None or not self._kept_as_built(name):
+            return builder
+        self._registry.loads[f"{name} (as built)"] += 1
+        return dataclasses.replace(builder, registry=DummyRegistry())
+
+    def _kept_folder(self, name: str) -> Path | None:
+        """cold-start: where `name` is kept as built; None when it is not (other modes, other models)."""
+        config = self._config
+        if config.residency is not Residency.COLD_START or not self._kept_as_built(name):
             return None
         stage_1, _ = self._ledgers
-        sources = {
-            "transformer": (stores_fp8(config.quantization), [str(self.bundle.checkpoint)]),
-            "embeddings_processor": (stores_fp8(config.quantization), [str(self.bundle.checkpoint)]),
-            "text_encoder": (
-                config.text_encoder_quantization is TextEncoderQuantization.NF4,
-                list(stage_1.text_encoder_builder.model_path),
-            ),
-        }
-        kept, paths = sources.get(name, (False, []))
-        if not kept:
-            return None
+        paths = (
+            list(stage_1.text_encoder_builder.model_path) if name == "text_encoder" else [str(self.bundle.checkpoint)]
+        )
         recipe = {
             "quantization": config.quantization.value,
             "text_encoder": config.text_encoder_quantization.value,
@@ -524,6 +530,13 @@ class ModelResidency:
         return built_states.state_folder(self.cold_start_cache_dir, name, paths, recipe)
 
     def _build_kept_or_new(self, name: str, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        if name in self._host_states:
+            self.kept_builds[name] += 1
+            return self._rebuild(name, self._host_states[name])
+        if self._config.residency is Residency.HOST_CACHED and self._kept_as_built(name):
+            model = build()
+            self._host_states[name] = built_states.host_copy(model, pin=torch.cuda.is_available())
+            return model
         folder = self._kept_folder(name)
         if folder is not None and built_states.is_kept(folder):
             try:
@@ -595,7 +608,8 @@ class ModelResidency:
         (the device never holds its bf16 weights)."""
         if not stores_fp8(self._config.quantization):
             return ledger.gemma_embeddings_processor()
-        processor = ledger.embeddings_processor_builder.build(device=torch.device("cpu"), dtype=self.compute_dtype)
+        builder = self._past_the_host_cache("embeddings_processor", ledger.embeddings_processor_builder)
+        processor = builder.build(device=torch.device("cpu"), dtype=self.compute_dtype)
         logger.info("embeddings processor: %d linears in fp8", store_linears_in_fp8_(processor))
         return processor.to(self.device).eval()
 
@@ -631,7 +645,7 @@ class ModelResidency:
             self._invalidate_graphs()
 
     def _drop_host_cache(self) -> None:
-        self._nf4_state = None
+        self._host_states.clear()
         if self._registry is not None:
             self._registry.clear()
             self._registry = None
@@ -647,8 +661,8 @@ class ModelResidency:
         return self._held.get(canonical(name))
 
     def host_cache_bytes(self) -> int:
-        nf4 = built_states.state_bytes(self._nf4_state) if self._nf4_state is not None else 0
-        return (self._registry.nbytes() if self._registry is not None else 0) + nf4
+        as_built = sum(built_states.state_bytes(state) for state in self._host_states.values())
+        return (self._registry.nbytes() if self._registry is not None else 0) + as_built
 
     def host_cache_loads(self) -> Counter:
         """Disk reads into the host cache per sd_ops name (each should be 1 however many requests ran)."""
@@ -916,9 +930,11 @@ def _weight_bytes(
         ("video_decoder", ledger.vae_decoder_builder, None),
     ):
         components[name], stored = weigh(builder, device_bytes or (lambda _k, elements, _d: elements * itemsize))
-        # host-cached keeps the nf4 text encoder as quantized (what the device holds), not the bf16 files
-        nf4_cached = name == "text_encoder" and text_encoder is TextEncoderQuantization.NF4
-        host += components[name] if nf4_cached else stored
+        # host-cached keeps the nf4 text encoder and the fp8 processor as built (what the device holds)
+        as_built = (name == "text_encoder" and text_encoder is TextEncoderQuantization.NF4) or (
+            name == "embeddings_processor" and stores_fp8(quantization)
+        )
+        host += components[name] if as_built else stored
     # The fp8 cast happens as the state dict loads, so the host cache holds the transformer's block linears in fp8.
     components["transformer_stage_2"] = components["transformer"]
     lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)

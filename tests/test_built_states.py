@@ -62,7 +62,7 @@ def test_host_cached_keeps_the_quantized_text_encoder_not_the_bf16_gemma(tiny_bu
     assert residency.kept_builds["text_encoder"] == 2  # requests 2 and 3 started from the kept state
     assert residency.build_counts["text_encoder"] == 3 and residency.disk_reads["text_encoder"] == 1
     loads = residency.host_cache_loads()
-    assert loads["text_encoder (nf4)"] == 1 and "GEMMA_LLM_KEY_OPS" not in loads  # no bf16 Gemma in the cache
+    assert loads["text_encoder (as built)"] == 1 and "GEMMA_LLM_KEY_OPS" not in loads  # no bf16 Gemma in the cache
     assert residency.resident() == ()
     # What the cache holds for it is what the device holds (the quantized model, plus bitsandbytes' quant-state
     # tensors, which are not parameters: ~3% at Gemma-3-12B's size, more on this tiny model), less than the files.
@@ -129,6 +129,22 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     kept = dict(engine.models.kept_builds)
     engine.generate(small_request(quantization="fp8-cast", residency="host-cached"))
     assert engine.models.kept_builds == kept and sorted(f.name for f in cache_dir.iterdir()) == before
+
+
+def test_host_cached_keeps_the_fp8_processor_as_built_and_gives_the_same_video(
+    tiny_bundle,
+    small_request,
+    tmp_path,
+    clips,  # noqa: F811
+):
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
+    request = small_request(quantization="fp8-cast", residency="host-cached")
+    first, second = engine.generate(request), engine.generate(request)
+    assert_same_output(first, second, clips[0], clips[1])
+    assert engine.models.kept_builds == {"embeddings_processor": 1}  # CPU: the text encoder is bf16, not kept
+    loads = engine.models.host_cache_loads()
+    assert loads["embeddings_processor (as built)"] == 1 and "EMBEDDINGS_PROCESSOR_KEY_OPS" not in loads
+    assert engine.models.disk_reads["embeddings_processor"] == 1 and engine.models.resident() == ()
 
 
 def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bundle, small_request, tmp_path,

@@ -101,8 +101,8 @@ def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, t
 
 @pytest.mark.parametrize("mode", ["cold-start", "host-cached"])
 def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):  # noqa: F811
-    """Request 2 builds from what request 1 kept (host-cached: the nf4 Gemma in pinned memory; cold-start: the fp8
-    transformer and processor and the nf4 Gemma in files) and gives the same frames; memory returns to baseline."""
+    """Request 2 builds from what request 1 kept (host-cached: the nf4 Gemma and fp8 processor in pinned memory;
+    cold-start: those and the fp8 transformer in files) and gives the same frames; memory returns to baseline."""
     engine = Engine(tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept")
     baseline = allocated()
     request = small_request(quantization="fp8-cast", residency=mode, width=128, height=128, num_frames=17)
@@ -112,9 +112,11 @@ def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clip
     assert engine.models.resident() == () and abs(allocated() - baseline) < 50 * MIB
     kept = dict(engine.models.kept_builds)
     if mode == "host-cached":
-        state = engine.models._nf4_state
-        assert state and all(t.is_pinned() for t in state.values())
-        assert engine.models.host_cache_loads()["text_encoder (nf4)"] == 1 and kept == {"text_encoder": 1}
+        states = engine.models._host_states
+        assert set(states) == {"text_encoder", "embeddings_processor"}
+        assert all(t.is_pinned() for state in states.values() for t in state.values())
+        assert engine.models.host_cache_loads()["text_encoder (as built)"] == 1
+        assert kept == {"text_encoder": 1, "embeddings_processor": 1}
     else:
         assert kept == {"text_encoder": 1, "transformer": 1, "embeddings_processor": 1}
     REPORT[f"kept_as_built_{mode}"] = {"requests": 2, "same_frames": True, "kept_builds": kept}
