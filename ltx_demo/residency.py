@@ -8,7 +8,6 @@ runtime adapter for stage 2); `auto` picks a mode per request from a VRAM budget
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import gc
 import importlib.metadata
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import assert_never
 
 import torch
-from ltx_core.loader.registry import DummyRegistry, StateDictRegistry
+from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo import built_states
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
@@ -262,7 +261,9 @@ class ModelResidency:
                 self._registry = PinnedStateDictRegistry(pin=torch.cuda.is_available())
             self._ledgers = self._make_ledgers(config)
 
-    def _make_ledgers(self, config: ModelConfig):
+    def _make_ledgers(self, config: ModelConfig, past_the_host_cache: bool = False):
+        """ltx-pipelines' ModelLedger for stage 1 and its LoRA-fused variant for stage 2, reading through the host
+        cache (if any) unless `past_the_host_cache`."""
         from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP, LoraPathStrengthAndSDOps
         from ltx_pipelines.utils.model_ledger import ModelLedger
 
@@ -272,7 +273,7 @@ class ModelResidency:
             checkpoint_path=str(self.bundle.checkpoint),
             gemma_root_path=str(self.bundle.gemma_root),
             spatial_upsampler_path=str(self.bundle.spatial_upsampler),
-            registry=self._registry,
+            registry=None if past_the_host_cache else self._registry,
             quantization=policy_for(config.quantization),
         )
         distilled = LoraPathStrengthAndSDOps(
@@ -432,6 +433,12 @@ class ModelResidency:
 
     def _build(self, name: str, label: str) -> torch.nn.Module:
         stage_1, stage_2 = self._ledgers
+        loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
+        if self._registry is not None and self._kept_as_built(name) and name not in self._host_states:
+            # host-cached keeps it as built: its first build reads the files past the registry, which would
+            # otherwise hold their bf16 state as well
+            stage_1, _ = self._make_ledgers(self._config, past_the_host_cache=True)
+            self._registry.loads[f"{name} (as built)"] += 1
         factories = {
             "text_encoder": lambda: self._build_text_encoder(stage_1),
             "embeddings_processor": lambda: self._build_embeddings_processor(stage_1),
@@ -446,7 +453,6 @@ class ModelResidency:
             raise KeyError(f"unknown model {name!r}: one of {', '.join(MODEL_NAMES)}")
         self._on_loading(name)
         logger.info("building %s (%s)", name, self._config)
-        loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
         try:
             with gemma_architecture(self.bundle), torch.inference_mode(False):
                 model = self._build_kept_or_new(name, factories[name])
@@ -477,8 +483,7 @@ class ModelResidency:
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
-                builder = self._past_the_host_cache("text_encoder", ledger.text_encoder_builder)
-                text_encoder = builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+                text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
                 logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 swapped = swap_in_linear4bit_(text_encoder, self.compute_dtype)
                 logger.info("text encoder: %d linears in nf4", swapped)
@@ -489,28 +494,18 @@ class ModelResidency:
     # -- models kept as built (built_states) ----------------------------------------------------------------------
     def _kept_as_built(self, name: str) -> bool:
         """Whether this config keeps `name` as built: the builds that read and cast more than they hold (fp8
-        transformer and processor: bf16 files; nf4 text encoder: the bf16 Gemma). host-cached keeps the processor
-        and the text encoder in pinned memory (its registry already holds the transformer's fp8 state); cold-start
-        keeps all three in files."""
+        transformer and processor: bf16 files; nf4 text encoder: the bf16 Gemma). host-cached keeps them in pinned
+        memory, cold-start in files under cold_start_cache_dir."""
         config = self._config
-        fp8 = stores_fp8(config.quantization)
-        match config.residency:
-            case Residency.HOST_CACHED:
-                kept = {"embeddings_processor": fp8}
-            case Residency.COLD_START if self.cold_start_cache_dir is not None:
-                kept = {"embeddings_processor": fp8, "transformer": fp8}
-            case _:
-                return False
-        kept["text_encoder"] = config.text_encoder_quantization is TextEncoderQuantization.NF4
-        return kept.get(name, False)
-
-    def _past_the_host_cache(self, name: str, builder):
-        """host-cached keeps `name` as built, so its first build reads its files past the registry (the cache would
-        otherwise hold their bf16 state as well)."""
-        if self._registry is None or not self._kept_as_built(name):
-            return builder
-        self._registry.loads[f"{name} (as built)"] += 1
-        return dataclasses.replace(builder, registry=DummyRegistry())
+        per_request = config.residency is Residency.HOST_CACHED or (
+            config.residency is Residency.COLD_START and self.cold_start_cache_dir is not None
+        )
+        kept = {
+            "transformer": stores_fp8(config.quantization),
+            "embeddings_processor": stores_fp8(config.quantization),
+            "text_encoder": config.text_encoder_quantization is TextEncoderQuantization.NF4,
+        }
+        return per_request and kept.get(name, False)
 
     def _kept_folder(self, name: str) -> Path | None:
         """cold-start: where `name` is kept as built; None when it is not (other modes, other models)."""
@@ -608,8 +603,7 @@ class ModelResidency:
         (the device never holds its bf16 weights)."""
         if not stores_fp8(self._config.quantization):
             return ledger.gemma_embeddings_processor()
-        builder = self._past_the_host_cache("embeddings_processor", ledger.embeddings_processor_builder)
-        processor = builder.build(device=torch.device("cpu"), dtype=self.compute_dtype)
+        processor = ledger.embeddings_processor_builder.build(device=torch.device("cpu"), dtype=self.compute_dtype)
         logger.info("embeddings processor: %d linears in fp8", store_linears_in_fp8_(processor))
         return processor.to(self.device).eval()
 
@@ -930,12 +924,11 @@ def _weight_bytes(
         ("video_decoder", ledger.vae_decoder_builder, None),
     ):
         components[name], stored = weigh(builder, device_bytes or (lambda _k, elements, _d: elements * itemsize))
-        # host-cached keeps the nf4 text encoder and the fp8 processor as built (what the device holds)
+        # host-cached keeps the nf4 text encoder, the fp8 processor and transformer as built (what the device holds)
         as_built = (name == "text_encoder" and text_encoder is TextEncoderQuantization.NF4) or (
-            name == "embeddings_processor" and stores_fp8(quantization)
+            name in ("embeddings_processor", "transformer") and stores_fp8(quantization)
         )
         host += components[name] if as_built else stored
-    # The fp8 cast happens as the state dict loads, so the host cache holds the transformer's block linears in fp8.
     components["transformer_stage_2"] = components["transformer"]
     lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
     # fp8 configs keep the adapter in fp8 (plus one scale per row, < 0.3% at rank 384: not counted).
@@ -943,11 +936,6 @@ def _weight_bytes(
         1 if stores_fp8(quantization) else itemsize
     )
     host += sum(elements * size(dtype) for _, elements, dtype in lora)
-    if policy is not None and policy.sd_ops is not None:
-        transformer_paths = [str(bundle.checkpoint)]
-        for key, elements, dtype in _header_tensors(transformer_paths, ledger.transformer_builder.model_sd_ops):
-            stored = policy.sd_ops.apply_to_key_value(key, torch.empty(0, dtype=dtype, device="meta"))[0][1].dtype
-            host -= elements * (size(dtype) - size(stored))
     with safetensors.safe_open(str(bundle.checkpoint), framework="pt") as f:
         transformer_config = json.loads((f.metadata() or {}).get("config", "{}")).get("transformer", {})
     width = transformer_config.get("num_attention_heads", 32) * transformer_config.get("attention_head_dim", 128)

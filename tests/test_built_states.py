@@ -131,7 +131,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     assert engine.models.kept_builds == kept and sorted(f.name for f in cache_dir.iterdir()) == before
 
 
-def test_host_cached_keeps_the_fp8_processor_as_built_and_gives_the_same_video(
+def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
     tiny_bundle,
     small_request,
     tmp_path,
@@ -141,9 +141,11 @@ def test_host_cached_keeps_the_fp8_processor_as_built_and_gives_the_same_video(
     request = small_request(quantization="fp8-cast", residency="host-cached")
     first, second = engine.generate(request), engine.generate(request)
     assert_same_output(first, second, clips[0], clips[1])
-    assert engine.models.kept_builds == {"embeddings_processor": 1}  # CPU: the text encoder is bf16, not kept
+    # CPU: the text encoder is bf16, not kept as built
+    assert engine.models.kept_builds == {"embeddings_processor": 1, "transformer": 1}
     loads = engine.models.host_cache_loads()
     assert loads["embeddings_processor (as built)"] == 1 and "EMBEDDINGS_PROCESSOR_KEY_OPS" not in loads
+    assert loads["transformer (as built)"] == 1 and not any(key.startswith("sd_ops_chain") for key in loads)
     assert engine.models.disk_reads["embeddings_processor"] == 1 and engine.models.resident() == ()
 
 
