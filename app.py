@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ltx_demo.cli import DEFAULT_PROMPT, add_bundle_flags, cold_start_cache_dir_from_args, resolve_from_args
+from ltx_demo.cli import DEFAULT_PROMPT, add_bundle_flags, engine_from_args
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -79,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
     """Build the engine from the bundle flags and the UI around it, with the queue configured."""
     from ltx_demo import ui
-    from ltx_demo.engine import Engine
     from ltx_demo.outputs import KeepPolicy, prune
     from ltx_demo.pipeline import default_negative_prompt
     from ltx_demo.types import InvalidRequest
@@ -88,16 +87,8 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
         keep = KeepPolicy.parse(args.keep_outputs)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    bundle = resolve_from_args(args)
-    engine = Engine(
-        bundle,
-        Path(args.output_dir),
-        args.device,
-        keep_outputs=keep,
-        cuda_graphs=args.cuda_graphs,
-        cold_start_cache_dir=cold_start_cache_dir_from_args(args),
-    )
-    logger.info("engine on %s, bundle %s", engine.device, bundle.describe())
+    engine = engine_from_args(args, keep_outputs=keep)
+    logger.info("engine on %s, bundle %s", engine.device, engine.bundle.describe())
     logger.info("output folder %s: %s", Path(args.output_dir).resolve(), keep.describe())
     if not keep.unlimited:
         prune(Path(args.output_dir), keep)

@@ -187,24 +187,26 @@ def resolve_from_args(args: argparse.Namespace):
     )
 
 
-def cold_start_cache_dir_from_args(args: argparse.Namespace) -> Path | None:
+def engine_from_args(args: argparse.Namespace, **options):
+    """The engine the bundle flags describe (the CLI's and the app's); `options` go to Engine as they are."""
+    from ltx_demo.engine import Engine
+
     folder = args.cold_start_cache_dir
-    return None if folder.lower() == "off" else Path(folder).expanduser()
+    return Engine(
+        resolve_from_args(args),
+        Path(args.output_dir),
+        args.device,
+        cuda_graphs=args.cuda_graphs,
+        cold_start_cache_dir=None if folder.lower() == "off" else Path(folder).expanduser(),
+        **options,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     match args.command:
         case "generate":
-            from ltx_demo.engine import Engine
-
             request = request_from_args(args)
-            engine = Engine(
-                resolve_from_args(args),
-                Path(args.output_dir),
-                args.device,
-                cuda_graphs=args.cuda_graphs,
-                cold_start_cache_dir=cold_start_cache_dir_from_args(args),
-            )
+            engine = engine_from_args(args)
             result = engine.generate(request)
             print(json.dumps(result.summary(), indent=2))
         case "make-bundle":
@@ -233,15 +235,8 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
         case "bench":
             from ltx_demo import bench
-            from ltx_demo.engine import Engine
 
-            engine = Engine(
-                resolve_from_args(args),
-                Path(args.output_dir),
-                args.device,
-                cuda_graphs=args.cuda_graphs,
-                cold_start_cache_dir=cold_start_cache_dir_from_args(args),
-            )
+            engine = engine_from_args(args)
             configs = [
                 bench.BenchConfig(
                     width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on"
