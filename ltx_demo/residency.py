@@ -588,6 +588,7 @@ class ModelResidency:
                 )  # fmt: skip
                 return
             started = time.perf_counter()
+            self._on_loading(f"{name} (keeping it as built for later cold starts)")
             written = built_states.save_model_state(model, folder)
         except Exception as exc:  # writing the cache must never fail the request
             logger.warning("could not keep %s in %s (%s); cold starts build it from the bundle", name, folder, exc)

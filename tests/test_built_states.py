@@ -107,9 +107,12 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
 ):
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    loading = []
+    engine.models._on_loading = lambda name: loading.append(name)  # what the status line's "loading" says
     request = small_request(quantization="fp8-cast", residency="cold-start")
     first = engine.generate(request)
     assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}  # the bf16 Gemma: not kept
+    assert "transformer (keeping it as built for later cold starts)" in loading
     # The status (API and UI) says what is kept on disk for this config, and its size.
     kept_now = engine.status()["residency"]["kept_as_built"]
     assert set(kept_now) == {"transformer", "embeddings_processor"} and all(b > 0 for b in kept_now.values())
