@@ -272,14 +272,18 @@ def video_only(video: str | Path) -> Path:
     staged = target.with_name(f".{target.stem}.partial.mp4")
     with av.open(str(video)) as source, av.open(str(staged), mode="w") as container:
         stream = source.streams.video[0]
-        copy = container.add_stream_from_template(stream)
-        for packet in source.demux(stream):
-            if packet.dts is None:  # the demuxer's end-of-stream marker
-                continue
-            packet.stream = copy
-            container.mux(packet)
+        copy_packets(source, stream, container, container.add_stream_from_template(stream))
     os.replace(staged, target)
     return target
+
+
+def copy_packets(source, stream, container, into) -> None:
+    """Every packet of `stream` (demuxed from `source`) muxed into `container` as `into`, without re-encoding."""
+    for packet in source.demux(stream):
+        if packet.dts is None:  # the demuxer's end-of-stream marker
+            continue
+        packet.stream = into
+        container.mux(packet)
 
 
 # -- A/B: what can be compared, and the pieces of the comparison ---------------------------------------------------
@@ -442,11 +446,7 @@ def render_side_by_side(
             container.mux(video.encode(av.VideoFrame.from_image(canvas)))
         container.mux(video.encode())
         if audio_in is not None:
-            for packet in sound_a.demux(audio_in):
-                if packet.dts is None:  # the demuxer's end-of-stream marker
-                    continue
-                packet.stream = audio_out
-                container.mux(packet)
+            copy_packets(sound_a, audio_in, container, audio_out)
     os.replace(staged, out)
     return out
 
