@@ -108,7 +108,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
     loading = []
-    engine.models._on_loading = lambda name: loading.append(name)  # what the status line's "loading" says
+    engine.models._on_loading = loading.append  # what the status line's "loading" says
     request = small_request(quantization="fp8-cast", residency="cold-start")
     first = engine.generate(request)
     assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}  # the bf16 Gemma: not kept
