@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ltx_demo import streamed_read
 from ltx_demo.quantization import swap_in_linear4bit_
 from ltx_demo.text_path import drop_unused_gemma_parts_
 
@@ -183,15 +184,13 @@ def save_model_state(model: torch.nn.Module, folder: Path) -> int:
 
 
 def load_state(folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
-    """Every shard read straight onto `device` (the host never holds the whole state on the way)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """Every shard read straight onto `device` (streamed_read: parallel reads, pinned staging, copies overlapping
+    the reads; the host never holds the whole state on the way)."""
     try:
         shards = json.loads((folder / COMPLETE).read_text())["shards"]
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(folder / shard), device=str(device)))
+            state.update(streamed_read.read_file(folder / shard, device))
         return state
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+    except (streamed_read.StreamedReadError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise UnreadableState(f"{folder.name}: {exc}") from exc
