@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
@@ -52,6 +53,7 @@ MODEL_NAMES = (
 )
 # The shared transformer was called transformer_stage_1 before it served both stages; old callers still work.
 LEGACY_NAMES = {"transformer_stage_1": "transformer"}
+GEMMA_PARTS = ("text_encoder", "embeddings_processor")  # built at the bundle's Gemma size (gemma_architecture)
 ADAPTER = "lora_adapter"  # a build phase and a build count, not a model of its own: it lives on the transformer
 CONCRETE_MODES = (Residency.PERSISTENT, Residency.HOST_CACHED, Residency.COLD_START)  # fastest first
 
@@ -208,6 +210,7 @@ class ModelResidency:
         self.build_counts: Counter[str] = BuildCounts()
         self.disk_reads: Counter[str] = Counter()  # builds that read their weights from disk (not the host cache)
         self.kept_builds: Counter[str] = Counter()  # builds from a kept state (built_states), not the bundle's files
+        self.prefetched: Counter[str] = Counter()  # builds (and LoRA reads) done ahead of their use, then used
         self._on_loading = on_loading or (lambda _name: None)
         self._held: dict[str, torch.nn.Module] = {}
         self._adapters: dict[str, LowRankAdapter] = {}
@@ -222,6 +225,9 @@ class ModelResidency:
         self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
         self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
         self._lock = threading.RLock()
+        # Builds started ahead of their use (prefetch): name -> Future of (model or LoRA pairs, CUDA event or None)
+        self._prefetched: dict[str, Future] = {}
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="ltx-demo-prefetch")
         # Pay ltx-pipelines' import (seconds: it pulls in transformers) at construction, not in the first request.
         import ltx_pipelines.utils.model_ledger  # noqa: F401
 
@@ -290,6 +296,7 @@ class ModelResidency:
             yield
         finally:
             with self._lock:
+                self._drop_prefetched()
                 self._kept.clear()
                 if self._config is not None and self._config.residency is not Residency.PERSISTENT:
                     self.release_all()
@@ -306,8 +313,11 @@ class ModelResidency:
             if model is None:
                 build_scope = on_build(name) if on_build else contextlib.nullcontext()
                 with build_scope:
-                    model = self._build(name, label)
+                    model = self._take_prefetched(name)
+                    if model is None:
+                        model = self._build(name, label)
                 self._held[name] = model
+                self._prefetch_after(name)
         try:
             yield model
         finally:
@@ -384,22 +394,94 @@ class ModelResidency:
     @contextlib.contextmanager
     def _lora_pairs(self, on_build) -> Iterator[dict]:
         """The distilled LoRA's (A, B) pairs, read with ltx-core's own loader (builder.load_sd: through the host cache
-        when there is one), as the `lora_adapter` build phase; a LoRA that does not fit the transformer is a
-        BundleError naming the file."""
-        stage_1, _ = self._ledgers
-        builder = stage_1.transformer_builder
+        when there is one; cold-start reads them ahead, during stage 1), as the `lora_adapter` build phase; a LoRA
+        that does not fit the transformer is a BundleError naming the file."""
         scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
         self._on_loading(ADAPTER)
         try:
             with scope:
-                yield load_lora_pairs(
-                    str(self.bundle.distilled_lora),
-                    lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
-                )
+                pending = self._prefetched.pop(ADAPTER, None)
+                if pending is None:
+                    yield self._read_lora_pairs()
+                else:
+                    pairs, _ = pending.result()
+                    self.prefetched[ADAPTER] += 1
+                    yield pairs
         except LoraTargetError as exc:
             raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
         finally:
             self._on_loading(None)
+
+    def _read_lora_pairs(self) -> dict:
+        stage_1, _ = self._ledgers
+        builder = stage_1.transformer_builder
+        return load_lora_pairs(
+            str(self.bundle.distilled_lora),
+            lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
+        )
+
+    # -- prefetch: builds started ahead of their use, overlapping the work before it --------------------------------
+    def _prefetch_after(self, name: str) -> None:
+        """Start what the flow needs next while `name` runs, where that hides a load behind compute:
+
+        - host-cached: the transformer's upload (its kept state or registry state, on a side CUDA stream) starts once
+          the text encoder is on the device, and runs while the prompt is encoded; its peak is then the text encoder
+          and the transformer together (~25 GiB for LTX-2.3 with nf4 Gemma, under persistent's ~33 GiB resident).
+        - cold-start: the distilled LoRA's read (~6 GB of bf16 pairs for LTX-2.3, into host memory) starts once
+          the stage transformer is built, and runs during stage 1; the device sees the pairs only at stage 2 as
+          before, so cold-start's peak does not change.
+        """
+        config = self._config
+        if config.lora_mode is not LoraMode.ADAPTER:
+            return  # the fused-copy comparison mode keeps ltx-pipelines' order
+        if name == "text_encoder" and config.residency is Residency.HOST_CACHED:
+            self._start_prefetch("transformer", lambda: self._build("transformer", "transformer", announce=False))
+        elif name == "transformer" and config.residency is Residency.COLD_START and config.distilled_lora_strength:
+            self._start_prefetch(ADAPTER, self._read_lora_pairs)
+
+    def _start_prefetch(self, name: str, build: Callable[[], object]) -> None:
+        if name in self._prefetched or name in self._held:
+            return
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+        def run() -> tuple[object, torch.cuda.Event | None]:
+            if stream is None:
+                return build(), None
+            with torch.cuda.stream(stream):
+                built = build()
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            return built, ready
+
+        self._prefetched[name] = self._background.submit(run)
+
+    def _take_prefetched(self, name: str) -> torch.nn.Module | None:
+        """The prefetched model, once its copies are done as far as this stream is concerned (a failed prefetch
+        raises here, as its build would have)."""
+        pending = self._prefetched.pop(name, None)
+        if pending is None:
+            return None
+        model, ready = pending.result()
+        self.prefetched[name] += 1
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+        return model
+
+    def _drop_prefetched(self) -> None:
+        """At the end of a request: wait for what was started and never used (an error or a cancel came first) and
+        free it, so the device is back to its baseline."""
+        for name, pending in list(self._prefetched.items()):
+            try:
+                built, _ = pending.result()
+            except Exception as exc:  # the request already ended; its own error (if any) is the one reported
+                logger.info("prefetch of %s failed after its request ended: %s", name, exc)
+                continue
+            if isinstance(built, torch.nn.Module):
+                dismantle_(built)
+        self._prefetched.clear()
 
     def _adapter_state(self) -> tuple:
         """What of the adapter changes the blocks' code path: a graph captured with it on cannot replay it off."""
@@ -431,7 +513,7 @@ class ModelResidency:
             self.build_counts[ADAPTER] += 1
             return adapter
 
-    def _build(self, name: str, label: str) -> torch.nn.Module:
+    def _build(self, name: str, label: str, announce: bool = True) -> torch.nn.Module:
         stage_1, stage_2 = self._ledgers
         loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
         if self._registry is not None and self._kept_as_built(name) and name not in self._host_states:
@@ -451,17 +533,21 @@ class ModelResidency:
         }
         if name not in factories:
             raise KeyError(f"unknown model {name!r}: one of {', '.join(MODEL_NAMES)}")
-        self._on_loading(name)
+        if announce:
+            self._on_loading(name)
         logger.info("building %s (%s)", name, self._config)
+        # Only the Gemma parts need the bundle's Gemma size, and a prefetch builds the transformer beside them
+        gemma = gemma_architecture(self.bundle) if name in GEMMA_PARTS else contextlib.nullcontext()
         try:
-            with gemma_architecture(self.bundle), torch.inference_mode(False):
+            with gemma, torch.inference_mode(False):
                 model = self._build_kept_or_new(name, factories[name])
         except (ValueError, KeyError, RuntimeError, NotImplementedError) as exc:
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
             raise BundleError(_explain_build_failure(label, self.bundle, exc)) from exc
         finally:
-            self._on_loading(None)
+            if announce:
+                self._on_loading(None)
         _assert_materialized(label, model, self.bundle)
         if name.startswith("transformer"):
             _cast_unquantized_(model, self.compute_dtype)
@@ -787,8 +873,10 @@ class MemoryEstimate:
             return sum(c[name] for name in flow) + second + self.activations
         # Built and freed per block (DESIGN.md flow); the transformer is kept from stage 1 through stage 2.
         kept = c["transformer"] if lora_mode is LoraMode.ADAPTER else 0
+        # host-cached uploads the transformer while the text encoder runs (ModelResidency._prefetch_after)
+        prefetching = mode is Residency.HOST_CACHED and lora_mode is LoraMode.ADAPTER
         return max(
-            c["text_encoder"],
+            c["text_encoder"] + (c["transformer"] if prefetching else 0),
             c["embeddings_processor"],
             c["audio_encoder"],
             c["transformer"] + self.activations,

@@ -90,6 +90,9 @@ def test_per_request_modes_build_once_per_request_and_hold_nothing_after(tiny_bu
     counts = engine.models.build_counts
     # Once per request, not once per stage: stage 2 reuses stage 1's transformer through the adapter.
     assert counts["transformer"] == 2 and counts["lora_adapter"] == 2 and counts["transformer_stage_2"] == 0
+    # Started ahead of their use and then used: host-cached's transformer upload (during prompt encoding),
+    # cold-start's LoRA read (during stage 1).
+    assert engine.models.prefetched == ({"transformer": 2} if mode == "host-cached" else {"lora_adapter": 2})
     if mode == "host-cached":
         assert engine.models.disk_reads["transformer"] == 1  # the second request copied it from the host cache
         assert engine.models.host_cache_bytes() > 0
@@ -106,6 +109,31 @@ def test_per_request_modes_build_once_per_request_and_hold_nothing_after(tiny_bu
             cancelled=lambda: stage["now"] == "stage_2",
         )
     assert engine.models.resident() == ()
+
+
+@pytest.mark.parametrize(("mode", "cancel_at"), [("host-cached", "audio_encode"), ("cold-start", "upsample")])
+def test_a_request_that_stops_frees_what_was_prefetched_for_it(tiny_bundle, small_request, tmp_path, monkeypatch,
+                                                               mode, cancel_at):  # fmt: skip
+    """host-cached starts the transformer's upload once the text encoder is built, cold-start the LoRA read once
+    the transformer is: a request stopped before they are used still frees them, and the next request works."""
+    from ltx_demo import residency
+
+    dismantled = []
+    monkeypatch.setattr(residency, "dismantle_", lambda model: dismantled.append(type(model).__name__))
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    stage = {"now": None}
+    with pytest.raises(GenerationCancelled):
+        engine.generate(
+            small_request(quantization="fp8-cast", residency=mode),
+            on_progress=lambda p: stage.update(now=p.phase),
+            cancelled=lambda: stage["now"] == cancel_at,
+        )
+    assert engine.models._prefetched == {} and engine.models.resident() == ()
+    assert engine.models.prefetched == {}  # started, never used
+    if mode == "host-cached":
+        assert "X0Model" in dismantled  # the transformer uploaded ahead was freed with the request
+    engine.generate(small_request(quantization="fp8-cast", residency=mode))
+    assert sum(engine.models.prefetched.values()) == 1
 
 
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
@@ -301,6 +329,7 @@ def test_auto_picks_the_fastest_mode_that_fits_and_says_why():
     estimate = _estimate()
     peaks = {mode: estimate.peak(mode, LoraMode.ADAPTER) for mode in CONCRETE_MODES}
     assert peaks[Residency.PERSISTENT] == 39 * GIB and peaks[Residency.COLD_START] == 26 * GIB
+    assert peaks[Residency.HOST_CACHED] == 28 * GIB  # the transformer uploads while the text encoder runs
     assert estimate.peak(Residency.PERSISTENT, LoraMode.FUSED) == 57 * GIB  # the seed's two copies
 
     def plan(budget_gib: float, host_gib: float = 100, measured=None):
