@@ -89,8 +89,12 @@ def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_pa
     ("mode", "cancel_at"),
     # stage_2: the transformer is kept between the stages; audio_encode: host-cached's transformer is uploading
     # ahead (on a side stream) and never used; upsample: cold-start's LoRA pairs are read ahead and never used
-    [("cold-start", "stage_2"), ("host-cached", "stage_2"), ("host-cached", "audio_encode"),
-     ("cold-start", "upsample")],  # fmt: skip
+    [
+        ("cold-start", "stage_2"),
+        ("host-cached", "stage_2"),
+        ("host-cached", "audio_encode"),
+        ("cold-start", "upsample"),
+    ],
 )
 def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, tmp_path, mode, cancel_at):
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
