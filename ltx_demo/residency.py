@@ -37,6 +37,7 @@ from ltx_demo.quantization import (
     swap_in_linear4bit_,
 )
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.streamed_read import SAFETENSORS_DTYPES
 from ltx_demo.text_path import drop_unused_gemma_parts_, is_dropped_gemma_key, store_linears_in_fp8_
 
 logger = logging.getLogger(__name__)
@@ -400,13 +401,8 @@ class ModelResidency:
         self._on_loading(ADAPTER)
         try:
             with scope:
-                pending = self._prefetched.pop(ADAPTER, None)
-                if pending is None:
-                    yield self._read_lora_pairs()
-                else:
-                    pairs, _ = pending.result()
-                    self.prefetched[ADAPTER] += 1
-                    yield pairs
+                pairs = self._take_prefetched(ADAPTER)
+                yield self._read_lora_pairs() if pairs is None else pairs
         except LoraTargetError as exc:
             raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
         finally:
@@ -427,17 +423,27 @@ class ModelResidency:
         - host-cached: the transformer's upload (its kept state or registry state, on a side CUDA stream) starts once
           the text encoder is on the device, and runs while the prompt is encoded; its peak is then the text encoder
           and the transformer together (~25 GiB for LTX-2.3 with nf4 Gemma, under persistent's ~33 GiB resident).
-        - cold-start: the distilled LoRA's read (~6 GB of bf16 pairs for LTX-2.3, into host memory) starts once
-          the stage transformer is built, and runs during stage 1; the device sees the pairs only at stage 2 as
-          before, so cold-start's peak does not change.
+          Then the distilled LoRA's pairs (~6 GB of bf16 for LTX-2.3, pinned in the host cache) upload during
+          stage 1, so stage 2 only fuses them; stage 1's peak grows by the pairs (~25 GiB in all).
+        - cold-start: the LoRA's read (into host memory) starts once the stage transformer is built, and runs
+          during stage 1; the device sees the pairs only at stage 2 as before, so cold-start's peak does not change.
         """
         config = self._config
         if config.lora_mode is not LoraMode.ADAPTER:
             return  # the fused-copy comparison mode keeps ltx-pipelines' order
         if name == "text_encoder" and config.residency is Residency.HOST_CACHED:
             self._start_prefetch("transformer", lambda: self._build("transformer", "transformer", announce=False))
-        elif name == "transformer" and config.residency is Residency.COLD_START and config.distilled_lora_strength:
-            self._start_prefetch(ADAPTER, self._read_lora_pairs)
+        elif name == "transformer" and config.distilled_lora_strength:
+            if config.residency is Residency.COLD_START:
+                self._start_prefetch(ADAPTER, self._read_lora_pairs)
+            elif config.residency is Residency.HOST_CACHED:
+                self._start_prefetch(ADAPTER, self._upload_lora_pairs)
+
+    def _upload_lora_pairs(self) -> dict:
+        return {
+            stem: (a.to(self.device, non_blocking=True), b.to(self.device, non_blocking=True))
+            for stem, (a, b) in self._read_lora_pairs().items()
+        }
 
     def _start_prefetch(self, name: str, build: Callable[[], object]) -> None:
         if name in self._prefetched or name in self._held:
@@ -455,20 +461,25 @@ class ModelResidency:
 
         self._prefetched[name] = self._background.submit(run)
 
-    def _take_prefetched(self, name: str) -> torch.nn.Module | None:
-        """The prefetched model, once its copies are done as far as this stream is concerned (a failed prefetch
-        raises here, as its build would have)."""
+    def _take_prefetched(self, name: str):
+        """The prefetched model (or LoRA pairs), once its copies are done as far as this stream is concerned; None
+        if nothing was prefetched. A failed prefetch raises here, as its build would have."""
         pending = self._prefetched.pop(name, None)
         if pending is None:
             return None
-        model, ready = pending.result()
+        built, ready = pending.result()
         self.prefetched[name] += 1
         if ready is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(ready)
-            for tensor in [*model.parameters(), *model.buffers()]:
-                tensor.record_stream(current)  # allocated on the side stream, used (and freed) on this one
-        return model
+            if isinstance(built, torch.nn.Module):
+                tensors = [*built.parameters(), *built.buffers()]
+            else:
+                tensors = [t for pair in built.values() for t in pair]
+            for tensor in tensors:
+                if tensor.device.type == "cuda":
+                    tensor.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+        return built
 
     def _drop_prefetched(self) -> None:
         """At the end of a request: wait for what was started and never used (an error or a cancel came first) and
@@ -873,10 +884,12 @@ class MemoryEstimate:
             return sum(c[name] for name in flow) + second + self.activations
         # Built and freed per block (DESIGN.md flow); the transformer is kept from stage 1 through stage 2.
         kept = c["transformer"] if lora_mode is LoraMode.ADAPTER else 0
-        # host-cached uploads the transformer while the text encoder runs (ModelResidency._prefetch_after)
+        # host-cached uploads the transformer while the text encoder runs, and the LoRA pairs it fuses for stage 2
+        # during stage 1 (ModelResidency._prefetch_after)
         prefetching = mode is Residency.HOST_CACHED and lora_mode is LoraMode.ADAPTER
         return max(
             c["text_encoder"] + (c["transformer"] if prefetching else 0),
+            (c["transformer"] + self.activations + c.get("lora_pairs", 0)) if prefetching else 0,
             c["embeddings_processor"],
             c["audio_encoder"],
             c["transformer"] + self.activations,
@@ -892,18 +905,6 @@ class ResidencyPlan:
     reason: str
     peaks: dict[str, int]  # mode value -> the peak used for the decision (measured or estimated)
     measured: tuple[str, ...]  # the modes whose peak was measured, not estimated
-
-
-_SAFETENSORS_DTYPES = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-}
 
 
 def _header_tensors(paths: list[str], sd_ops) -> list[tuple[str, int, torch.dtype]]:
@@ -922,7 +923,7 @@ def _header_tensors(paths: list[str], sd_ops) -> list[tuple[str, int, torch.dtyp
                 tensor_slice = f.get_slice(key)
                 shape, dtype = (
                     tensor_slice.get_shape(),
-                    _SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.bfloat16),
+                    SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), torch.bfloat16),
                 )
                 results = [(name, torch.empty(shape, dtype=dtype, device="meta"))]
                 if sd_ops is not None:
@@ -1024,7 +1025,8 @@ def _weight_bytes(
     components["lora_adapter"] = sum(elements for _, elements, _ in lora) * (
         1 if stores_fp8(quantization) else itemsize
     )
-    host += sum(elements * size(dtype) for _, elements, dtype in lora)
+    components["lora_pairs"] = sum(elements * size(dtype) for _, elements, dtype in lora)  # as read, to fuse
+    host += components["lora_pairs"]
     with safetensors.safe_open(str(bundle.checkpoint), framework="pt") as f:
         transformer_config = json.loads((f.metadata() or {}).get("config", "{}")).get("transformer", {})
     width = transformer_config.get("num_attention_heads", 32) * transformer_config.get("attention_head_dim", 128)
