@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
@@ -103,6 +102,18 @@ def free_device_memory(device: torch.device, collect: bool = True) -> None:
         gc.collect()  # fp8-cast's and the adapter's forward patches make each Linear a reference cycle
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def release_pinned_host_memory() -> None:
+    """Give back to the OS the pinned blocks torch's caching host allocator keeps after their tensors are freed.
+
+    Without it, host-cached's pinned cache (~39 GB for LTX-2.3) stayed reserved in the process after a switch to
+    another mode: a cold start in the same process then found too little memory left for the page cache to hold
+    its kept states, and read them from disk (measured on the H100, docs/residency.md). torch exposes the call only
+    as a private binding; without it this is a no-op."""
+    empty_host_cache = getattr(torch._C, "_host_emptyCache", None)
+    if torch.cuda.is_available() and empty_host_cache is not None:
+        empty_host_cache()
 
 
 def dismantle_(model: torch.nn.Module) -> None:
@@ -211,7 +222,7 @@ class ModelResidency:
         self.build_counts: Counter[str] = BuildCounts()
         self.disk_reads: Counter[str] = Counter()  # builds that read their weights from disk (not the host cache)
         self.kept_builds: Counter[str] = Counter()  # builds from a kept state (built_states), not the bundle's files
-        self.prefetched: Counter[str] = Counter()  # builds (and LoRA reads) done ahead of their use, then used
+        self.uploaded_ahead: Counter[str] = Counter()  # host-cached: LoRA pairs uploaded during stage 1, then used
         self._on_loading = on_loading or (lambda _name: None)
         self._held: dict[str, torch.nn.Module] = {}
         self._adapters: dict[str, LowRankAdapter] = {}
@@ -226,9 +237,8 @@ class ModelResidency:
         self._fused: set[int] = set()  # id() of held transformers whose LoRA is fused in place
         self.stage_2_lora: str | None = None  # how the last stage 2 applied the distilled LoRA
         self._lock = threading.RLock()
-        # Builds started ahead of their use (prefetch): name -> Future of (model or LoRA pairs, CUDA event or None)
-        self._prefetched: dict[str, Future] = {}
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="ltx-demo-prefetch")
+        # host-cached: the LoRA pairs on the device before stage 2 needs them, with the event their copies record
+        self._ahead: tuple[dict, torch.cuda.Event | None] | None = None
         # Pay ltx-pipelines' import (seconds: it pulls in transformers) at construction, not in the first request.
         import ltx_pipelines.utils.model_ledger  # noqa: F401
 
@@ -297,7 +307,7 @@ class ModelResidency:
             yield
         finally:
             with self._lock:
-                self._drop_prefetched()
+                self._drop_uploaded_ahead()
                 self._kept.clear()
                 if self._config is not None and self._config.residency is not Residency.PERSISTENT:
                     self.release_all()
@@ -314,11 +324,9 @@ class ModelResidency:
             if model is None:
                 build_scope = on_build(name) if on_build else contextlib.nullcontext()
                 with build_scope:
-                    model = self._take_prefetched(name)
-                    if model is None:
-                        model = self._build(name, label)
+                    model = self._build(name, label)
                 self._held[name] = model
-                self._prefetch_after(name)
+                self._upload_lora_ahead(name)
         try:
             yield model
         finally:
@@ -395,13 +403,13 @@ class ModelResidency:
     @contextlib.contextmanager
     def _lora_pairs(self, on_build) -> Iterator[dict]:
         """The distilled LoRA's (A, B) pairs, read with ltx-core's own loader (builder.load_sd: through the host cache
-        when there is one; cold-start reads them ahead, during stage 1), as the `lora_adapter` build phase; a LoRA
+        when there is one; host-cached has uploaded them during stage 1), as the `lora_adapter` build phase; a LoRA
         that does not fit the transformer is a BundleError naming the file."""
         scope = on_build(ADAPTER) if on_build else contextlib.nullcontext()
         self._on_loading(ADAPTER)
         try:
             with scope:
-                pairs = self._take_prefetched(ADAPTER)
+                pairs = self._take_uploaded_ahead()
                 yield self._read_lora_pairs() if pairs is None else pairs
         except LoraTargetError as exc:
             raise BundleError(f"{self.bundle.distilled_lora.name}: {exc}; run check-bundle") from exc
@@ -416,83 +424,57 @@ class ModelResidency:
             lambda paths, sd_ops: builder.load_sd(paths, builder.registry, torch.device("cpu"), sd_ops),
         )
 
-    # -- prefetch: builds started ahead of their use, overlapping the work before it --------------------------------
-    def _prefetch_after(self, name: str) -> None:
-        """Start what the flow needs next while `name` runs, where that hides a load behind compute:
+    # -- host-cached: the LoRA pairs uploaded during stage 1 -------------------------------------------------------
+    def _upload_lora_ahead(self, name: str) -> None:
+        """host-cached: once the stage transformer is on the device, start uploading the distilled LoRA's pairs
+        (pinned in the host cache: ~6 GB of bf16 for LTX-2.3) on a side CUDA stream, so the copies run during stage
+        1 and stage 2 only fuses them. Stage 1's peak grows by the pairs (~25 GiB in all, under persistent's).
 
-        - host-cached: the transformer's upload (its kept state or registry state, on a side CUDA stream) starts once
-          the text encoder is on the device, and runs while the prompt is encoded; its peak is then the text encoder
-          and the transformer together (~25 GiB for LTX-2.3 with nf4 Gemma, under persistent's ~33 GiB resident).
-          Then the distilled LoRA's pairs (~6 GB of bf16 for LTX-2.3, pinned in the host cache) upload during
-          stage 1, so stage 2 only fuses them; stage 1's peak grows by the pairs (~25 GiB in all).
-        - cold-start: the LoRA's read (into host memory) starts once the stage transformer is built, and runs
-          during stage 1; the device sees the pairs only at stage 2 as before, so cold-start's peak does not change.
+        The copies are issued from this thread (asynchronous, a few ms of Python). Doing more ahead on a helper
+        thread (the transformer's upload during prompt encoding, cold-start's LoRA read during stage 1) was
+        measured slower: the helper's Python held the GIL against the main thread's kernel launches.
         """
         config = self._config
-        if config.lora_mode is not LoraMode.ADAPTER:
-            return  # the fused-copy comparison mode keeps ltx-pipelines' order
-        if name == "text_encoder" and config.residency is Residency.HOST_CACHED:
-            self._start_prefetch("transformer", lambda: self._build("transformer", "transformer", announce=False))
-        elif name == "transformer" and config.distilled_lora_strength:
-            if config.residency is Residency.COLD_START:
-                self._start_prefetch(ADAPTER, self._read_lora_pairs)
-            elif config.residency is Residency.HOST_CACHED:
-                self._start_prefetch(ADAPTER, self._upload_lora_pairs)
-
-    def _upload_lora_pairs(self) -> dict:
-        return {
-            stem: (a.to(self.device, non_blocking=True), b.to(self.device, non_blocking=True))
-            for stem, (a, b) in self._read_lora_pairs().items()
-        }
-
-    def _start_prefetch(self, name: str, build: Callable[[], object]) -> None:
-        if name in self._prefetched or name in self._held:
+        if (
+            name != "transformer"
+            or config.residency is not Residency.HOST_CACHED
+            or config.lora_mode is not LoraMode.ADAPTER
+            or not config.distilled_lora_strength
+            or self._ahead is not None
+        ):
             return
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            pairs = {
+                stem: (a.to(self.device, non_blocking=True), b.to(self.device, non_blocking=True))
+                for stem, (a, b) in self._read_lora_pairs().items()
+            }
+        ready = None
+        if stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        self._ahead = (pairs, ready)
 
-        def run() -> tuple[object, torch.cuda.Event | None]:
-            if stream is None:
-                return build(), None
-            with torch.cuda.stream(stream):
-                built = build()
-                ready = torch.cuda.Event()
-                ready.record(stream)
-            return built, ready
-
-        self._prefetched[name] = self._background.submit(run)
-
-    def _take_prefetched(self, name: str):
-        """The prefetched model (or LoRA pairs), once its copies are done as far as this stream is concerned; None
-        if nothing was prefetched. A failed prefetch raises here, as its build would have."""
-        pending = self._prefetched.pop(name, None)
-        if pending is None:
+    def _take_uploaded_ahead(self) -> dict | None:
+        """The pairs uploaded ahead, usable on this stream (None if there are none)."""
+        if self._ahead is None:
             return None
-        built, ready = pending.result()
-        self.prefetched[name] += 1
+        (pairs, ready), self._ahead = self._ahead, None
+        self.uploaded_ahead[ADAPTER] += 1
         if ready is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(ready)
-            if isinstance(built, torch.nn.Module):
-                tensors = [*built.parameters(), *built.buffers()]
-            else:
-                tensors = [t for pair in built.values() for t in pair]
-            for tensor in tensors:
-                if tensor.device.type == "cuda":
-                    tensor.record_stream(current)  # allocated on the side stream, used (and freed) on this one
-        return built
+            for tensor in (t for pair in pairs.values() for t in pair):
+                tensor.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+        return pairs
 
-    def _drop_prefetched(self) -> None:
-        """At the end of a request: wait for what was started and never used (an error or a cancel came first) and
-        free it, so the device is back to its baseline."""
-        for name, pending in list(self._prefetched.items()):
-            try:
-                built, _ = pending.result()
-            except Exception as exc:  # the request already ended; its own error (if any) is the one reported
-                logger.info("prefetch of %s failed after its request ended: %s", name, exc)
-                continue
-            if isinstance(built, torch.nn.Module):
-                dismantle_(built)
-        self._prefetched.clear()
+    def _drop_uploaded_ahead(self) -> None:
+        """At the end of a request stopped before stage 2: free the pairs once their copies are done."""
+        if self._ahead is not None:
+            _, ready = self._ahead
+            if ready is not None:
+                ready.synchronize()
+            self._ahead = None
 
     def _adapter_state(self) -> tuple:
         """What of the adapter changes the blocks' code path: a graph captured with it on cannot replay it off."""
@@ -524,7 +506,7 @@ class ModelResidency:
             self.build_counts[ADAPTER] += 1
             return adapter
 
-    def _build(self, name: str, label: str, announce: bool = True) -> torch.nn.Module:
+    def _build(self, name: str, label: str) -> torch.nn.Module:
         stage_1, stage_2 = self._ledgers
         loads_before = sum(self._registry.loads.values()) if self._registry is not None else None
         if self._registry is not None and self._kept_as_built(name) and name not in self._host_states:
@@ -544,10 +526,9 @@ class ModelResidency:
         }
         if name not in factories:
             raise KeyError(f"unknown model {name!r}: one of {', '.join(MODEL_NAMES)}")
-        if announce:
-            self._on_loading(name)
+        self._on_loading(name)
         logger.info("building %s (%s)", name, self._config)
-        # Only the Gemma parts need the bundle's Gemma size, and a prefetch builds the transformer beside them
+        # Only the Gemma parts are built at the bundle's Gemma size (gemma_architecture patches ltx-core's config)
         gemma = gemma_architecture(self.bundle) if name in GEMMA_PARTS else contextlib.nullcontext()
         try:
             with gemma, torch.inference_mode(False):
@@ -557,8 +538,7 @@ class ModelResidency:
                 raise
             raise BundleError(_explain_build_failure(label, self.bundle, exc)) from exc
         finally:
-            if announce:
-                self._on_loading(None)
+            self._on_loading(None)
         _assert_materialized(label, model, self.bundle)
         if name.startswith("transformer"):
             _cast_unquantized_(model, self.compute_dtype)
@@ -737,12 +717,15 @@ class ModelResidency:
             self._invalidate_graphs()
 
     def _drop_host_cache(self) -> None:
+        had_cache = bool(self._host_states) or self._registry is not None
         self._host_states.clear()
         if self._registry is not None:
             self._registry.clear()
             self._registry = None
             self._ledgers = None
             gc.collect()
+        if had_cache:
+            release_pinned_host_memory()
 
     # -- what is held ----------------------------------------------------------------------------------------------
     def resident(self) -> tuple[str, ...]:
@@ -884,15 +867,13 @@ class MemoryEstimate:
             return sum(c[name] for name in flow) + second + self.activations
         # Built and freed per block (DESIGN.md flow); the transformer is kept from stage 1 through stage 2.
         kept = c["transformer"] if lora_mode is LoraMode.ADAPTER else 0
-        # host-cached uploads the transformer while the text encoder runs, and the LoRA pairs it fuses for stage 2
-        # during stage 1 (ModelResidency._prefetch_after)
-        prefetching = mode is Residency.HOST_CACHED and lora_mode is LoraMode.ADAPTER
+        # host-cached uploads the LoRA pairs it fuses for stage 2 during stage 1 (ModelResidency._upload_lora_ahead)
+        ahead = c.get("lora_pairs", 0) if mode is Residency.HOST_CACHED and lora_mode is LoraMode.ADAPTER else 0
         return max(
-            c["text_encoder"] + (c["transformer"] if prefetching else 0),
-            (c["transformer"] + self.activations + c.get("lora_pairs", 0)) if prefetching else 0,
+            c["text_encoder"],
             c["embeddings_processor"],
             c["audio_encoder"],
-            c["transformer"] + self.activations,
+            c["transformer"] + self.activations + ahead,
             kept + c["video_encoder"] + c["spatial_upsampler"],
             (c["transformer"] if lora_mode is LoraMode.ADAPTER else 0) + second + self.activations,
             c["video_decoder"] + self.activations,

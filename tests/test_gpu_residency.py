@@ -87,14 +87,9 @@ def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_pa
 
 @pytest.mark.parametrize(
     ("mode", "cancel_at"),
-    # stage_2: the transformer is kept between the stages; audio_encode: host-cached's transformer is uploading
-    # ahead (on a side stream) and never used; upsample: cold-start's LoRA pairs are read ahead and never used
-    [
-        ("cold-start", "stage_2"),
-        ("host-cached", "stage_2"),
-        ("host-cached", "audio_encode"),
-        ("cold-start", "upsample"),
-    ],
+    # stage_2: the transformer is kept between the stages; upsample: host-cached's LoRA pairs, uploaded during
+    # stage 1 on a side stream, are never used
+    [("cold-start", "stage_2"), ("host-cached", "stage_2"), ("host-cached", "upsample")],
 )
 def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, tmp_path, mode, cancel_at):
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
@@ -128,6 +123,22 @@ def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clip
         assert engine.models.host_cache_loads()["text_encoder (as built)"] == 1
     assert kept == {"text_encoder": 1, "transformer": 1, "embeddings_processor": 1}
     REPORT[f"kept_as_built_{mode}"] = {"requests": 2, "same_frames": True, "kept_builds": kept}
+
+
+def test_switching_from_host_cached_gives_the_pinned_memory_back(tiny_bundle, small_request, tmp_path):
+    """torch's caching host allocator keeps freed pinned blocks: the switch must hand them back to the OS."""
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine.generate(small_request(quantization="fp8-cast", residency="host-cached", width=128, height=128,
+                                  num_frames=17))  # fmt: skip
+    cached = engine.models.host_cache_bytes()
+    pinned_with_cache = torch.cuda.host_memory_stats()["reserved_bytes.current"]
+    assert pinned_with_cache >= cached > 0
+    engine.generate(small_request(quantization="fp8-cast", residency="cold-start", width=128, height=128,
+                                  num_frames=17))  # fmt: skip
+    pinned_after = torch.cuda.host_memory_stats()["reserved_bytes.current"]
+    REPORT["pinned_after_switching_from_host_cached"] = {"cache_bytes": cached, "pinned_with_cache": pinned_with_cache,
+                                                         "pinned_after": pinned_after}  # fmt: skip
+    assert pinned_after < pinned_with_cache - cached // 2, (pinned_with_cache, pinned_after, cached)
 
 
 def test_switching_from_persistent_releases_the_device(tiny_bundle, small_request, tmp_path):
