@@ -71,7 +71,7 @@ def test_host_cached_keeps_the_quantized_text_encoder_not_the_bf16_gemma(tiny_bu
         on_device = module_bytes(text_encoder)
         del text_encoder
     bf16_files = sum(os.path.getsize(p) for p in tiny_bundle.gemma_root.rglob("*.safetensors"))
-    assert cached == residency.host_cache_bytes()  # (it also holds the transformer, uploaded ahead in request 1)
+    assert cached == residency.host_cache_bytes()
     assert on_device <= built_states.state_bytes(residency._host_states["text_encoder"]) < bf16_files
     # Switching away drops it with the rest of the host cache.
     residency.configure(ModelConfig(Quantization.BF16, Residency.COLD_START, 1.0))
