@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
     """Build the engine from the bundle flags and the UI around it, with the queue configured."""
     from ltx_demo import ui
-    from ltx_demo.outputs import KeepPolicy, prune
     from ltx_demo.pipeline import default_negative_prompt
+    from ltx_demo.results import KeepPolicy, prune
     from ltx_demo.types import InvalidRequest
 
     try:

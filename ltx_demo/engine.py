@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ltx_demo import media, outputs, review
+from ltx_demo import media, results, review
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
-from ltx_demo.outputs import KeepPolicy, new_output_path
 from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import (
     default_text_encoder_quantization,
@@ -31,6 +30,7 @@ from ltx_demo.quantization import (
     unavailable_reason,
 )
 from ltx_demo.residency import ModelConfig, ModelResidency, estimate_memory, free_device_memory
+from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
@@ -129,7 +129,7 @@ class Engine:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
         self.keep_outputs = keep_outputs or KeepPolicy()  # default: keep every result
-        self.pinned_outputs: set[Path] = set()  # results on someone's screen: never pruned
+        self.pins = Pins()  # results on someone's screen: never pruned
         self.device = pick_device(device)
         self.compute_dtype = compute_dtype_for(self.device)
         self.loading: str | None = None
@@ -290,7 +290,7 @@ class Engine:
             free_device_memory(self.device)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise outputs.write_failure(exc, Path(exc.filename).parent if exc.filename else work_dir) from None
+            raise results.write_failure(exc, Path(exc.filename).parent if exc.filename else work_dir) from None
         except BaseException:
             free_device_memory(self.device)  # what the failed run left in the allocator's cache goes back
             raise
@@ -300,7 +300,7 @@ class Engine:
             self._last = telemetry
         elapsed = telemetry.now()
         self.models.record_peak(config, (request.width, request.height, request.num_frames), telemetry.peak_vram())
-        output = Path(request.output_path) if request.output_path else new_output_path(self.output_dir, request.seed)
+        output = Path(request.output_path) if request.output_path else new_result_path(self.output_dir, request.seed)
         result = GenerationResult(
             output=str(output),
             request=request,
@@ -354,9 +354,9 @@ class Engine:
         """The mp4 and its parameters JSON into the output folder, atomically (staged, then renamed: never a
         half-written result); then old results past --keep-outputs go, never this one or a pinned one."""
         params = {"request": asdict(result.request), "result": result.summary(), "provenance": record or {}}
-        outputs.publish(partial, output, params)
+        results.publish(partial, output, params)
         if not self.keep_outputs.unlimited and output.parent.resolve() == self.output_dir.resolve():
-            outputs.prune(self.output_dir, self.keep_outputs, protect={output, *self.pinned_outputs})
+            results.prune(self.output_dir, self.keep_outputs, protect={output, *self.pins.pinned()})
 
     # -- out of memory ---------------------------------------------------------------------------------------------
     def _out_of_memory(self, request, config: ModelConfig | None, telemetry: RunTelemetry, error: str) -> OutOfMemory:

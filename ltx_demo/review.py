@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -23,6 +22,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ltx_demo import results
 from ltx_demo.media import X264_OPTIONS
 from ltx_demo.types import GenerationRequest, GuidanceParams, InvalidRequest
 
@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 METADATA_TAG = "comment"  # the mp4 tag (©cmt) that carries the provenance JSON; ffprobe and players show it
 PROVENANCE_SCHEMA = "ltx-demo/provenance-1"
 PAIR_SCHEMA = "ltx-demo/side-by-side-1"
-INPUTS_DIR = "inputs"  # content-addressed copies of the portrait and the audio, next to the results
-THUMBNAILS_DIR = "thumbnails"
-PROXIES_DIR = "proxies"  # video-only copies the A/B player shows (the sound comes from one <audio> element)
-EXPORTS_DIR = "exports"  # side-by-side renders; a subfolder, so the history scan does not list them as results
 PACKAGES = ("torch", "ltx-core", "ltx-pipelines", "transformers", "gradio", "ltx-demo")
 THUMBNAIL_WIDTH = 320
 PAIR_GAP, PAIR_LABEL_HEIGHT = 8, 28  # pixels between the two videos; the caption strip above them
@@ -72,17 +68,15 @@ def store_input(path: str | Path, folder: Path) -> dict:
     reproduced after Gradio's temporary uploads are gone. Returns its record (stored path relative to folder)."""
     source = Path(path)
     digest = sha256_file(source)
-    target = Path(folder) / INPUTS_DIR / f"{digest}{_safe_suffix(source.name)}"
+    target = results.input_path(folder, digest, _safe_suffix(source.name))
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, staged)
-        os.replace(staged, target)  # a reader never sees half a copy
+        with results.atomic_write(target) as staged:
+            shutil.copyfile(source, staged)
     return {
         "sha256": digest,
         "name": source.name,
         "bytes": target.stat().st_size,
-        "stored": f"{INPUTS_DIR}/{target.name}",
+        "stored": f"{results.INPUTS_DIR}/{target.name}",
     }
 
 
@@ -143,12 +137,8 @@ class HistoryEntry:
         video = sidecar.with_suffix(".mp4")
         if sidecar.name.startswith(".") or not video.is_file():
             return None
-        try:
-            params = json.loads(sidecar.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("history: skipping unreadable %s", sidecar)
-            return None
-        if not isinstance(params, dict) or not isinstance(params.get("request"), dict):
+        params = results.read_sidecar(sidecar)
+        if params is None or not isinstance(params.get("request"), dict):
             return None
         record = params.get("provenance") if isinstance(params.get("provenance"), dict) else {}
         created = record.get("created_at")
@@ -238,7 +228,7 @@ def find_entry(entries: tuple[HistoryEntry, ...], video: str | Path | None) -> H
 
 def thumbnail(entry: HistoryEntry, width: int = THUMBNAIL_WIDTH) -> Path:
     """The middle frame as a JPEG in folder/thumbnails (made once, remade if the mp4 is newer)."""
-    target = entry.video.parent / THUMBNAILS_DIR / f"{entry.video.stem}.jpg"
+    target = results.thumbnail_path(entry.video)
     if target.is_file() and target.stat().st_mtime >= entry.video.stat().st_mtime:
         return target
     image = None
@@ -253,10 +243,8 @@ def thumbnail(entry: HistoryEntry, width: int = THUMBNAIL_WIDTH) -> Path:
         raise InvalidRequest(f"{entry.video.name} has no video frames")
     if image.width > width:
         image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.partial.jpg")
-    image.save(staged, quality=88)
-    os.replace(staged, target)
+    with results.atomic_write(target) as staged:
+        image.save(staged, quality=88)
     return target
 
 
@@ -265,15 +253,12 @@ def video_only(video: str | Path) -> Path:
     shows these and plays the sound from one audio element: a page then has one clock, and two silent videos that
     follow it the same way (a video with its own audio track keeps time by its audio output, which stalls alone)."""
     video = Path(video)
-    target = video.parent / PROXIES_DIR / video.name
+    target = results.proxy_path(video)
     if target.is_file() and target.stat().st_mtime >= video.stat().st_mtime:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.stem}.partial.mp4")
-    with av.open(str(video)) as source, av.open(str(staged), mode="w") as container:
+    with results.atomic_write(target) as staged, av.open(str(video)) as source, av.open(str(staged), "w") as container:
         stream = source.streams.video[0]
         copy_packets(source, stream, container, container.add_stream_from_template(stream))
-    os.replace(staged, target)
     return target
 
 
@@ -421,9 +406,8 @@ def render_side_by_side(
     for x, text in ((4, labels[0]), (width_a + PAIR_GAP + 4, labels[1])):
         draw.text((x, PAIR_LABEL_HEIGHT // 2), text, fill=(240, 240, 240), font=font, anchor="lm")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staged = out.with_name(f".{out.stem}.partial.mp4")
     with (
+        results.atomic_write(out) as staged,
         av.open(str(a)) as video_a,
         av.open(str(b)) as video_b,
         av.open(str(a)) as sound_a,
@@ -447,7 +431,6 @@ def render_side_by_side(
         container.mux(video.encode())
         if audio_in is not None:
             copy_packets(sound_a, audio_in, container, audio_out)
-    os.replace(staged, out)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import gradio as gr
 from PIL import Image
 
-from ltx_demo import media, review
+from ltx_demo import media, results, review
 from ltx_demo.settings import FRAME_RATES, ImageFit, Quantization, Residency
 from ltx_demo.types import (
     GIB,
@@ -83,6 +83,7 @@ class EngineLike(Protocol):
     bundle: Any
     device: Any
     output_dir: Path
+    pins: results.Pins
 
     def generate(
         self,
@@ -1475,8 +1476,10 @@ def build_demo(
             gr.Info(message)
             return controller.progress_html()
 
-        def readouts(last_key: tuple):
-            """The live panel (timer): status line, progress, memory now, and the plot when its samples changed."""
+        def readouts(last_key: tuple, request: gr.Request):
+            """The live panel (timer): status line, progress, memory now, and the plot when its samples changed. Each
+            tick also says this tab is still open, which keeps what it shows pinned."""
+            engine.pins.renew(getattr(request, "session_hash", None) or "api")
             now = engine.status()
             samples = engine.live_samples()
             running = bool(now["busy"])
@@ -1507,11 +1510,9 @@ def build_demo(
                 raise gr.Error(message, title="No result selected")
             return entry
 
-        def pin(*videos: Path) -> None:
-            """Results on someone's screen are not pruned by --keep-outputs while this app runs."""
-            pinned = getattr(engine, "pinned_outputs", None)
-            if pinned is not None:
-                pinned.update(Path(video) for video in videos)
+        def pin(request: gr.Request | None, view: str, *videos: Path) -> None:
+            """What this tab's `view` shows is not pruned by --keep-outputs; what it showed before no longer held."""
+            engine.pins.pin(getattr(request, "session_hash", None) or "api", view, *videos)
 
         def show_history():
             """The gallery (newest first), the clicked-item -> mp4 list, the A/B pickers' choices and a count."""
@@ -1529,10 +1530,10 @@ def build_demo(
             """Every finished result in the output folder, newest first: key parameters, elapsed s, peak VRAM."""
             return [entry.summary() for entry in history_entries()]
 
-        def load_result(path: str | None, verdict: str = ""):
+        def load_result(path: str | None, request: gr.Request | None, verdict: str = ""):
             """The selected result: its video, parameters and facts, downloads, and what the one-click A/B runs."""
             entry = entry_or_error(path)
-            pin(entry.video)
+            pin(request, "selected", entry.video)
             other = review.other_quantization(entry.value("quantization"))
             return (
                 str(entry.video),
@@ -1543,9 +1544,12 @@ def build_demo(
                 gr.update(value=f"Compare with {other} at the same seed"),
             )
 
-        def select_history(videos: list[str], evt: gr.SelectData):
+        def select_history(videos: list[str], evt: gr.SelectData, request: gr.Request):
             index = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-            return load_result(videos[index] if isinstance(index, int) and 0 <= index < len(videos) else None)
+            return load_result(videos[index] if isinstance(index, int) and 0 <= index < len(videos) else None, request)
+
+        def select_new_result(result: GenerationResult | None, request: gr.Request):
+            return load_result(result.output if result else None, request)
 
         def reuse_settings(path: str | None):
             """Fill every control from the selected result (its saved inputs, verified by hash)."""
@@ -1623,9 +1627,9 @@ def build_demo(
             difference = review.decoded_difference(entry.video, result.output)
             verdict = reproduce_verdict(entry, result.output, difference, notes)
             report = {"original": str(entry.video), "output": result.output, **difference, "notes": notes}
-            return (*load_result(result.output, verdict), report)
+            return (*load_result(result.output, request, verdict), report)
 
-        def compare(a_path: str | None, b_path: str | None) -> str:
+        def compare(a_path: str | None, b_path: str | None, request: gr.Request) -> str:
             """The A/B view for two results, or why they cannot share a timeline."""
             found = history_entries()
             a, b = review.find_entry(found, a_path), review.find_entry(found, b_path)
@@ -1641,7 +1645,7 @@ def build_demo(
             if reason:
                 gr.Warning(reason, title="Cannot compare these two")
                 return compare_message_html(reason)
-            pin(a.video, b.video)
+            pin(request, "compare", a.video, b.video)
             peaks = review.waveform(a.video, info_a.duration)
             shown = (review.video_only(a.video), review.video_only(b.video))
             return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b), shown)
@@ -1668,7 +1672,7 @@ def build_demo(
                 except InvalidRequest as exc:
                     raise gr.Error(str(exc), title="Cannot make the other take") from None
                 b_path = run_take(again, request, progress).output
-            return str(entry.video), b_path, compare(str(entry.video), b_path)
+            return str(entry.video), b_path, compare(str(entry.video), b_path, request)
 
         def export_pair(a_path: str | None, b_path: str | None) -> list[str]:
             """A and B side by side in one mp4 (PyAV), with A's audio, in the output folder's exports/."""
@@ -1676,7 +1680,7 @@ def build_demo(
             a, b = review.find_entry(found, a_path), review.find_entry(found, b_path)
             if a is None or b is None:
                 raise gr.Error("pick two results from the history as A and B", title="Nothing to export")
-            out = engine.output_dir / review.EXPORTS_DIR / f"ab_{a.video.stem}__{b.video.stem}.mp4"
+            out = results.export_path(engine.output_dir, a.video, b.video)
             labels = (f"A · {a.short_label()}", f"B · {b.short_label()}")
             try:
                 review.render_side_by_side(a.video, b.video, out, labels, review.pair_record(a, b))
@@ -1778,7 +1782,7 @@ def build_demo(
         ]
         run_event.success(show_history, None, history_outputs, show_progress="hidden", api_visibility="private")
         run_event.success(
-            lambda result: load_result(result.output if result else None),
+            select_new_result,
             result_state,
             selected_outputs,
             show_progress="hidden",
@@ -1837,8 +1841,10 @@ def build_demo(
         gr.api(engine_status, api_name="status")
 
         def tab_closed(request: gr.Request) -> None:
-            """A closed tab (its heartbeat ends) cancels that session's job, which frees what it built."""
+            """A closed tab (its heartbeat ends) releases its pins and cancels its job, which frees what it built."""
             session = getattr(request, "session_hash", None)
+            if session:
+                engine.pins.release(session)
             if session and controller.has_job(session):
                 logger.info("session %s went away: %s", session, controller.cancel(session))
 

@@ -34,7 +34,7 @@ def soak_one_mode(mode: str, runs: int, device: str | None, steps: int) -> dict:
 
     from ltx_demo.checkpoints import embedded_bundle
     from ltx_demo.engine import Engine
-    from ltx_demo.outputs import KeepPolicy
+    from ltx_demo.results import KeepPolicy
     from ltx_demo.types import GenerationRequest
 
     bundle = embedded_bundle()

@@ -25,9 +25,9 @@ import pytest
 import soundfile
 import torch
 
-from ltx_demo import outputs, review
+from ltx_demo import results, review
 from ltx_demo.engine import Engine
-from ltx_demo.outputs import KeepPolicy
+from ltx_demo.results import KeepPolicy
 from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
 
 from .conftest import ASSETS
@@ -173,10 +173,10 @@ def test_a_failed_encode_leaves_nothing(tiny_bundle, tmp_path, small_request, mo
 
 
 class FullDisk:
-    """Stands in for the shutil / os modules inside ltx_demo.outputs: the chosen write fails with ENOSPC."""
+    """Stands in for the shutil / os modules inside ltx_demo.results: the chosen write fails with ENOSPC."""
 
     def __init__(self, fail: str) -> None:
-        self.fail, self.replaced = fail, 0
+        self.fail = fail
 
     def copyfile(self, source, target):
         if self.fail == "copy":
@@ -188,8 +188,7 @@ class FullDisk:
         return shutil.disk_usage(path)
 
     def replace(self, source, target):
-        self.replaced += 1
-        if self.fail == "rename-mp4" and self.replaced == 2:  # the JSON went in; the mp4 does not
+        if self.fail == "rename-mp4" and Path(target).suffix == ".mp4":  # its JSON went in just before; it does not
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         return os.replace(source, target)
 
@@ -198,8 +197,8 @@ class FullDisk:
 def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tiny_bundle, tmp_path, small_request, monkeypatch, fail):
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
     full = FullDisk(fail)
-    monkeypatch.setattr(outputs, "shutil", full)
-    monkeypatch.setattr(outputs, "os", full)
+    monkeypatch.setattr(results, "shutil", full)
+    monkeypatch.setattr(results, "os", full)
     with pytest.raises(
         GenerationFailed, match=rf"the disk holding {tmp_path} is full .*nothing was saved.*--output-dir"
     ):
@@ -226,13 +225,13 @@ def test_publish_renames_the_json_first_and_the_mp4_last(tmp_path):
     """Whoever sees the mp4 (the history scan) sees its parameters; staged files are hidden and not result-named."""
     source = tmp_path / "work.mp4"
     source.write_bytes(b"video")
-    output = outputs.new_output_path(tmp_path / "out", 7)
-    assert outputs.RESULT_NAME.match(output.name)
+    output = results.new_result_path(tmp_path / "out", 7)
+    assert results.RESULT_NAME.match(output.name)
     order = []
     stock = os.replace
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(outputs, "os", SimpleNamespace(replace=lambda a, b: order.append(Path(b).suffix) or stock(a, b)))
-        outputs.publish(source, output, {"request": {"seed": 7}})
+        mp.setattr(results, "os", SimpleNamespace(replace=lambda a, b: order.append(Path(b).suffix) or stock(a, b)))
+        results.publish(source, output, {"request": {"seed": 7}})
     assert order == [".json", ".mp4"]
     assert json.loads(output.with_suffix(".json").read_text()) == {"request": {"seed": 7}}
     assert result_files(tmp_path / "out") == sorted([output.name, output.with_suffix(".json").name])
@@ -258,8 +257,8 @@ def fake_results(folder: Path, count: int, size: int = 1000) -> list[Path]:
         video = folder / f"20250101-1200{i:02d}_seed{i}_{i:06x}.mp4"
         video.write_bytes(b"\x00" * size)
         video.with_suffix(".json").write_text("{}")
-        (folder / review.THUMBNAILS_DIR).mkdir(exist_ok=True)
-        (folder / review.THUMBNAILS_DIR / f"{video.stem}.jpg").write_bytes(b"jpg")
+        (folder / results.THUMBNAILS_DIR).mkdir(exist_ok=True)
+        (folder / results.THUMBNAILS_DIR / f"{video.stem}.jpg").write_bytes(b"jpg")
         stamp = time.time() - (count - i) * 60
         os.utime(video, (stamp, stamp))
         made.append(video)
@@ -272,25 +271,25 @@ def test_prune_by_count_size_and_age_never_the_protected_nor_foreign_files(tmp_p
     foreign.write_bytes(b"not ours")
     stale = tmp_path / f".{made[0].name}.partial"
     stale.write_bytes(b"left by a killed run")
-    os.utime(stale, (time.time() - 2 * outputs.STALE_STAGED_S,) * 2)
+    os.utime(stale, (time.time() - 2 * results.STALE_STAGED_S,) * 2)
 
-    removed = outputs.prune(tmp_path, KeepPolicy(count=3), protect={made[0]})
+    removed = results.prune(tmp_path, KeepPolicy(count=3), protect={made[0]})
     assert sorted(removed) == made[1:3]  # the oldest go, except the protected one
     assert all(not p.with_suffix(".json").exists() for p in removed)
-    assert all(not (tmp_path / review.THUMBNAILS_DIR / f"{p.stem}.jpg").exists() for p in removed)
+    assert all(not (tmp_path / results.THUMBNAILS_DIR / f"{p.stem}.jpg").exists() for p in removed)
     assert foreign.exists() and not stale.exists()
-    assert outputs.prune(tmp_path, KeepPolicy(max_bytes=2 * 1100)) == [made[3], made[0]]
-    assert outputs.prune(tmp_path, KeepPolicy(max_age_s=90)) == [made[4]]
-    assert [r.video for r in outputs.stored_results(tmp_path)] == [made[5]]
+    assert results.prune(tmp_path, KeepPolicy(max_bytes=2 * 1100)) == [made[3], made[0]]
+    assert results.prune(tmp_path, KeepPolicy(max_age_s=90)) == [made[4]]
+    assert [r.video for r in results.stored_results(tmp_path)] == [made[5]]
 
 
 def test_engine_prunes_after_each_result_and_keeps_the_new_one(tiny_bundle, tmp_path, small_request):
     engine = Engine(tiny_bundle, tmp_path, device="cpu", keep_outputs=KeepPolicy(count=1))
     first = Path(engine.generate(small_request(seed=1)).output)
-    engine.pinned_outputs.add(first)  # on someone's screen
+    engine.pins.pin("tab", "selected", first)  # on someone's screen
     second = Path(engine.generate(small_request(seed=2)).output)
     assert first.exists() and second.exists()
-    engine.pinned_outputs.clear()
+    engine.pins.release("tab")  # the tab closed
     third = Path(engine.generate(small_request(seed=3)).output)
     assert [e.video for e in review.scan_history(tmp_path)] == [third]
 

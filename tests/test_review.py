@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from ltx_demo import media, review
+from ltx_demo import media, results, review
 from ltx_demo.types import GenerationRequest, InvalidRequest
 
 from .conftest import ASSETS
@@ -99,7 +99,7 @@ def test_reproduce_writes_a_new_file_that_decodes_identically(reproduced, engine
     entry, request, notes, again, (original_bytes, original_mtime) = reproduced
     original = entry.video
     assert notes == []  # the uploads are gone: the saved copies are used, verified by hash
-    assert Path(request.image_path).parent == engine.output_dir / review.INPUTS_DIR
+    assert Path(request.image_path).parent == engine.output_dir / results.INPUTS_DIR
     assert request.output_path is None and request.seed == 11
 
     assert Path(again.output) != original and Path(again.output).is_file()
@@ -192,7 +192,7 @@ def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
         assert [h["video"] for h in client.predict(api_name="/history")] == [report["output"], summary["output"]]
         view = client.predict(summary["output"], report["output"], api_name="/compare")
         assert 'data-role="a"' in view and 'data-frames="9"' in view
-        assert {Path(summary["output"]), Path(report["output"])} <= second.engine.pinned_outputs  # never pruned
+        assert {Path(summary["output"]), Path(report["output"])} <= second.engine.pins.pinned()  # never pruned
     finally:
         second.demo.close()
 
