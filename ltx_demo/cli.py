@@ -10,15 +10,9 @@ import sys
 from pathlib import Path
 
 from ltx_demo.checkpoints import cache_dir
-from ltx_demo.settings import (
-    DEFAULT_OUTPUT_DIR,
-    FRAME_RATES,
-    ImageFit,
-    LoraMode,
-    Quantization,
-    Residency,
-    TextEncoderQuantization,
-)
+from ltx_demo.requests import FRAME_RATES
+from ltx_demo.settings import DEFAULT_OUTPUT_DIR
+from ltx_demo.types import ImageFit, LoraMode, Quantization, Residency, TextEncoderQuantization
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
@@ -153,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):
-    from ltx_demo.types import GenerationRequest
+    """The typed request the generation flags describe (requests.py; the engine checks it before it runs)."""
+    from ltx_demo.requests import parse_request
 
-    return GenerationRequest(
+    fields = dict(
         image_path=args.image,
         audio_path=args.audio,
         prompt=args.prompt,
@@ -177,6 +172,7 @@ def request_from_args(args: argparse.Namespace):
         lora_mode=args.lora_mode,
         vram_budget_gib=args.vram_budget_gib,
     )
+    return parse_request(fields)
 
 
 def resolve_from_args(args: argparse.Namespace):
@@ -261,7 +257,6 @@ def run(args: argparse.Namespace) -> int:
         case "forward-bench":
             from ltx_demo import bench, forward_bench
             from ltx_demo.engine import compute_dtype_for, pick_device
-            from ltx_demo.settings import Quantization
 
             device = pick_device(args.device)
             bundle = resolve_from_args(args)

@@ -29,9 +29,9 @@ from ltx_demo.quantization import (
     text_encoder_unavailable_reason,
     unavailable_reason,
 )
+from ltx_demo.requests import check_request
 from ltx_demo.residency import ModelConfig, ModelResidency, estimate_memory, free_device_memory
 from ltx_demo.results import KeepPolicy, Pins, new_result_path
-from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
     GIB,
@@ -39,8 +39,12 @@ from ltx_demo.types import (
     GenerationRequest,
     GenerationResult,
     InvalidRequest,
+    LoraMode,
     OutOfMemory,
     Progress,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
     VramSample,
 )
 
@@ -149,7 +153,7 @@ class Engine:
     def _set_loading(self, name: str | None) -> None:
         self.loading = name
 
-    # -- what the UI shows ---------------------------------------------------------------------------------------
+    # -- what the UI shows, and what check_request asks (DeviceLimits) -------------------------------------------
     def unavailable(self, quantization: str, lora_mode: str = LoraMode.ADAPTER.value) -> str | None:
         return unavailable_reason(Quantization(quantization), self.device, LoraMode(lora_mode))
 
@@ -198,43 +202,24 @@ class Engine:
     ) -> GenerationResult:
         on_progress = on_progress or (lambda _p: None)
         cancelled = cancelled or (lambda: False)
+        request = check_request(request, self)  # typed, every field checked (this engine answers DeviceLimits)
         work_dir = Path(tempfile.mkdtemp(prefix="ltx-demo-"))
         try:
-            inputs = media.prepare_inputs(request, work_dir)  # every check, before any model is built
-            self._check_residency_fields(request)
-            reason = self.unavailable(request.quantization, request.lora_mode)
-            if reason:
-                raise InvalidRequest(f"quantization {request.quantization} cannot run here: {reason}")
+            inputs = media.prepare_inputs(request, work_dir)  # the files' contents, before any model is built
             with self._job_lock:
                 return self._run(request, inputs, work_dir, on_progress, cancelled)
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _check_residency_fields(self, request: GenerationRequest) -> None:
-        """The residency-related fields media.prepare_inputs does not know about; before any model is built."""
-        fields = ((request.lora_mode, LoraMode), (request.text_encoder_quantization, TextEncoderQuantization))
-        for value, enum in fields:
-            if value is not None and value not in {e.value for e in enum}:
-                choices = [e.value for e in enum]
-                raise InvalidRequest(f"unknown {enum.__name__.lower()} {value!r}: use one of {choices}")
-        if request.text_encoder_quantization is not None:
-            reason = self.text_encoder_unavailable(request.text_encoder_quantization)
-            if reason:
-                raise InvalidRequest(f"text encoder quantization {request.text_encoder_quantization}: {reason}")
-        if request.vram_budget_gib is not None and not request.vram_budget_gib > 0:
-            raise InvalidRequest(f"VRAM budget {request.vram_budget_gib} GiB must be positive")
-
     def _model_config(self, request: GenerationRequest) -> tuple[ModelConfig, str]:
         """The concrete config this request runs with, and why (auto: which mode fits the budget)."""
-        text_encoder = TextEncoderQuantization(
-            request.text_encoder_quantization or self.default_text_encoder_quantization()
-        )
+        text_encoder = request.text_encoder_quantization or self.default_text_encoder_quantization()
         config = ModelConfig(
-            Quantization(request.quantization),
-            Residency(request.residency),
+            request.quantization,
+            request.residency,
             request.distilled_lora_strength,
-            LoraMode(request.lora_mode),
-            text_encoder,
+            request.lora_mode,
+            TextEncoderQuantization(text_encoder),
         )
         if config.residency is not Residency.AUTO:
             return config, ""

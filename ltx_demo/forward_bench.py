@@ -18,7 +18,7 @@ import torch
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.residency import ModelConfig, ModelResidency
-from ltx_demo.settings import Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import Quantization, Residency, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
-"""Media in and out: input validation and normalisation (image, audio, sizes, prompt), done in one place before
-any model is built, and the mp4 writer."""
+"""Media in and out: the portrait and the audio read, checked and normalised (requests.py has checked the request's
+fields first), and the mp4 writer."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import re
@@ -17,19 +16,13 @@ import soundfile
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
-from ltx_demo.settings import FRAME_RATES, ImageFit, Quantization, Residency
-from ltx_demo.types import GenerationRequest, InvalidRequest
+from ltx_demo.requests import MAX_FRAMES
+from ltx_demo.types import GenerationRequest, ImageFit, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_SAMPLE_RATE = 48_000  # what the mp4 carries; the audio VAE resamples to its own 16 kHz internally
-MIN_SIDE, MAX_SIDE = 64, 2048
-MAX_FRAMES = 257
-MAX_PIXEL_FRAMES = 1280 * 768 * 257  # a sane cap on width x height x frames (memory grows with it)
 MAX_IMAGE_PIXELS = 64_000_000
-MAX_PROMPT_CHARS = 2000
-MAX_STEPS = 100
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,69 +34,10 @@ class PreparedInputs:
     image_note: str
 
 
-def legal_frame_counts(max_frames: int = MAX_FRAMES) -> list[int]:
-    return list(range(9, max_frames + 1, 8))
-
-
-def max_frames_at(width: int, height: int) -> int:
-    """The largest legal (8k+1) frame count check_request accepts at this size."""
-    cap = min(MAX_FRAMES, MAX_PIXEL_FRAMES // max(width * height, 1))
-    return max(9, 8 * ((cap - 1) // 8) + 1)
-
-
-def _nearest(value: int, legal: list[int]) -> str:
-    """'try A' or 'try A or B': the legal values either side of a refused one."""
-    below = [v for v in legal if v < value][-1:]
-    above = [v for v in legal if v > value][:1]
-    return "try " + " or ".join(str(v) for v in below + above)
-
-
 def frames_for_duration(seconds: float, frame_rate: int) -> int:
     """The largest 8k+1 frame count whose clip the audio covers (at least 9)."""
     k = max(1, math.floor((seconds * frame_rate - 1) / 8))
     return min(8 * k + 1, MAX_FRAMES)
-
-
-def check_request(request: GenerationRequest) -> None:
-    """Every check on the request's numbers and strings; files are checked when they are read."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise InvalidRequest("prompt is empty: describe the person and the scene")
-    for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt or "")):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidRequest(f"{name} is {len(text)} characters: shorten it to at most {MAX_PROMPT_CHARS}")
-    for name, value in (("width", request.width), ("height", request.height)):
-        if not isinstance(value, int) or value % 64 or not MIN_SIDE <= value <= MAX_SIDE:
-            hint = _nearest(value, list(range(MIN_SIDE, MAX_SIDE + 1, 64))) if isinstance(value, int) else "try 768"
-            what = "not between" if isinstance(value, int) and not value % 64 else "not a multiple of 64 between"
-            raise InvalidRequest(f"{name} {value} is {what} {MIN_SIDE} and {MAX_SIDE}: {hint}")
-    n = request.num_frames
-    if not isinstance(n, int) or n < 9 or (n - 1) % 8:
-        hint = _nearest(n, legal_frame_counts(MAX_FRAMES + 8)) if isinstance(n, int) else "try 97"
-        raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES}): {hint}")
-    if n > MAX_FRAMES or request.width * request.height * n > MAX_PIXEL_FRAMES:
-        raise InvalidRequest(
-            f"{request.width}x{request.height} with {n} frames is over the cap: use at most "
-            f"{max_frames_at(request.width, request.height)} frames at this size, or a smaller size"
-        )
-    if request.frame_rate not in FRAME_RATES:
-        raise InvalidRequest(f"frame rate {request.frame_rate} is not one of {', '.join(map(str, FRAME_RATES))}")
-    if not isinstance(request.steps, int) or not 1 <= request.steps <= MAX_STEPS:
-        raise InvalidRequest(f"steps {request.steps} must be between 1 and {MAX_STEPS}")
-    if not isinstance(request.seed, int) or not 0 <= request.seed <= MAX_SEED:
-        raise InvalidRequest(f"seed {request.seed} must be between 0 and {MAX_SEED}")
-    for value, enum in (
-        (request.quantization, Quantization),
-        (request.residency, Residency),
-        (request.image_fit, ImageFit),
-    ):
-        if value not in {e.value for e in enum}:
-            raise InvalidRequest(f"unknown {enum.__name__.lower()} {value!r}: use one of {[e.value for e in enum]}")
-    if not isinstance(request.audio_start, int | float) or not 0 <= request.audio_start < math.inf:
-        raise InvalidRequest(f"audio start {request.audio_start} s must be a number of seconds, 0 or more")
-    numbers = dataclasses.asdict(request.guidance) | {"distilled LoRA strength": request.distilled_lora_strength}
-    for name, value in numbers.items():
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise InvalidRequest(f"{name.replace('_', ' ')} {value} must be a finite number, 0 or more")
 
 
 def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: Path) -> str:
@@ -327,10 +261,10 @@ def audio_duration(path: str) -> float:
 
 
 def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs:
-    """All checks and conversions for one request; raises InvalidRequest naming what to fix."""
-    check_request(request)
+    """The checks and conversions of a checked request's files (requests.check first); raises InvalidRequest naming
+    what to fix."""
     image_note = prepare_image(
-        request.image_path, request.width, request.height, ImageFit(request.image_fit), work_dir / "portrait.png"
+        request.image_path, request.width, request.height, request.image_fit, work_dir / "portrait.png"
     )
     audio, audio_note = prepare_audio(request.audio_path, request.audio_start, request.num_frames / request.frame_rate)
     return PreparedInputs(work_dir / "portrait.png", audio, OUTPUT_SAMPLE_RATE, audio_note, image_note)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, assert_never
 
-from ltx_demo.settings import LoraMode, Quantization, TextEncoderQuantization
+from ltx_demo.types import LoraMode, Quantization, TextEncoderQuantization
 
 if TYPE_CHECKING:
     import torch

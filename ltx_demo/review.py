@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ltx_demo import results
 from ltx_demo.media import X264_OPTIONS
-from ltx_demo.types import GenerationRequest, GuidanceParams, InvalidRequest
+from ltx_demo.requests import parse_request
+from ltx_demo.types import GenerationRequest, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -446,18 +447,10 @@ def pair_record(a: HistoryEntry | None, b: HistoryEntry | None, audio_from: str 
 
 # -- reproduce: the request that makes a result again -------------------------------------------------------------
 def request_from_dict(fields: dict, **overrides) -> GenerationRequest:
-    """A GenerationRequest from its asdict() form (a sidecar's "request"); fields this version does not know are
-    refused rather than dropped, so a reproduction never silently differs from what was asked."""
-    known = {f.name for f in dataclasses.fields(GenerationRequest)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise InvalidRequest(f"this result was made with request fields this app does not know: {', '.join(unknown)}")
-    values = dict(fields)
-    guidance = values.get("guidance")
-    if isinstance(guidance, dict):
-        values["guidance"] = GuidanceParams(**guidance)
-    values.update(overrides)
-    return GenerationRequest(**values)
+    """The typed GenerationRequest from its asdict() form (a sidecar's "request": the modes as strings); fields this
+    version does not know are refused rather than dropped, so a reproduction never silently differs from what was
+    asked. The engine checks the values when it runs it."""
+    return parse_request(dict(fields) | overrides)
 
 
 def _input_path(entry: HistoryEntry, kind: str, original: str) -> tuple[str, str]:

@@ -1,10 +1,42 @@
-"""Values passed between modules: requests, results, phase timings and memory samples (torch-free, frozen)."""
+"""Values passed between modules (torch-free): the mode enums, requests, results, phase timings, memory samples."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 GIB = 1024**3
+
+
+# -- the modes: each value is also its CLI flag and its UI label ------------------------------------------------------
+class Quantization(enum.StrEnum):
+    BF16 = "bf16"
+    FP8_CAST = "fp8-cast"
+    FP8_SCALED_MM = "fp8-scaled-mm"  # fp8 weights multiplied in fp8 (torch._scaled_mm); Ada/Hopper GPUs only
+
+
+class Residency(enum.StrEnum):
+    PERSISTENT = "persistent"
+    COLD_START = "cold-start"
+    HOST_CACHED = "host-cached"
+    AUTO = "auto"  # resolved per request to one of the above from --vram-budget-gib (residency.plan_residency)
+
+
+class LoraMode(enum.StrEnum):
+    """How stage 2 gets the distilled LoRA: a runtime low-rank adapter on the one transformer, or a fused copy."""
+
+    ADAPTER = "adapter"
+    FUSED = "fused"
+
+
+class TextEncoderQuantization(enum.StrEnum):
+    BF16 = "bf16"
+    NF4 = "nf4"  # bitsandbytes 4-bit linears; CUDA only
+
+
+class ImageFit(enum.StrEnum):
+    CROP = "crop"
+    PAD = "pad"
 
 
 def to_gib(num_bytes: int | None) -> float | None:
@@ -24,6 +56,8 @@ class GuidanceParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
+    """One generation as asked; requests.py types and checks it, from the CLI, the API, the UI or a sidecar."""
+
     image_path: str
     audio_path: str
     prompt: str
@@ -34,15 +68,15 @@ class GenerationRequest:
     frame_rate: int = 24
     steps: int = 30
     seed: int = 42
-    quantization: str = "fp8-cast"
-    residency: str = "persistent"
+    quantization: Quantization = Quantization.FP8_CAST
+    residency: Residency = Residency.PERSISTENT
     audio_start: float = 0.0
-    image_fit: str = "crop"
+    image_fit: ImageFit = ImageFit.CROP
     guidance: GuidanceParams = field(default_factory=GuidanceParams)
     distilled_lora_strength: float = 1.0
     output_path: str | None = None  # None: a new file in the output folder
-    text_encoder_quantization: str | None = None  # None: nf4 on CUDA, bf16 elsewhere
-    lora_mode: str = "adapter"  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
+    text_encoder_quantization: TextEncoderQuantization | None = None  # None: nf4 on CUDA, bf16 elsewhere
+    lora_mode: LoraMode = LoraMode.ADAPTER  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
     vram_budget_gib: float | None = None  # for residency "auto"; None: what the device has free
     batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
 

@@ -23,7 +23,16 @@ import gradio as gr
 from PIL import Image
 
 from ltx_demo import media, results, review
-from ltx_demo.settings import FRAME_RATES, ImageFit, Quantization, Residency
+from ltx_demo.requests import (
+    FRAME_RATES,
+    MAX_FRAMES,
+    MAX_SEED,
+    MAX_STEPS,
+    check_request,
+    max_frames_at,
+    parse_request,
+    whole_number,
+)
 from ltx_demo.types import (
     GIB,
     GenerationCancelled,
@@ -31,9 +40,12 @@ from ltx_demo.types import (
     GenerationRequest,
     GenerationResult,
     GuidanceParams,
+    ImageFit,
     InvalidRequest,
     OutOfMemory,
     Progress,
+    Quantization,
+    Residency,
     VramSample,
 )
 
@@ -139,36 +151,15 @@ def gib(num_bytes: int | None, digits: int = 2) -> str:
     return "—" if num_bytes is None else f"{num_bytes / GIB:.{digits}f}"
 
 
-def _as_int(value: Any, name: str) -> int:
-    """Numbers from the browser or an API client may arrive as floats (64.0); the engine checks the rest."""
-    if value is None or value == "":
-        raise InvalidRequest(f"{name} is empty: enter a number")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, int):
-        return value
-    raise InvalidRequest(f"{name} {value!r} is not a whole number")
-
-
 def resolve_resolution(choice: str, width: Any, height: Any) -> tuple[int, int]:
-    """A preset "WxH" or the custom fields; whether the numbers are legal is the engine's check."""
+    """A preset "WxH" or the custom fields (the browser sends 64.0); whether they are legal is check_request's."""
     if choice == CUSTOM:
-        return _as_int(width, "width"), _as_int(height, "height")
+        return whole_number(width, "width"), whole_number(height, "height")
     try:
         w, h = (int(v) for v in str(choice).lower().split("x"))
     except ValueError:
         raise InvalidRequest(f"resolution {choice!r}: pick a preset or {CUSTOM!r} with a width and height") from None
     return w, h
-
-
-def max_frames_at(width: int, height: int) -> int:
-    """The largest legal (8k+1) frame count the engine accepts at this size."""
-    cap = media.MAX_FRAMES
-    if width > 0 and height > 0:
-        cap = min(cap, media.MAX_PIXEL_FRAMES // (width * height))
-    return max(9, 8 * ((cap - 1) // 8) + 1)
 
 
 def matched_frames(audio_path: str, audio_start: float, frame_rate: int, width: int, height: int) -> tuple[int, float]:
@@ -1048,9 +1039,11 @@ def preview_fit(image: str | None, resolution: str, width: float | None, height:
         return None, ""
     try:
         w, h = resolve_resolution(resolution, width, height)
-        # The engine's own size check, so the preview refuses exactly what a run would.
-        media.check_request(GenerationRequest(image, "", "preview", width=w, height=h, num_frames=9))
-        fitted, note = fit_preview(image, w, h, image_fit)
+        # The engine's own size and fit check, so the preview refuses exactly what a run would.
+        checked = check_request(
+            GenerationRequest(image, "", "preview", width=w, height=h, num_frames=9, image_fit=image_fit)
+        )
+        fitted, note = fit_preview(image, w, h, checked.image_fit)
     except InvalidRequest as exc:
         return None, f"⚠ {exc}"
     return fitted, f"{image_fit} to {w}×{h}" + (f" · {note}" if note else "")
@@ -1072,7 +1065,7 @@ def sync_frames(
     except InvalidRequest:
         w, h = 0, 0
     cap = max_frames_at(w, h)
-    limit = f" · at most {cap} frames at {w}×{h}" if cap < media.MAX_FRAMES else ""
+    limit = f" · at most {cap} frames at {w}×{h}" if cap < MAX_FRAMES else ""
     if not match_audio:
         return gr.update(maximum=cap), f"frames set by hand{limit}"
     if not audio:
@@ -1216,7 +1209,7 @@ def build_demo(
                     )
                 num_frames = gr.Slider(
                     9,
-                    media.MAX_FRAMES,
+                    MAX_FRAMES,
                     value=first_frames,
                     step=8,
                     label="Frames (8k+1)",
@@ -1228,7 +1221,7 @@ def build_demo(
                     match_note = gr.Markdown(first_match_note, elem_id="match-note")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(
-                        DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=media.MAX_SEED, elem_id="seed"
+                        DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed"
                     )
                     randomize_seed = gr.Checkbox(
                         False,
@@ -1238,7 +1231,7 @@ def build_demo(
                     )
                 steps = gr.Slider(
                     1,
-                    media.MAX_STEPS,
+                    MAX_STEPS,
                     value=DEFAULT_STEPS,
                     step=1,
                     label="Denoising steps (stage 1)",
@@ -1405,34 +1398,35 @@ def build_demo(
             """Generate a lip-synced video; returns the video and the run's summary JSON (with its request)."""
             try:
                 w, h = resolve_resolution(resolution, width, height)
-                frames = _as_int(num_frames, "frame count")
+                frames = num_frames
                 if match_audio and audio:
                     try:
                         frames, _ = matched_frames(audio, audio_start or 0.0, int(frame_rate), w, h)
                     except InvalidRequest:
                         pass  # an unreadable or too-short clip: the engine's audio check names what to fix
-                used_seed = secrets.randbelow(media.MAX_SEED + 1) if randomize_seed else _as_int(seed, "seed")
-                generation = GenerationRequest(
+                guidance = dict(
+                    cfg_scale=cfg_scale, stg_scale=stg_scale, rescale_scale=rescale_scale, modality_scale=modality_scale
+                )
+                fields = dict(
                     image_path=image or "",
                     audio_path=audio or "",
                     prompt=prompt or "",
-                    negative_prompt=(negative_prompt or "").strip() or None,
+                    negative_prompt=(negative_prompt or "").strip() or None,  # empty: the default negative prompt
                     width=w,
                     height=h,
                     num_frames=frames,
-                    frame_rate=_as_int(frame_rate, "frame rate"),
-                    steps=_as_int(steps, "steps"),
-                    seed=used_seed,
+                    frame_rate=frame_rate,
+                    steps=steps,
+                    seed=secrets.randbelow(MAX_SEED + 1) if randomize_seed else seed,
                     quantization=quantization,
                     residency=residency,
-                    vram_budget_gib=float(vram_budget_gib) if vram_budget_gib else None,
-                    audio_start=float(audio_start or 0.0),
+                    vram_budget_gib=vram_budget_gib or None,  # 0 or empty: the free device memory
+                    audio_start=audio_start or 0.0,
                     image_fit=image_fit,
-                    guidance=GuidanceParams(
-                        float(cfg_scale), float(stg_scale), float(rescale_scale), float(modality_scale)
-                    ),
-                    distilled_lora_strength=float(distilled_lora_strength),
+                    guidance=guidance,
+                    distilled_lora_strength=distilled_lora_strength,
                 )
+                generation = parse_request(fields)  # typed here; the engine checks it as it checks every request
             except InvalidRequest as exc:
                 raise gr.Error(str(exc), title="Check your input") from None
 
@@ -1562,7 +1556,6 @@ def build_demo(
                 gr.Warning(note)
             size = f"{again.width}x{again.height}"
             preset = size in {value for _, value in RESOLUTIONS}
-            quantizations, residencies = {q.value for q in Quantization}, {r.value for r in Residency}
             g = again.guidance
             return [
                 again.image_path,
@@ -1572,7 +1565,7 @@ def build_demo(
                 size if preset else CUSTOM,
                 again.width,
                 again.height,
-                again.image_fit,
+                again.image_fit.value,
                 again.audio_start,
                 False,  # the saved frame count, not one matched to the audio again
                 again.num_frames,
@@ -1580,8 +1573,8 @@ def build_demo(
                 again.seed,
                 False,
                 again.steps,
-                again.quantization if again.quantization in quantizations else gr.skip(),
-                again.residency if again.residency in residencies else gr.skip(),
+                again.quantization.value,
+                again.residency.value,
                 again.vram_budget_gib or 0,
                 g.cfg_scale,
                 g.stg_scale,

@@ -69,7 +69,7 @@ def test_fp8_cast_downcasts_exactly_the_block_linears(tiny_bundle):
 
     from ltx_demo.quantization import fp8_weight_names
     from ltx_demo.residency import ModelConfig, ModelResidency
-    from ltx_demo.settings import Quantization, Residency
+    from ltx_demo.types import Quantization, Residency
 
     residency = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
     residency.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))

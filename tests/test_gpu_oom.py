@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltx_demo import media
+from ltx_demo import requests
 from ltx_demo.engine import Engine
 from ltx_demo.types import OutOfMemory
 
@@ -52,8 +52,8 @@ def test_out_of_memory_under_a_memory_cap_frees_everything_and_the_next_run_fits
     allocated_before = torch.cuda.memory_allocated()
     torch.cuda.set_per_process_memory_fraction(CAP_BYTES / total)
     try:
-        width = height = media.MAX_SIDE
-        frames = media.max_frames_at(width, height)
+        width = height = requests.MAX_SIDE
+        frames = requests.max_frames_at(width, height)
         big = dataclasses.replace(small, width=width, height=height, num_frames=frames, seed=8)
         with pytest.raises(OutOfMemory) as failed:
             engine.generate(big)

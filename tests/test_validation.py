@@ -20,8 +20,7 @@ import soundfile
 from PIL import Image
 
 from ltx_demo import media
-from ltx_demo.settings import ImageFit
-from ltx_demo.types import InvalidRequest
+from ltx_demo.types import ImageFit, InvalidRequest
 
 from .conftest import ASSETS
 from .test_ui import SMALL
@@ -416,10 +415,11 @@ def test_the_window_resamples_exactly_like_the_whole_file(tmp_path, rate):
 
 
 def test_frame_cap_helpers_agree_with_the_check():
+    from ltx_demo.requests import check_request, max_frames_at
     from ltx_demo.types import GenerationRequest
 
     for width, height in ((768, 512), (1280, 768), (2048, 2048), (1024, 1024)):
-        cap = media.max_frames_at(width, height)
-        media.check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap))
+        cap = max_frames_at(width, height)
+        check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap))
         with pytest.raises(InvalidRequest, match=f"use at most {cap} frames"):
-            media.check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap + 8))
+            check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap + 8))

@@ -1,0 +1,230 @@
+"""The one place a request is checked: loose fields from the CLI, the API, the UI or a saved sidecar become a
+typed GenerationRequest, or InvalidRequest naming what to fix. What the files hold, media.prepare_inputs checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from ltx_demo.types import (
+    GenerationRequest,
+    GuidanceParams,
+    ImageFit,
+    InvalidRequest,
+    LoraMode,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
+)
+
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_FRAMES = 257
+MAX_PIXEL_FRAMES = 1280 * 768 * 257  # a sane cap on width x height x frames (memory grows with it)
+MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 100
+MAX_SEED = 2**32 - 1
+FRAME_RATES = (24, 25, 30)
+
+# The whole-number fields, by the name their messages use.
+WHOLE_NUMBERS = {
+    "width": "width",
+    "height": "height",
+    "num_frames": "frame count",
+    "frame_rate": "frame rate",
+    "steps": "steps",
+    "seed": "seed",
+}
+MODES = {
+    "quantization": Quantization,
+    "residency": Residency,
+    "image_fit": ImageFit,
+    "lora_mode": LoraMode,
+    "text_encoder_quantization": TextEncoderQuantization,
+}
+PATHS = ("image_path", "audio_path", "output_path")
+OPTIONAL = ("text_encoder_quantization", "vram_budget_gib")  # None: the device's default, the free memory
+
+
+def _finite_from_zero(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+# The decimal-number fields (guidance's by their own names): the message that refuses one, and what it must satisfy.
+NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "audio_start": ("audio start {} s must be a number of seconds, 0 or more", lambda v: 0 <= v < math.inf),
+    "distilled_lora_strength": ("distilled LoRA strength {} must be a finite number, 0 or more", _finite_from_zero),
+    "vram_budget_gib": ("VRAM budget {} GiB must be positive", lambda v: v > 0),
+    **{
+        f.name: (f"{f.name.replace('_', ' ')} {{}} must be a finite number, 0 or more", _finite_from_zero)
+        for f in dataclasses.fields(GuidanceParams)
+    },
+}
+
+
+class DeviceLimits(Protocol):
+    """Whether a choice runs on the engine's device: None, or why not. The engine answers (this file needs no torch)."""
+
+    def unavailable(self, quantization: Quantization, lora_mode: LoraMode) -> str | None: ...
+
+    def text_encoder_unavailable(self, text_encoder_quantization: TextEncoderQuantization) -> str | None: ...
+
+
+Fields = GenerationRequest | Mapping[str, Any]
+
+
+def check_request(source: Fields, device: DeviceLimits | None = None) -> GenerationRequest:
+    """The typed request (see parse_request) if every field holds a value the engine runs, else InvalidRequest; with
+    `device`, also the choices that cannot run there (None: those needing no device, e.g. the UI's fit preview)."""
+    request = parse_request(source)
+    _check_prompts(request)
+    _check_shape(request)
+    if request.frame_rate not in FRAME_RATES:
+        raise InvalidRequest(f"frame rate {request.frame_rate} is not one of {', '.join(map(str, FRAME_RATES))}")
+    if not 1 <= request.steps <= MAX_STEPS:
+        raise InvalidRequest(f"steps {request.steps} must be between 1 and {MAX_STEPS}")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequest(f"seed {request.seed} must be between 0 and {MAX_SEED}")
+    numbers = {name: getattr(request, name) for name in ("audio_start", "distilled_lora_strength", "vram_budget_gib")}
+    for name, value in (dataclasses.asdict(request.guidance) | numbers).items():
+        message, holds = NUMBERS[name]
+        if value is not None and not holds(value):
+            raise InvalidRequest(message.format(value))
+    if device is not None:
+        _check_device(request, device)
+    return request
+
+
+def parse_request(source: Fields) -> GenerationRequest:
+    """The request typed, not yet checked against the limits: whole numbers from 64.0 or "64" (what browsers and API
+    clients send), decimal numbers as floats, each mode as its enum, guidance from its asdict() form (a sidecar)."""
+    return GenerationRequest(**{name: _typed(name, value) for name, value in _values(source).items()})
+
+
+def whole_number(value: Any, name: str) -> int:
+    """An int from an int, an integral float (64.0) or a string of digits; `name` is what the message calls it."""
+    if value is None or value == "":
+        raise InvalidRequest(f"{name} is empty: enter a number")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InvalidRequest(f"{name} {value!r} is not a whole number")
+
+
+def legal_frame_counts(max_frames: int = MAX_FRAMES) -> list[int]:
+    return list(range(9, max_frames + 1, 8))
+
+
+def max_frames_at(width: int, height: int) -> int:
+    """The largest legal (8k+1) frame count check_request accepts at this size."""
+    cap = min(MAX_FRAMES, MAX_PIXEL_FRAMES // max(width * height, 1))
+    return max(9, 8 * ((cap - 1) // 8) + 1)
+
+
+def _values(source: Fields) -> dict[str, Any]:
+    """The request's fields as a dict; a mapping with fields this version does not know is refused, not trimmed, so
+    a sidecar from another version never runs as something other than what it asked."""
+    if isinstance(source, GenerationRequest):
+        return {f.name: getattr(source, f.name) for f in dataclasses.fields(GenerationRequest)}
+    fields = dataclasses.fields(GenerationRequest)
+    unknown = sorted(set(source) - {f.name for f in fields})
+    if unknown:
+        raise InvalidRequest(f"request fields this app does not know: {', '.join(unknown)} (from another version?)")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in source]
+    if missing:
+        raise InvalidRequest(f"the request has no {', '.join(missing)}")
+    return dict(source)
+
+
+def _typed(name: str, value: Any) -> Any:
+    if value is None and name in OPTIONAL:
+        return None
+    if name in WHOLE_NUMBERS:
+        return whole_number(value, WHOLE_NUMBERS[name])
+    if name in MODES:
+        return _mode(value, MODES[name])
+    if name in NUMBERS:
+        return _number(value, NUMBERS[name][0])
+    if name == "guidance":
+        return _guidance(value)
+    if name in PATHS and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _mode(value: Any, kind: type[enum.StrEnum]) -> enum.StrEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = [e.value for e in kind]
+        raise InvalidRequest(f"unknown {kind.__name__.lower()} {value!r}: use one of {choices}") from None
+
+
+def _number(value: Any, message: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequest(message.format(value))
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest(message.format(value)) from None
+
+
+def _guidance(value: GuidanceParams | Mapping[str, Any]) -> GuidanceParams:
+    fields = dataclasses.asdict(value) if isinstance(value, GuidanceParams) else dict(value)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(GuidanceParams)})
+    if unknown:
+        raise InvalidRequest(f"guidance fields this app does not know: {', '.join(unknown)}")
+    return GuidanceParams(**{name: _number(v, NUMBERS[name][0]) for name, v in fields.items()})
+
+
+def _check_prompts(request: GenerationRequest) -> None:
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise InvalidRequest("prompt is empty: describe the person and the scene")
+    for name, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt or "")):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"{name} is {len(text)} characters: shorten it to at most {MAX_PROMPT_CHARS}")
+
+
+def _nearest(value: int, legal: list[int]) -> str:
+    """'try A' or 'try A or B': the legal values either side of a refused one."""
+    below = [v for v in legal if v < value][-1:]
+    above = [v for v in legal if v > value][:1]
+    return "try " + " or ".join(str(v) for v in below + above)
+
+
+def _check_shape(request: GenerationRequest) -> None:
+    """Width and height multiples of 64, 8k+1 frames, and width x height x frames under the memory cap."""
+    for name, value in (("width", request.width), ("height", request.height)):
+        if value % 64 or not MIN_SIDE <= value <= MAX_SIDE:
+            what = "not a multiple of 64 between" if value % 64 else "not between"
+            hint = _nearest(value, list(range(MIN_SIDE, MAX_SIDE + 1, 64)))
+            raise InvalidRequest(f"{name} {value} is {what} {MIN_SIDE} and {MAX_SIDE}: {hint}")
+    n = request.num_frames
+    if n < 9 or (n - 1) % 8:
+        hint = _nearest(n, legal_frame_counts(MAX_FRAMES + 8))
+        raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES}): {hint}")
+    if n > MAX_FRAMES or request.width * request.height * n > MAX_PIXEL_FRAMES:
+        raise InvalidRequest(
+            f"{request.width}x{request.height} with {n} frames is over the cap: use at most "
+            f"{max_frames_at(request.width, request.height)} frames at this size, or a smaller size"
+        )
+
+
+def _check_device(request: GenerationRequest, device: DeviceLimits) -> None:
+    if request.text_encoder_quantization is not None:
+        reason = device.text_encoder_unavailable(request.text_encoder_quantization)
+        if reason:
+            raise InvalidRequest(f"text encoder quantization {request.text_encoder_quantization}: {reason}")
+    reason = device.unavailable(request.quantization, request.lora_mode)
+    if reason:
+        raise InvalidRequest(f"quantization {request.quantization} cannot run here: {reason}")
