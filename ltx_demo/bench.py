@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from ltx_demo.engine import Engine
+from ltx_demo.residency import MODEL_SPECS
 from ltx_demo.types import GenerationRequest, to_gib
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + (", kept as built" if kept_as_built(engine, summary) else ""),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
-        "components": engine.models.describe(),  # what stays on the device after the run, per model (bytes)
+        "components": engine.models.status().details,  # what stays on the device after the run, per model (bytes)
         "forward_seconds": {
             stage: round(summary["phases"][stage]["seconds"] / calls, 4)
             for stage in ("stage_1", "stage_2")
@@ -148,15 +149,14 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
 
 
 def kept_as_built(engine: Engine, summary: dict) -> bool:
-    """Whether this run's mode keeps models as built (residency.py, built_states.py): cold-start with a cache
-    folder, host-cached with the nf4 text encoder."""
-    match summary["residency"]:
-        case "cold-start":
-            return engine.models.cold_start_cache_dir is not None
-        case "host-cached":
-            return summary["text_encoder_quantization"] == "nf4"
-        case _:
-            return False
+    """Whether this run's mode keeps some of its models as built (residency/specs.py): host-cached always does for
+    the models whose config keeps them, cold-start only with a cache folder."""
+    config = engine.models.config
+    if config is None or summary["residency"] not in ("cold-start", "host-cached"):
+        return False
+    if summary["residency"] == "cold-start" and engine.models.cold_start_cache_dir is None:
+        return False
+    return any(spec.kept_as_built(config) for spec in MODEL_SPECS)
 
 
 def run_bench(

@@ -30,7 +30,7 @@ from ltx_demo.quantization import (
     unavailable_reason,
 )
 from ltx_demo.requests import check_request
-from ltx_demo.residency import ModelConfig, ModelResidency, estimate_memory, free_device_memory
+from ltx_demo.residency import ModelConfig, ModelManager, estimate_memory, free_device_memory
 from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
@@ -136,22 +136,13 @@ class Engine:
         self.pins = Pins()  # results on someone's screen: never pruned
         self.device = pick_device(device)
         self.compute_dtype = compute_dtype_for(self.device)
-        self.loading: str | None = None
-        self.models = ModelResidency(
-            bundle,
-            self.device,
-            self.compute_dtype,
-            on_loading=self._set_loading,
-            cuda_graphs=cuda_graphs,
-            cold_start_cache_dir=cold_start_cache_dir,
+        self.models = ModelManager(
+            bundle, self.device, self.compute_dtype, cuda_graphs=cuda_graphs, cold_start_cache_dir=cold_start_cache_dir
         )
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()
         self._current: RunTelemetry | None = None
         self._last: RunTelemetry | None = None
-
-    def _set_loading(self, name: str | None) -> None:
-        self.loading = name
 
     # -- what the UI shows, and what check_request asks (DeviceLimits) -------------------------------------------
     def unavailable(self, quantization: str, lora_mode: str = LoraMode.ADAPTER.value) -> str | None:
@@ -164,14 +155,15 @@ class Engine:
         return default_text_encoder_quantization(self.device).value
 
     def status(self) -> dict:
-        resident = list(self.models.resident())
+        """What the page polls: a snapshot, never waiting for the job (a model build takes seconds)."""
+        models = self.models.status()
         return {
             "device": str(self.device),
             "cuda": self.device.type == "cuda",
             "busy": self._job_lock.locked(),
-            "loading": self.loading,
-            "resident": resident,
-            "residency": self.models.describe(),
+            "loading": models.loading,
+            "resident": list(models.resident),
+            "residency": models.details,
             "synthetic": self.bundle.synthetic,
         }
 
@@ -311,7 +303,7 @@ class Engine:
             residency_reason=residency_reason,
             text_encoder_quantization=config.text_encoder_quantization.value,
             lora_mode=config.lora_mode.value,
-            stage_2_lora=self.models.stage_2_lora,
+            stage_2_lora=clip.stage_2_lora,
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
         self._publish(partial, output, result, record)

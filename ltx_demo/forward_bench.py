@@ -1,7 +1,7 @@
 """One stage-transformer forward per token shape and quantization, on identical inputs: seconds, ratio to bf16,
 relative error to bf16's output, and how many fp8 GEMMs ran (the per-shape fp8 vs bf16 table of the benchmarks).
 
-The transformer comes from the bundle through the engine's own builders (ModelResidency -> ltx-pipelines'
+The transformer comes from the bundle through the engine's own builders (ModelManager -> ltx-pipelines'
 ModelLedger), one quantization at a time; the inputs are built with ltx-core's latent tools at the shape a stage
 sees (stage 1 of 768x512x97 runs at 384x256: 1248 video tokens), with random latents and random text context.
 """
@@ -17,7 +17,7 @@ import torch
 
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
-from ltx_demo.residency import ModelConfig, ModelResidency
+from ltx_demo.residency import ModelConfig, ModelManager
 from ltx_demo.types import Quantization, Residency, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def run_forward_bench(
     """bf16 first (the reference for errors and ratios), then each fp8 mode, one transformer on the device at a
     time. Returns one entry per (shape, quantization)."""
     order = sorted(quantizations, key=lambda q: q is not Quantization.BF16)
-    residency = ModelResidency(bundle, device, compute_dtype, cuda_graphs=cuda_graphs)
+    residency = ModelManager(bundle, device, compute_dtype, cuda_graphs=cuda_graphs)
     reference: dict[str, torch.Tensor] = {}
     reference_seconds: dict[str, float] = {}
     entries = []
@@ -156,7 +156,8 @@ def run_forward_bench(
         residency.configure(
             ModelConfig(quantization, Residency.PERSISTENT, 1.0, text_encoder_quantization=TextEncoderQuantization.BF16)
         )
-        with residency.stage_transformer(1) as transformer:
+        with residency.stage_transformer(1) as stage:
+            transformer = stage.model
             for shape in shapes:
                 inputs = stage_inputs(transformer, shape)
                 seconds, fp8_calls = time_forward(transformer, inputs, warmup, repeats)

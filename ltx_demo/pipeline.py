@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from ltx_demo.media import PreparedInputs
-from ltx_demo.residency import ModelResidency
+from ltx_demo.residency import ModelManager, Stage2Lora
 from ltx_demo.telemetry import RunTelemetry
 from ltx_demo.types import GenerationCancelled, GenerationRequest, Progress
 
@@ -37,6 +37,7 @@ class DecodedClip:
     frames: torch.Tensor  # uint8 (frames, height, width, 3) on the CPU
     audio: torch.Tensor  # float32 (2, samples): the ORIGINAL input audio segment, not a VAE round trip
     sample_rate: int
+    stage_2_lora: Stage2Lora | None  # how stage 2 applied the distilled LoRA
 
 
 class StepReporter:
@@ -163,195 +164,209 @@ def _stg_blocks(transformer: torch.nn.Module, wanted: list[int]) -> list[int]:
 def run_two_stage(
     request: GenerationRequest,
     inputs: PreparedInputs,
-    models: ModelResidency,
+    models: ModelManager,
     telemetry: RunTelemetry,
     on_progress: Callable[[Progress], None],
     cancelled: Callable[[], bool],
 ) -> DecodedClip:
     """Steps 3-8 of the flow (DESIGN.md): prompt, audio, stage 1, upsample, stage 2, decode."""
-    from ltx_core.components.diffusion_steps import EulerDiffusionStep
-    from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
-    from ltx_core.components.noisers import GaussianNoiser
-    from ltx_core.components.schedulers import LTX2Scheduler
-    from ltx_core.model.audio_vae import encode_audio as vae_encode_audio
-    from ltx_core.model.upsampler import upsample_video
-    from ltx_core.model.video_vae import TilingConfig
-    from ltx_core.model.video_vae import decode_video as vae_decode_video
-    from ltx_core.types import Audio, AudioLatentShape, VideoPixelShape
-    from ltx_pipelines.utils.args import ImageConditioningInput
-    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS, STAGE_2_DISTILLED_SIGMA_VALUES
-    from ltx_pipelines.utils.helpers import (
-        combined_image_conditionings,
-        denoise_video_only,
-        multi_modal_guider_denoising_func,
-        simple_denoising_func,
-    )
-    from ltx_pipelines.utils.samplers import euler_denoising_loop
-    from ltx_pipelines.utils.types import PipelineComponents
+    flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled)
+    contexts = flow.encode_prompt()
+    audio_latent = flow.encode_audio()
+    video_latent = flow.stage_1(contexts, audio_latent)
+    upscaled, conditionings = flow.upsample(video_latent)
+    video_latent, stage_2_lora = flow.stage_2(contexts, audio_latent, upscaled, conditionings)
+    frames = flow.decode(video_latent)
+    audio = torch.from_numpy(inputs.audio)
+    return DecodedClip(frames=frames, audio=audio, sample_rate=inputs.sample_rate, stage_2_lora=stage_2_lora)
 
-    device, dtype = models.device, models.compute_dtype
 
-    def load_scope(name: str):
-        on_progress(Progress(f"load:{name}", message=f"loading {name}"))
-        return telemetry.phase(f"load:{name}")
+@dataclass(frozen=True, slots=True)
+class PromptContexts:
+    video: torch.Tensor
+    audio: torch.Tensor
+    video_negative: torch.Tensor
 
-    def use(name: str):
-        return models.use(name, on_build=load_scope)
 
-    def report(phase: str) -> None:
-        on_progress(Progress(phase))
-        if cancelled():
+class TwoStageFlow:
+    """One request's run of the flow: each step a method, in the order run_two_stage calls them (the seeded
+    generator is drawn from in that order: stage 1's noise, stage 2's noise, the decoder's)."""
+
+    def __init__(self, request, inputs, models: ModelManager, telemetry: RunTelemetry, on_progress, cancelled):
+        from ltx_core.components.diffusion_steps import EulerDiffusionStep
+        from ltx_core.components.noisers import GaussianNoiser
+        from ltx_pipelines.utils.args import ImageConditioningInput
+        from ltx_pipelines.utils.types import PipelineComponents
+
+        self.request, self.inputs, self.models, self.telemetry = request, inputs, models, telemetry
+        self.on_progress, self.cancelled = on_progress, cancelled
+        self.device, self.dtype = models.device, models.compute_dtype
+        self.generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        self.noiser = GaussianNoiser(generator=self.generator)
+        self.stepper = EulerDiffusionStep()
+        self.components = PipelineComponents(dtype=self.dtype, device=self.device)
+        self.image = [ImageConditioningInput(path=str(inputs.image_path), frame_idx=0, strength=1.0)]
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _load_scope(self, name: str):
+        self.on_progress(Progress(f"load:{name}", message=f"loading {name}"))
+        return self.telemetry.phase(f"load:{name}")
+
+    def _use(self, name: str):
+        return self.models.use(name, on_build=self._load_scope)
+
+    def _begin(self, phase: str) -> None:
+        self.on_progress(Progress(phase))
+        if self.cancelled():
             raise GenerationCancelled(f"cancelled before {phase}")
 
-    generator = torch.Generator(device=device).manual_seed(request.seed)
-    noiser = GaussianNoiser(generator=generator)
-    stepper = EulerDiffusionStep()
-    components = PipelineComponents(dtype=dtype, device=device)
-    negative_prompt = request.negative_prompt or default_negative_prompt()
-    image = [ImageConditioningInput(path=str(inputs.image_path), frame_idx=0, strength=1.0)]
+    def _shape(self, scale: int):
+        from ltx_core.types import VideoPixelShape
 
-    # 3. Prompt -> video/audio contexts. (helpers.encode_prompts rebuilds both models from a ledger each call and
-    # calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.)
-    report("prompt_encode")
-    with telemetry.phase("prompt_encode"):
-        with use("text_encoder") as text_encoder:
-            raw = [text_encoder.encode(p) for p in (request.prompt, negative_prompt)]
-            del text_encoder  # every block drops its name before it ends: cold-start can free only unnamed models
-        with use("embeddings_processor") as processor:
-            positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
-            del processor
-        del raw
-    v_context_p, a_context_p = positive.video_encoding, positive.audio_encoding
-    v_context_n = negative.video_encoding
-
-    # 4. Audio -> latent, cut to the video's duration (the segment is already exactly that long).
-    report("audio_encode")
-    with telemetry.phase("audio_encode"):
-        waveform = torch.from_numpy(inputs.audio).unsqueeze(0).to(device=device, dtype=torch.float32)
-        with use("audio_encoder") as audio_encoder:
-            audio_latent = vae_encode_audio(Audio(waveform=waveform, sampling_rate=inputs.sample_rate), audio_encoder)
-            del audio_encoder
-        duration = request.num_frames / request.frame_rate
-        audio_shape = AudioLatentShape.from_duration(
-            batch=1, duration=duration, channels=AUDIO_LATENT_CHANNELS, mel_bins=AUDIO_LATENT_MEL_BINS
+        r = self.request
+        return VideoPixelShape(
+            batch=1, frames=r.num_frames, width=r.width // scale, height=r.height // scale, fps=float(r.frame_rate)
         )
-        audio_latent = audio_latent[:, :, : audio_shape.frames]
 
-    # 5. Stage 1: half resolution, guided, video only; the audio latent is frozen (denoise mask 0).
-    report("stage_1")
-    with telemetry.phase("stage_1"):
-        stage_1_shape = VideoPixelShape(
-            batch=1,
-            frames=request.num_frames,
-            width=request.width // 2,
-            height=request.height // 2,
-            fps=float(request.frame_rate),
+    def _conditionings(self, video_encoder, shape):
+        from ltx_pipelines.utils.helpers import combined_image_conditionings
+
+        return combined_image_conditionings(
+            images=self.image,
+            height=shape.height,
+            width=shape.width,
+            video_encoder=video_encoder,
+            dtype=self.dtype,
+            device=self.device,
         )
-        with use("video_encoder") as video_encoder:
-            conditionings = combined_image_conditionings(
-                images=image,
-                height=stage_1_shape.height,
-                width=stage_1_shape.width,
-                video_encoder=video_encoder,
-                dtype=dtype,
-                device=device,
-            )
-            del video_encoder
-        sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=device)
-        with models.stage_transformer(1, on_build=load_scope) as transformer:  # adapter mode: LoRA adapter off
-            params = LTX_2_3_PARAMS.video_guider_params
-            params = replace(
-                params,
-                cfg_scale=request.guidance.cfg_scale,
-                stg_scale=request.guidance.stg_scale,
-                rescale_scale=request.guidance.rescale_scale,
-                modality_scale=request.guidance.modality_scale,
-                stg_blocks=_stg_blocks(transformer, params.stg_blocks),
-            )
-            guider_func = batched_guider_denoising_func if request.batch_guidance else multi_modal_guider_denoising_func
-            denoise = guider_func(
-                video_guider=MultiModalGuider(params=params, negative_context=v_context_n),
-                audio_guider=MultiModalGuider(params=MultiModalGuiderParams()),
-                v_context=v_context_p,
-                a_context=a_context_p,
-                transformer=transformer,
-            )
-            reporter = StepReporter("stage_1", request.steps, on_progress, cancelled)
-            with counting_calls(transformer, telemetry, "stage_1_transformer_calls"):
-                video_state = denoise_video_only(
-                    output_shape=stage_1_shape,
-                    conditionings=conditionings,
-                    noiser=noiser,
-                    sigmas=sigmas,
-                    stepper=stepper,
-                    components=components,
-                    dtype=dtype,
-                    device=device,
-                    denoising_loop_fn=partial(euler_denoising_loop, denoise_fn=reporter.wrap(denoise)),
-                    initial_audio_latent=audio_latent,
-                )
-            del denoise, transformer
 
-    # 6. Upsample the video latent x2 (normalised with the video encoder's statistics).
-    report("upsample")
-    with telemetry.phase("upsample"):
-        stage_2_shape = VideoPixelShape(
-            batch=1,
-            frames=request.num_frames,
-            width=request.width,
-            height=request.height,
-            fps=float(request.frame_rate),
-        )
-        with use("video_encoder") as video_encoder:
-            with use("spatial_upsampler") as upsampler:
-                upscaled = upsample_video(
-                    latent=video_state.latent[:1], video_encoder=video_encoder, upsampler=upsampler
-                )
-                del upsampler
-            conditionings = combined_image_conditionings(
-                images=image,
-                height=stage_2_shape.height,
-                width=stage_2_shape.width,
-                video_encoder=video_encoder,
-                dtype=dtype,
-                device=device,
-            )
-            del video_encoder
-        del video_state
+    def _denoise(self, phase: str, denoise, shape, conditionings, sigmas, transformer, **initial):
+        from ltx_pipelines.utils.helpers import denoise_video_only
+        from ltx_pipelines.utils.samplers import euler_denoising_loop
 
-    # 7. Stage 2: full resolution, distilled LoRA, the distilled sigmas, no guidance.
-    report("stage_2")
-    with telemetry.phase("stage_2"):
-        distilled_sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=device)
-        with models.stage_transformer(2, on_build=load_scope) as transformer:  # adapter mode: same model, adapter on
-            denoise = simple_denoising_func(
-                video_context=v_context_p, audio_context=a_context_p, transformer=transformer
+        reporter = StepReporter(phase, len(sigmas) - 1, self.on_progress, self.cancelled)
+        with counting_calls(transformer, self.telemetry, f"{phase}_transformer_calls"):
+            return denoise_video_only(
+                output_shape=shape,
+                conditionings=conditionings,
+                noiser=self.noiser,
+                sigmas=sigmas,
+                stepper=self.stepper,
+                components=self.components,
+                dtype=self.dtype,
+                device=self.device,
+                denoising_loop_fn=partial(euler_denoising_loop, denoise_fn=reporter.wrap(denoise)),
+                **initial,
             )
-            reporter = StepReporter("stage_2", len(distilled_sigmas) - 1, on_progress, cancelled)
-            with counting_calls(transformer, telemetry, "stage_2_transformer_calls"):
-                video_state = denoise_video_only(
-                    output_shape=stage_2_shape,
-                    conditionings=conditionings,
-                    noiser=noiser,
-                    sigmas=distilled_sigmas,
-                    stepper=stepper,
-                    components=components,
-                    dtype=dtype,
-                    device=device,
-                    denoising_loop_fn=partial(euler_denoising_loop, denoise_fn=reporter.wrap(denoise)),
-                    noise_scale=distilled_sigmas[0],
-                    initial_video_latent=upscaled,
-                    initial_audio_latent=audio_latent,
-                )
-            del denoise, transformer
 
-    # 8. Decode (tiled) to uint8 frames, consumed here: the decoder yields lazily and must run in inference mode.
-    report("decode")
-    with telemetry.phase("decode"):
-        with use("video_decoder") as decoder:
-            chunks = [
-                c.to("cpu") for c in vae_decode_video(video_state.latent, decoder, TilingConfig.default(), generator)
-            ]
-            del decoder
-        frames = torch.cat(chunks, dim=0)
-    return DecodedClip(frames=frames, audio=torch.from_numpy(inputs.audio), sample_rate=inputs.sample_rate)
+    # -- the steps -------------------------------------------------------------------------------------------------
+    def encode_prompt(self) -> PromptContexts:
+        """3. Prompt -> video/audio contexts. (helpers.encode_prompts rebuilds both models from a ledger each call
+        and calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.)"""
+        self._begin("prompt_encode")
+        negative_prompt = self.request.negative_prompt or default_negative_prompt()
+        with self.telemetry.phase("prompt_encode"):
+            with self._use("text_encoder") as text_encoder:
+                raw = [text_encoder.encode(p) for p in (self.request.prompt, negative_prompt)]
+            with self._use("embeddings_processor") as processor:
+                positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
+        return PromptContexts(positive.video_encoding, positive.audio_encoding, negative.video_encoding)
+
+    def encode_audio(self) -> torch.Tensor:
+        """4. Audio -> latent, cut to the video's duration (the segment is already exactly that long)."""
+        from ltx_core.model.audio_vae import encode_audio as vae_encode_audio
+        from ltx_core.types import Audio, AudioLatentShape
+
+        self._begin("audio_encode")
+        with self.telemetry.phase("audio_encode"):
+            waveform = torch.from_numpy(self.inputs.audio).unsqueeze(0).to(device=self.device, dtype=torch.float32)
+            with self._use("audio_encoder") as audio_encoder:
+                audio = Audio(waveform=waveform, sampling_rate=self.inputs.sample_rate)
+                audio_latent = vae_encode_audio(audio, audio_encoder)
+            duration = self.request.num_frames / self.request.frame_rate
+            audio_shape = AudioLatentShape.from_duration(
+                batch=1, duration=duration, channels=AUDIO_LATENT_CHANNELS, mel_bins=AUDIO_LATENT_MEL_BINS
+            )
+            return audio_latent[:, :, : audio_shape.frames]
+
+    def stage_1(self, contexts: PromptContexts, audio_latent: torch.Tensor) -> torch.Tensor:
+        """5. Half resolution, guided, video only; the audio latent is frozen (denoise mask 0)."""
+        from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
+        from ltx_core.components.schedulers import LTX2Scheduler
+        from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
+        from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func
+
+        self._begin("stage_1")
+        request = self.request
+        with self.telemetry.phase("stage_1"):
+            shape = self._shape(scale=2)
+            with self._use("video_encoder") as video_encoder:
+                conditionings = self._conditionings(video_encoder, shape)
+            sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=self.device)
+            with self.models.stage_transformer(1, on_build=self._load_scope) as stage:  # adapter mode: adapter off
+                guidance = request.guidance
+                params = replace(
+                    LTX_2_3_PARAMS.video_guider_params,
+                    cfg_scale=guidance.cfg_scale,
+                    stg_scale=guidance.stg_scale,
+                    rescale_scale=guidance.rescale_scale,
+                    modality_scale=guidance.modality_scale,
+                    stg_blocks=_stg_blocks(stage.model, LTX_2_3_PARAMS.video_guider_params.stg_blocks),
+                )
+                guider_func = (
+                    batched_guider_denoising_func if request.batch_guidance else multi_modal_guider_denoising_func
+                )
+                denoise = guider_func(
+                    video_guider=MultiModalGuider(params=params, negative_context=contexts.video_negative),
+                    audio_guider=MultiModalGuider(params=MultiModalGuiderParams()),
+                    v_context=contexts.video,
+                    a_context=contexts.audio,
+                    transformer=stage.model,
+                )
+                state = self._denoise(
+                    "stage_1", denoise, shape, conditionings, sigmas, stage.model, initial_audio_latent=audio_latent
+                )
+        return state.latent
+
+    def upsample(self, video_latent: torch.Tensor):
+        """6. The video latent x2 (normalised with the video encoder's statistics), and stage 2's conditionings."""
+        from ltx_core.model.upsampler import upsample_video
+
+        self._begin("upsample")
+        with self.telemetry.phase("upsample"):
+            with self._use("video_encoder") as video_encoder:
+                with self._use("spatial_upsampler") as upsampler:
+                    upscaled = upsample_video(latent=video_latent[:1], video_encoder=video_encoder, upsampler=upsampler)
+                conditionings = self._conditionings(video_encoder, self._shape(scale=1))
+        return upscaled, conditionings
+
+    def stage_2(self, contexts: PromptContexts, audio_latent, upscaled, conditionings):
+        """7. Full resolution, distilled LoRA, the distilled sigmas, no guidance."""
+        from ltx_pipelines.utils.constants import STAGE_2_DISTILLED_SIGMA_VALUES
+        from ltx_pipelines.utils.helpers import simple_denoising_func
+
+        self._begin("stage_2")
+        with self.telemetry.phase("stage_2"):
+            sigmas = torch.tensor(STAGE_2_DISTILLED_SIGMA_VALUES, dtype=torch.float32, device=self.device)
+            with self.models.stage_transformer(2, on_build=self._load_scope) as stage:  # adapter mode: adapter on
+                denoise = simple_denoising_func(
+                    video_context=contexts.video, audio_context=contexts.audio, transformer=stage.model
+                )
+                state = self._denoise(
+                    "stage_2", denoise, self._shape(scale=1), conditionings, sigmas, stage.model,
+                    noise_scale=sigmas[0], initial_video_latent=upscaled, initial_audio_latent=audio_latent,
+                )  # fmt: skip
+        return state.latent, stage.lora
+
+    def decode(self, video_latent: torch.Tensor) -> torch.Tensor:
+        """8. Decode (tiled) to uint8 frames, consumed here: the decoder yields lazily, in inference mode."""
+        from ltx_core.model.video_vae import TilingConfig
+        from ltx_core.model.video_vae import decode_video as vae_decode_video
+
+        self._begin("decode")
+        with self.telemetry.phase("decode"):
+            with self._use("video_decoder") as decoder:
+                chunks = [
+                    c.to("cpu") for c in vae_decode_video(video_latent, decoder, TilingConfig.default(), self.generator)
+                ]
+            return torch.cat(chunks, dim=0)

@@ -15,26 +15,27 @@ import os
 import pytest
 import torch
 
-from ltx_demo import built_states
 from ltx_demo.engine import Engine
-from ltx_demo.residency import ModelConfig, ModelResidency, module_bytes
-from ltx_demo.settings import Quantization, Residency, TextEncoderQuantization
+from ltx_demo.residency import ModelConfig, ModelManager
+from ltx_demo.residency import kept as built_states
+from ltx_demo.residency.builds import module_bytes
+from ltx_demo.types import Quantization, Residency, TextEncoderQuantization
 
 from .test_residency import assert_same_output, clips  # noqa: F401 (clips is a fixture)
 
 PROMPT = "a woman speaks calmly to the camera"
 
 
-def encode(residency: ModelResidency) -> list[torch.Tensor]:
+def encode(residency: ModelManager) -> list[torch.Tensor]:
     """One request's prompt encoding: the text encoder's hidden states and mask."""
     with residency.request(), residency.use("text_encoder") as text_encoder, torch.inference_mode():
         hidden_states, mask = text_encoder.encode(PROMPT)
         return [*hidden_states, mask]
 
 
-def nf4_residency(bundle, mode: Residency, cache_dir=None) -> ModelResidency:
+def nf4_residency(bundle, mode: Residency, cache_dir=None) -> ModelManager:
     pytest.importorskip("bitsandbytes")
-    residency = ModelResidency(bundle, torch.device("cpu"), torch.float32, cold_start_cache_dir=cache_dir)
+    residency = ModelManager(bundle, torch.device("cpu"), torch.float32, cold_start_cache_dir=cache_dir)
     residency.configure(
         ModelConfig(Quantization.BF16, mode, 1.0, text_encoder_quantization=TextEncoderQuantization.NF4)
     )
@@ -72,7 +73,7 @@ def test_host_cached_keeps_the_quantized_text_encoder_not_the_bf16_gemma(tiny_bu
         del text_encoder
     bf16_files = sum(os.path.getsize(p) for p in tiny_bundle.gemma_root.rglob("*.safetensors"))
     assert cached == residency.host_cache_bytes()
-    assert on_device <= built_states.state_bytes(residency._host_states["text_encoder"]) < bf16_files
+    assert on_device <= residency.host_kept_as_built()["text_encoder"] < bf16_files
     # Switching away drops it with the rest of the host cache.
     residency.configure(ModelConfig(Quantization.BF16, Residency.COLD_START, 1.0))
     assert residency.host_cache_bytes() == 0
@@ -109,7 +110,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
     loading = []
-    engine.models._on_loading = loading.append  # what the status line's "loading" says
+    engine.models.on_loading(loading.append)  # what the status line's "loading" says
     request = small_request(quantization="fp8-cast", residency="cold-start")
     first = engine.generate(request)
     assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}  # the bf16 Gemma: not kept

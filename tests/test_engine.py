@@ -68,12 +68,12 @@ def test_fp8_cast_downcasts_exactly_the_block_linears(tiny_bundle):
     from ltx_core.loader.sd_ops import SDKeyValueOperation
 
     from ltx_demo.quantization import fp8_weight_names
-    from ltx_demo.residency import ModelConfig, ModelResidency
+    from ltx_demo.residency import ModelConfig, ModelManager
     from ltx_demo.types import Quantization, Residency
 
-    residency = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    residency = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     residency.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
-    with residency.use("transformer_stage_1") as transformer:
+    with residency.use("transformer") as transformer:
         fp8 = fp8_weight_names(transformer)
         all_names = {n for n, _ in transformer.named_parameters()}
         gate = {n: p.dtype for n, p in transformer.named_parameters() if "to_gate_logits" in n}
@@ -119,12 +119,12 @@ def test_conditioning_changes_the_frames(engine, small_request, tmp_path):
 def test_builds_go_through_the_real_loaders_and_nothing_stays_on_meta(tiny_bundle, small_request, tmp_path):
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
     engine.generate(small_request(residency="persistent"))
-    assert engine.models.build_counts["transformer_stage_1"] == 1
+    assert engine.models.build_counts["transformer"] == 1
     for name in engine.models.resident():
         model = engine.models.held(name)
         assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]), name
     engine.generate(small_request(residency="persistent", seed=3))
-    assert engine.models.build_counts["transformer_stage_1"] == 1  # persistent: reused, not rebuilt
+    assert engine.models.build_counts["transformer"] == 1  # persistent: reused, not rebuilt
     engine.generate(small_request(residency="cold-start"))
     assert engine.models.resident() == ()
 

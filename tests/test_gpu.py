@@ -48,12 +48,12 @@ def test_generate_on_cuda(tiny_bundle, small_request, tmp_path, quantization, re
 
 def test_fp8_weights_live_on_cuda_in_fp8(tiny_bundle):
     from ltx_demo.quantization import fp8_weight_names
-    from ltx_demo.residency import ModelConfig, ModelResidency
-    from ltx_demo.settings import Quantization, Residency
+    from ltx_demo.residency import ModelConfig, ModelManager
+    from ltx_demo.types import Quantization, Residency
 
-    residency = ModelResidency(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+    residency = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
     residency.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
-    for name in ("transformer_stage_1", "transformer_stage_2"):  # stage 2 fuses the LoRA with the Triton kernel
+    for name in ("transformer", "transformer_stage_2"):  # stage 2 fuses the LoRA with the Triton kernel
         with residency.use(name) as transformer:
             names = fp8_weight_names(transformer)
             assert names and all(p.device.type == "cuda" for p in transformer.parameters())
@@ -147,14 +147,15 @@ def test_cuda_graph_replay_gives_the_eager_output(tiny_bundle, quantization):
     """GraphedBlocks on a real transformer: the replayed forward equals the eager one bit for bit, a new input
     shape captures a second graph, and the same shape replays."""
     from ltx_demo.forward_bench import ForwardShape, stage_inputs
-    from ltx_demo.residency import ModelConfig, ModelResidency
-    from ltx_demo.settings import Quantization, Residency
+    from ltx_demo.residency import ModelConfig, ModelManager
+    from ltx_demo.types import Quantization, Residency
 
     outputs = {}
     for graphs in (False, True):
-        models = ModelResidency(tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=graphs)
+        models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=graphs)
         models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, 1.0))
-        with models.stage_transformer(1) as transformer, torch.inference_mode():
+        with models.stage_transformer(1) as stage, torch.inference_mode():
+            transformer = stage.model
             small = stage_inputs(transformer, ForwardShape(128, 128, 17))
             batched = stage_inputs(transformer, ForwardShape(128, 128, 17, batch=2), seed=1)
             outputs[graphs] = [transformer(**small)[0].clone() for _ in range(3)] + [transformer(**batched)[0]]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from ltx_demo.engine import Engine
-from ltx_demo.residency import ModelConfig, ModelResidency, module_bytes
-from ltx_demo.settings import Quantization, Residency, TextEncoderQuantization
-from ltx_demo.types import GenerationCancelled
+from ltx_demo.residency import ModelConfig, ModelManager
+from ltx_demo.residency.builds import module_bytes
+from ltx_demo.types import GenerationCancelled, Quantization, Residency, TextEncoderQuantization
 
 from .test_residency import assert_same_output, clips, measure_lora_paths  # noqa: F401 (clips is a fixture)
 
@@ -67,8 +67,7 @@ def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_pa
             assert engine.models.resident() == () and abs(after - baseline) < 50 * MIB, (mode, baseline, after)
         if result.residency == "host-cached":
             assert engine.models.host_cache_bytes() > 0
-            cache = engine.models._registry._state_dicts  # pinned, so each upload is a DMA copy
-            assert all(t.is_pinned() for sd in cache.values() for t in sd.sd.values())
+            assert engine.models.host_cache_pinned()  # so each upload is a DMA copy
     REPORT[f"modes_{quantization}"] = memory
     assert results[0].text_encoder_quantization == "nf4"  # the CUDA default
     by_mode = dict(zip(MODES, zip(results, clips, strict=True), strict=True))
@@ -117,37 +116,43 @@ def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clip
     assert engine.models.resident() == () and abs(allocated() - baseline) < 50 * MIB
     kept = dict(engine.models.kept_builds)
     if mode == "host-cached":
-        states = engine.models._host_states
-        assert set(states) == {"text_encoder", "embeddings_processor", "transformer"}
-        assert all(t.is_pinned() for state in states.values() for t in state.values())
+        assert set(engine.models.host_kept_as_built()) == {"text_encoder", "embeddings_processor", "transformer"}
+        assert engine.models.host_cache_pinned()
         assert engine.models.host_cache_loads()["text_encoder (as built)"] == 1
     assert kept == {"text_encoder": 1, "transformer": 1, "embeddings_processor": 1}
     REPORT[f"kept_as_built_{mode}"] = {"requests": 2, "same_frames": True, "kept_builds": kept}
 
 
-def pinned_reserved_bytes() -> int:
-    """What torch's caching host allocator holds in pinned memory (its stats' reserved_bytes...current key; the
-    key's exact form has changed across torch versions)."""
+def pinned_blocks() -> int:
+    """Pinned allocations torch's caching host allocator holds now: its cudaHostAlloc/Register calls minus its frees.
+    Both the pinned torch (2.9) and the GPU machine's (2.11) report these two counters; the byte keys differ
+    (2.9: reserved_bytes.current; 2.11 has no reserved_bytes key), so bytes are only reported, never asserted."""
     stats = torch.cuda.host_memory_stats()
-    keys = [k for k in stats if k.startswith("reserved_bytes") and k.endswith("current")]
-    assert keys, f"no reserved_bytes...current in torch.cuda.host_memory_stats(): {sorted(stats)}"
-    return int(stats[min(keys, key=len)])
+    return int(stats["num_host_alloc"]) - int(stats["num_host_free"])
+
+
+def pinned_bytes_reported() -> dict[str, int]:
+    stats = torch.cuda.host_memory_stats()
+    return {k: int(v) for k, v in stats.items() if k.endswith("bytes.current")}
 
 
 def test_switching_from_host_cached_gives_the_pinned_memory_back(tiny_bundle, small_request, tmp_path):
     """torch's caching host allocator keeps freed pinned blocks: the switch must hand them back to the OS."""
+    torch._C._host_emptyCache()
+    baseline = pinned_blocks()
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
-    engine.generate(small_request(quantization="fp8-cast", residency="host-cached", width=128, height=128,
-                                  num_frames=17))  # fmt: skip
-    cached = engine.models.host_cache_bytes()
-    pinned_with_cache = pinned_reserved_bytes()
-    assert pinned_with_cache >= cached > 0
-    engine.generate(small_request(quantization="fp8-cast", residency="cold-start", width=128, height=128,
-                                  num_frames=17))  # fmt: skip
-    pinned_after = pinned_reserved_bytes()
-    REPORT["pinned_after_switching_from_host_cached"] = {"cache_bytes": cached, "pinned_with_cache": pinned_with_cache,
-                                                         "pinned_after": pinned_after}  # fmt: skip
-    assert pinned_after < pinned_with_cache - cached // 2, (pinned_with_cache, pinned_after, cached)
+    shape = {"width": 128, "height": 128, "num_frames": 17}
+    engine.generate(small_request(quantization="fp8-cast", residency="host-cached", **shape))
+    cached, with_cache, bytes_with_cache = engine.models.host_cache_bytes(), pinned_blocks(), pinned_bytes_reported()
+    assert cached > 0 and with_cache > baseline
+    engine.generate(small_request(quantization="fp8-cast", residency="cold-start", **shape))
+    after = pinned_blocks()
+    REPORT["pinned_after_switching_from_host_cached"] = {
+        "torch": torch.__version__, "cache_bytes": cached, "pinned_blocks": [baseline, with_cache, after],
+        "bytes_with_cache": bytes_with_cache, "bytes_after": pinned_bytes_reported(),
+    }  # fmt: skip
+    # Every block the host cache pinned is freed (cold-start's own run may leave a few cached blocks of its own).
+    assert after <= baseline + (with_cache - baseline) // 4, (baseline, with_cache, after)
 
 
 def test_switching_from_persistent_releases_the_device(tiny_bundle, small_request, tmp_path):
@@ -165,7 +170,7 @@ def test_nf4_text_encoder_on_cuda(tiny_bundle):
     prompt = "A woman speaks to the camera."
     outputs, sizes = {}, {}
     for quantization in TextEncoderQuantization:
-        models = ModelResidency(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+        models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
         models.configure(ModelConfig(Quantization.FP8_CAST, Residency.COLD_START, 1.0,
                                      text_encoder_quantization=quantization))  # fmt: skip
         with torch.inference_mode(), models.request():

@@ -64,14 +64,8 @@ def tensor_bytes() -> int:
 
 def record_builds(engine: Engine) -> list[weakref.ref]:
     """Weak references to every model the engine builds from now on (they must die when their request ends)."""
-    built, stock = [], engine.models._build
-
-    def build(*args):
-        model = stock(*args)
-        built.append(weakref.ref(model))
-        return model
-
-    engine.models._build = build
+    built = []
+    engine.models.on_built(lambda _name, model: built.append(weakref.ref(model)))
     return built
 
 

@@ -17,13 +17,21 @@ from ltx_demo.residency import (
     CONCRETE_MODES,
     MemoryEstimate,
     ModelConfig,
-    ModelResidency,
+    ModelManager,
     estimate_memory,
-    module_bytes,
     plan_residency,
 )
-from ltx_demo.settings import LoraMode, Quantization, Residency, TextEncoderQuantization
-from ltx_demo.types import GIB, GenerationCancelled, GenerationRequest, InvalidRequest
+from ltx_demo.residency.builds import module_bytes
+from ltx_demo.types import (
+    GIB,
+    GenerationCancelled,
+    GenerationRequest,
+    InvalidRequest,
+    LoraMode,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
+)
 
 from .test_engine import decode_mp4
 
@@ -121,7 +129,7 @@ def test_a_request_stopped_before_stage_2_drops_the_pairs_uploaded_for_it(tiny_b
             on_progress=lambda p: stage.update(now=p.phase),
             cancelled=lambda: stage["now"] == "upsample",
         )
-    assert engine.models._ahead is None and engine.models.resident() == ()
+    assert not engine.models.lora_uploaded_ahead() and engine.models.resident() == ()
     assert engine.models.uploaded_ahead == {}  # uploaded, never used
     engine.generate(small_request(quantization="fp8-cast", residency="host-cached"))
     assert engine.models.uploaded_ahead == {"lora_adapter": 1}
@@ -134,15 +142,17 @@ def test_release_frees_every_tensor_at_once_without_a_gc_pass(tiny_bundle, quant
     import gc
     import weakref
 
-    residency = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    residency = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     residency.configure(ModelConfig(Quantization(quantization), Residency.COLD_START, 1.0))
     gc.collect()
     gc.disable()
     try:
         with residency.request():
-            with residency.stage_transformer(1) as transformer:
+            with residency.stage_transformer(1) as stage:
+                transformer = stage.model
                 tensors = [weakref.ref(t) for t in [*transformer.parameters(), *transformer.buffers()]]
-            with residency.stage_transformer(2) as transformer:
+            with residency.stage_transformer(2) as stage:
+                transformer = stage.model
                 assert residency.adapter() is not None  # the adapter's forward patches are on
                 held = transformer  # a name the caller keeps past the block
             with residency.use("video_decoder") as decoder:
@@ -159,14 +169,12 @@ def test_switching_mode_or_quantization_releases_before_the_new_config_builds(ti
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
     models = engine.models
     first_builds = []  # (config, what was held, host cache bytes) when a new config's first model starts building
-    forward = models._on_loading
 
     def on_loading(name):
         if name and (not first_builds or first_builds[-1][0] != models.config):
             first_builds.append((models.config, models.resident(), models.host_cache_bytes()))
-        forward(name)
 
-    monkeypatch.setattr(models, "_on_loading", on_loading)
+    models.on_loading(on_loading)
     for quantization, mode in (("bf16", "persistent"), ("fp8-cast", "host-cached"), ("fp8-cast", "persistent"),
                                ("bf16", "cold-start"), ("fp8-cast", "persistent")):  # fmt: skip
         engine.generate(small_request(quantization=quantization, residency=mode))
@@ -208,7 +216,7 @@ def measure_lora_paths(engine: Engine, request: GenerationRequest) -> dict:
     same random rows; `video` compares the whole transformer's video output (stage 2 freezes the audio latent, so
     the audio output is its input whatever the weights). Also the change from turning the adapter off.
     """
-    from ltx_demo.lora_adapter import load_lora_pairs
+    from ltx_demo.residency.lora_adapter import load_lora_pairs
 
     engine.generate(request)  # builds the transformer and attaches the adapter (persistent)
     models = engine.models
@@ -228,7 +236,7 @@ def measure_lora_paths(engine: Engine, request: GenerationRequest) -> dict:
     strength = request.distilled_lora_strength
     with torch.inference_mode():
         with models.use("transformer_stage_2") as fused:  # ltx-core's fusion (ModelLedger.with_additional_loras)
-            reference_models = ModelResidency(engine.bundle, engine.device, torch.float32)
+            reference_models = ModelManager(engine.bundle, engine.device, torch.float32)
             reference_models.configure(ModelConfig(Quantization.BF16, Residency.COLD_START, strength))
             with reference_models.use("transformer") as reference:
                 pairs = load_lora_pairs(str(engine.bundle.distilled_lora))
@@ -290,9 +298,9 @@ def test_adapter_is_at_least_as_close_to_the_reference_as_fusion(tiny_bundle, sm
 
 
 def test_adapter_off_restores_the_base_forward(tiny_bundle):
-    from ltx_demo.lora_adapter import LowRankAdapter, load_lora_pairs
+    from ltx_demo.residency.lora_adapter import LowRankAdapter, load_lora_pairs
 
-    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     models.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
     with models.use("transformer") as transformer, torch.inference_mode():
         layer = transformer.velocity_model.transformer_blocks[0].attn1.to_q
@@ -357,7 +365,7 @@ def test_auto_on_the_engine_follows_the_budget(tiny_bundle, small_request, tmp_p
 
 
 def test_the_estimate_matches_what_is_built(tiny_bundle):
-    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     for quantization in Quantization:
         config = ModelConfig(quantization, Residency.COLD_START, 1.0)
         estimate = estimate_memory(tiny_bundle, config, (64, 64, 9), torch.float32).components
@@ -382,10 +390,10 @@ def test_nf4_text_encoder_is_refused_on_cpu_with_the_reason(tiny_bundle, small_r
 
 # -- what the persistent set holds ---------------------------------------------------------------------------------
 def test_fp8_configs_keep_the_adapter_in_fp8_at_half_the_bytes_and_close_to_bf16(tiny_bundle):
-    from ltx_demo.lora_adapter import LowRankAdapter, load_lora_pairs
+    from ltx_demo.residency.lora_adapter import LowRankAdapter, load_lora_pairs
 
     pairs = load_lora_pairs(str(tiny_bundle.distilled_lora))
-    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+    models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     models.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
     with models.use("transformer") as transformer, torch.inference_mode():
         layer = transformer.velocity_model.transformer_blocks[0].attn1.to_q
@@ -414,7 +422,7 @@ def test_the_text_path_drops_what_text_never_runs_and_stores_the_processor_in_fp
     prompt = "A woman speaks to the camera."
     contexts, sizes = {}, {}
     for quantization in (Quantization.BF16, Quantization.FP8_CAST):
-        models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.float32)
+        models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
         models.configure(ModelConfig(quantization, Residency.COLD_START, 1.0))
         with torch.inference_mode(), models.request():
             with models.use("text_encoder") as text_encoder:
@@ -444,9 +452,9 @@ def test_the_text_path_drops_what_text_never_runs_and_stores_the_processor_in_fp
 def test_fusing_in_place_gives_ltx_cores_fused_weights(tiny_bundle, quantization):
     """What cold-start and host-cached do on CUDA before stage 2 (ltx-core's apply_loras, one layer at a time, in
     place), checked here on the CPU against the second transformer ltx-pipelines' ModelLedger fuses."""
-    from ltx_demo.lora_adapter import fuse_in_place_, load_lora_pairs
+    from ltx_demo.residency.lora_adapter import fuse_in_place_, load_lora_pairs
 
-    models = ModelResidency(tiny_bundle, torch.device("cpu"), torch.bfloat16)  # CUDA's compute dtype (no forward)
+    models = ModelManager(tiny_bundle, torch.device("cpu"), torch.bfloat16)  # CUDA's compute dtype (no forward)
     models.configure(ModelConfig(quantization, Residency.COLD_START, 0.7, LoraMode.FUSED))
     with models.request(), torch.inference_mode():
         with models.use("transformer") as transformer:
@@ -471,7 +479,7 @@ def test_per_request_modes_fuse_in_place_only_on_cuda(tiny_bundle, small_request
 def test_describe_counts_every_resident_byte_once(tiny_bundle, small_request, tmp_path):
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
     engine.generate(small_request(quantization="fp8-cast", residency="persistent"))
-    described = engine.models.describe()
+    described = engine.models.status().details
     held = [engine.models.held(name) for name in engine.models.resident()]
     unique = {t.data_ptr(): t.nbytes for m in held for t in [*m.parameters(), *m.buffers()] if t.device.type != "meta"}
     assert described["lora_adapter"] > 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ltx_demo import built_states, streamed_read
+from ltx_demo import streamed_read
+from ltx_demo.residency import kept as built_states
 
 
 def mixed_tensors() -> dict[str, torch.Tensor]:

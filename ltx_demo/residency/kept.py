@@ -1,37 +1,33 @@
-"""Models kept as built: the state dict of a model in the form it runs in (fp8-cast transformer, nf4 text encoder,
-fp8 embeddings processor), taken once and rebuilt from without reading the original files or casting again.
+"""Models kept as built, and the host cache: what per-request modes keep so that a build need not read or cast again.
 
-A per-request build pays for more than the bytes the device ends up holding. fp8-cast reads the transformer's bf16
-weights (40 GiB for LTX-2.3) to keep 1-byte ones; nf4 builds all of Gemma in bf16 on the host (23 GiB) before
-bitsandbytes quantizes it on the way to the device; the fp8 processor reads 5.9 GiB to keep 3. The built model's
-own state dict (for nf4, bitsandbytes' serialization: each Linear4bit's packed weight plus its quant-state
-tensors, from `Linear4bit._save_to_state_dict`) is what is worth keeping:
-
-- host-cached keeps the nf4 text encoder's in pinned host memory (host_copy); the other models' casts already
-  happen once there (ltx-core's StateDictRegistry holds what fp8-cast's sd_ops produced).
-- cold-start keeps them in safetensors files under a cache folder (save_model_state / load_state), one folder per
-  model, named from the source files' identity and the recipe, written in ~2 GiB shards so the host holds one
-  shard at a time, and renamed into place only when complete.
-
-A rebuild makes the model on the meta device through the same ltx-core builder (config, module ops such as the
-fp8 forward or the tokenizer) and assigns the kept tensors on the device; nf4 linears get them through
-`Params4bit.from_prequantized`.
+The state dict of a model in the form it runs in (fp8-cast transformer, nf4 text encoder, fp8 embeddings processor) is
+taken once and rebuilt from: host-cached keeps it in pinned memory (HostKept), cold-start in files (DiskKept). The
+other models' file states wait in host-cached's pinned registry (PinnedStateDictRegistry). docs/residency.md says why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from ltx_core.loader.registry import StateDictRegistry
 
 from ltx_demo import streamed_read
 from ltx_demo.quantization import swap_in_linear4bit_
 from ltx_demo.text_path import drop_unused_gemma_parts_
+from ltx_demo.types import GIB
+
+logger = logging.getLogger(__name__)
+
 
 FORMAT_VERSION = 2  # bump when what is saved (or how it is named) changes
 SHARD_BYTES = 2 * 1024**3
@@ -194,3 +190,124 @@ def load_state(folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
         return state
     except (streamed_read.StreamedReadError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise UnreadableState(f"{folder.name}: {exc}") from exc
+
+
+# -- the stores the modes use ----------------------------------------------------------------------------------------
+class HostKept:
+    """host-cached: built models' states in pinned host memory (pageable without CUDA), one per model name."""
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self._states: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(self, name: str) -> dict[str, torch.Tensor] | None:
+        return self._states.get(name)
+
+    def put(self, name: str, model: torch.nn.Module) -> None:
+        self._states[name] = host_copy(model, pin=self.pin)
+
+    def bytes(self) -> int:
+        return sum(state_bytes(state) for state in self._states.values())
+
+    def sizes(self) -> dict[str, int]:
+        return {name: state_bytes(state) for name, state in self._states.items()}
+
+    def all_pinned(self) -> bool:
+        return all(t.is_pinned() for state in self._states.values() for t in state.values())
+
+    def clear(self) -> None:
+        self._states.clear()
+
+
+KEEP_FREE_BYTES = 10 * GIB  # cold-start keeps a model only if the disk keeps this much free after it
+
+
+class DiskKept:
+    """cold-start: built models' states in files under `cache_dir`, one folder per model and recipe (state_folder).
+
+    Writing never fails a request: a write error or too little free disk is logged, and after a write error
+    nothing more is kept by this process (later cold starts build from the bundle)."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.cache_dir = cache_dir  # None: keep nothing
+
+    def folder(self, name: str, source_paths: list[str], recipe: dict) -> Path | None:
+        return state_folder(self.cache_dir, name, source_paths, recipe) if self.cache_dir is not None else None
+
+    def get(self, folder: Path, name: str, device: torch.device) -> dict[str, torch.Tensor] | None:
+        if not is_kept(folder):
+            return None
+        try:
+            return load_state(folder, device)
+        except UnreadableState as exc:
+            self.drop(folder, name, exc)
+            return None
+
+    def drop(self, folder: Path, name: str, why: Exception) -> None:
+        """An unreadable state, or one that does not fit the model: deleted, so the next build writes a good one."""
+        logger.warning("ignoring the unreadable kept %s in %s (%s); building it again", name, folder, why)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def put(self, folder: Path, name: str, model: torch.nn.Module, size: int, on_loading) -> None:
+        """Write the built model's state (`size` bytes on the device) once, if the disk has room for it."""
+        needed = size + KEEP_FREE_BYTES
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if dropped := drop_other_states(folder):
+                logger.info("dropped the kept %s of another configuration: %s", name, ", ".join(dropped))
+            free = shutil.disk_usage(folder.parent).free
+            if free < needed:
+                logger.warning(
+                    "not keeping %s in %s: %.1f GiB free, %.1f GiB needed (its size + %.0f GiB kept free)",
+                    name, folder.parent, free / GIB, needed / GIB, KEEP_FREE_BYTES / GIB,
+                )  # fmt: skip
+                return
+            started = time.perf_counter()
+            on_loading(f"{name} (keeping it as built for later cold starts)")
+            written = save_model_state(model, folder)
+        except Exception as exc:  # writing the cache must never fail the request
+            logger.warning("could not keep %s in %s (%s); cold starts build it from the bundle", name, folder, exc)
+            self.cache_dir = None
+            return
+        logger.info(
+            "kept %s as built in %s (%.2f GiB, %.1f s): later cold starts read it instead of the bundle's files",
+            name, folder, written / GIB, time.perf_counter() - started,
+        )  # fmt: skip
+
+
+@dataclass
+class PinnedStateDictRegistry(StateDictRegistry):
+    """ltx-core's in-memory state-dict cache, with each tensor moved to pinned memory as it is added.
+
+    ModelLedger(registry=...) routes every builder's load_sd through it, keyed by file and sd_ops, and its
+    _target_device() then builds on the CPU and moves the model to the device after. So the cache holds exactly
+    what fp8-cast's sd_ops produced (the fp8 downcast happens once, at the first load), and each request's build is
+    a host-to-device copy. Pinning in add() replaces the loaded tensors inside the StateDict the builder is about to
+    use, so even the first build copies from pinned memory, and the host never holds the unpinned and the pinned
+    copy of more than one tensor at once.
+    """
+
+    pin: bool = False
+    loads: Counter = field(default_factory=Counter)  # disk reads per sd_ops name (or file name)
+
+    def add(self, paths: list[str], sd_ops, state_dict) -> str:
+        if self.pin:
+            pinned: dict[int, torch.Tensor] = {}  # one pinned copy per tensor, even where sd_ops aliased it
+            for key, value in state_dict.sd.items():
+                if id(value) not in pinned:
+                    pinned[id(value)] = value.pin_memory()
+                state_dict.sd[key] = pinned[id(value)]
+        self.loads[sd_ops.name if sd_ops is not None else Path(paths[0]).name] += 1
+        return super().add(paths, sd_ops, state_dict)
+
+    def all_pinned(self) -> bool:
+        with self._lock:
+            return all(t.is_pinned() for sd in self._state_dicts.values() for t in sd.sd.values())
+
+    def nbytes(self) -> int:
+        with self._lock:
+            seen = {}
+            for state_dict in self._state_dicts.values():
+                for value in state_dict.sd.values():
+                    seen[value.data_ptr()] = value.nbytes
+            return sum(seen.values())
