@@ -11,12 +11,12 @@ from pathlib import Path
 
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES
-from ltx_demo.settings import DEFAULT_OUTPUT_DIR
 from ltx_demo.types import ImageFit, LoraMode, Quantization, Residency, TextEncoderQuantization
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
 DEFAULT_AUDIO = ASSETS / "speech_hello.wav"
+DEFAULT_OUTPUT_DIR = Path("outputs")
 DEFAULT_PROMPT = (
     "A woman in a white space suit speaks calmly to the camera, natural head movement and lip motion, "
     "soft studio light, static medium close-up shot."
