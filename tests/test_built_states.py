@@ -1,4 +1,4 @@
-"""Models kept as built (built_states.py): host-cached holds the nf4 text encoder's quantized state instead of the
+"""Models kept as built (residency/kept.py): host-cached holds the nf4 text encoder's quantized state instead of the
 bf16 Gemma; cold-start writes the fp8 transformer, the fp8 processor and the nf4 text encoder to files once and
 builds from them on later requests. Either way the rebuilt model is identical to a fresh build.
 
@@ -159,14 +159,14 @@ def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
 
 def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bundle, small_request, tmp_path,
                                                                          monkeypatch):  # fmt: skip
-    import ltx_demo.residency as residency_module
+    import ltx_demo.residency.modes as modes
 
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
     request = small_request(quantization="fp8-cast", residency="cold-start")
     engine.generate(request)
     before = sorted(f.name for f in cache_dir.iterdir())
-    monkeypatch.setattr(residency_module, "_library_versions", lambda: {"torch": "a later one"})  # an upgrade
+    monkeypatch.setattr(modes, "library_versions", lambda: {"torch": "a later one"})  # an upgrade
     engine.generate(request)
     after = sorted(f.name for f in cache_dir.iterdir())
     assert len(after) == 2 and not set(after) & set(before)  # one state per model: the old ones are gone
@@ -190,9 +190,9 @@ def test_an_unwritable_cache_folder_never_fails_the_request(tiny_bundle, tmp_pat
 
 
 def test_too_little_free_disk_keeps_nothing(tiny_bundle, tmp_path, caplog, monkeypatch):
-    import ltx_demo.residency as residency_module
+    import ltx_demo.residency.kept as kept
 
-    monkeypatch.setattr(residency_module, "KEEP_FREE_BYTES", 1 << 62)  # more than any disk has free
+    monkeypatch.setattr(kept, "KEEP_FREE_BYTES", 1 << 62)  # more than any disk has free
     residency = nf4_residency(tiny_bundle, Residency.COLD_START, tmp_path / "kept")
     with caplog.at_level(logging.WARNING, logger="ltx_demo.residency"):
         encode(residency)

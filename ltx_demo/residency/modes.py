@@ -186,7 +186,7 @@ class ColdStart(PerRequest):
             "quantization": self.config.quantization.value,
             "text_encoder": self.config.text_encoder_quantization.value,
             "dtype": str(self.builder.dtype),
-            "versions": _library_versions(),
+            "versions": library_versions(),
         }
         return self.disk.folder(name, self.builder.source_paths(name), recipe)
 
@@ -227,7 +227,7 @@ CONCRETE_MODES = (Residency.PERSISTENT, Residency.HOST_CACHED, Residency.COLD_ST
 
 
 @functools.cache
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     """What a kept state depends on besides its source files (kept.state_folder)."""
     versions = {}
     for name in ("torch", "ltx-core", "bitsandbytes"):
