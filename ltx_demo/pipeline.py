@@ -169,7 +169,7 @@ def run_two_stage(
     on_progress: Callable[[Progress], None],
     cancelled: Callable[[], bool],
 ) -> DecodedClip:
-    """Steps 3-8 of the flow (DESIGN.md): prompt, audio, stage 1, upsample, stage 2, decode."""
+    """Steps 3-8 of a request (1-2 are the engine's): prompt, audio, stage 1, upsample, stage 2, decode."""
     flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled)
     contexts = flow.encode_prompt()
     audio_latent = flow.encode_audio()
