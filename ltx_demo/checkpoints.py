@@ -246,38 +246,64 @@ class ComponentCheck:
     problems: tuple[str, ...]
 
 
+def _header_shapes(paths: list[str]) -> dict[str, tuple[list[int], str]]:
+    """Each tensor's shape and dtype from the safetensors headers (no weights are read)."""
+    import safetensors
+
+    shapes = {}
+    for path in paths:
+        with safetensors.safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                tensor_slice = f.get_slice(key)
+                shapes[key] = (tensor_slice.get_shape(), tensor_slice.get_dtype())
+    return shapes
+
+
+def _mapped(shapes: dict, sd_ops) -> dict[str, tuple[int, ...]]:
+    """The shapes under the names a builder's sd_ops give them (keys it drops are left out)."""
+    import torch
+
+    out = {}
+    for key, (shape, _dtype) in shapes.items():
+        name = key if sd_ops is None else sd_ops.apply_to_key(key)
+        if name is None:
+            continue
+        results = (
+            [(name, None)] if sd_ops is None else sd_ops.apply_to_key_value(name, torch.empty(shape, device="meta"))
+        )
+        for new_name, _ in results:
+            out[new_name] = tuple(shape)
+    return out
+
+
+def _check_lora(bundle: Bundle, transformer_shapes: dict[str, tuple[int, ...]]) -> ComponentCheck:
+    """Every lora_A/lora_B pair of the distilled LoRA fits a transformer weight."""
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
+
+    lora_problems: list[str] = []
+    lora = _mapped(_header_shapes([str(bundle.distilled_lora)]), LTXV_LORA_COMFY_RENAMING_MAP)
+    pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
+    if not pairs:
+        lora_problems.append(f"{bundle.distilled_lora}: no lora_A/lora_B pairs")
+    for stem in sorted(pairs):
+        a, b, target = lora.get(f"{stem}.lora_A.weight"), lora.get(f"{stem}.lora_B.weight"), f"{stem}.weight"
+        if b is None:
+            lora_problems.append(f"{stem}: lora_A without lora_B")
+        elif target not in transformer_shapes:
+            lora_problems.append(f"{stem}: no such transformer weight")
+        elif (b[0], a[1]) != transformer_shapes[target] or a[0] != b[1]:
+            lora_problems.append(f"{stem}: B{b} @ A{a} does not fit {transformer_shapes[target]}")
+    return ComponentCheck("distilled_lora", 2 * len(pairs), tuple(lora_problems[:5]))
+
+
 def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
     """Keys, shapes and config metadata of every component, against ltx-core's own model definitions on meta.
 
     Reads only headers (no weights), so a person with the real 40+ GiB files can check them in seconds.
     """
-    import safetensors
     import torch
-    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
 
     from ltx_demo.residency.specs import MODEL_SPECS, make_ledger
-
-    def header_shapes(paths: list[str]) -> dict[str, tuple[list[int], str]]:
-        shapes = {}
-        for path in paths:
-            with safetensors.safe_open(path, framework="pt") as f:
-                for key in f.keys():
-                    tensor_slice = f.get_slice(key)
-                    shapes[key] = (tensor_slice.get_shape(), tensor_slice.get_dtype())
-        return shapes
-
-    def mapped(shapes: dict, sd_ops) -> dict[str, tuple[int, ...]]:
-        out = {}
-        for key, (shape, _dtype) in shapes.items():
-            name = key if sd_ops is None else sd_ops.apply_to_key(key)
-            if name is None:
-                continue
-            results = (
-                [(name, None)] if sd_ops is None else sd_ops.apply_to_key_value(name, torch.empty(shape, device="meta"))
-            )
-            for new_name, _ in results:
-                out[new_name] = tuple(shape)
-        return out
 
     results: list[ComponentCheck] = []
     try:
@@ -302,7 +328,7 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
                 for n, t in [*meta.named_parameters(), *meta.named_buffers()]
                 if t.device.type == "meta"
             }
-            found = mapped(header_shapes(paths), builder.model_sd_ops)
+            found = _mapped(_header_shapes(paths), builder.model_sd_ops)
         except Exception as exc:
             results.append(ComponentCheck(name, 0, (f"{type(exc).__name__}: {exc}",)))
             continue
@@ -316,18 +342,5 @@ def check_bundle(bundle: Bundle) -> list[ComponentCheck]:
             transformer_shapes = found
         results.append(ComponentCheck(name, len(expected), tuple(problems)))
 
-    lora_problems: list[str] = []
-    lora = mapped(header_shapes([str(bundle.distilled_lora)]), LTXV_LORA_COMFY_RENAMING_MAP)
-    pairs = {k.removesuffix(".lora_A.weight") for k in lora if k.endswith(".lora_A.weight")}
-    if not pairs:
-        lora_problems.append(f"{bundle.distilled_lora}: no lora_A/lora_B pairs")
-    for stem in sorted(pairs):
-        a, b, target = lora.get(f"{stem}.lora_A.weight"), lora.get(f"{stem}.lora_B.weight"), f"{stem}.weight"
-        if b is None:
-            lora_problems.append(f"{stem}: lora_A without lora_B")
-        elif target not in transformer_shapes:
-            lora_problems.append(f"{stem}: no such transformer weight")
-        elif (b[0], a[1]) != transformer_shapes[target] or a[0] != b[1]:
-            lora_problems.append(f"{stem}: B{b} @ A{a} does not fit {transformer_shapes[target]}")
-    results.append(ComponentCheck("distilled_lora", 2 * len(pairs), tuple(lora_problems[:5])))
+    results.append(_check_lora(bundle, transformer_shapes))
     return results
