@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES
-from ltx_demo.types import ImageFit, LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import Flow, ImageFit, LoraMode, Quantization, Residency, TextEncoderQuantization
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
@@ -34,6 +34,13 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gemma-root", help="Gemma-3 text encoder folder")
     group.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR), help="where results are written")
     group.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
+    group.add_argument(
+        "--compute-dtype",
+        choices=list(COMPUTE_DTYPES),
+        default=None,
+        help="default: bf16 on CUDA, float32 on CPU (bf16 convolutions are slow there); the reference flow matches "
+        "ltx-pipelines bit for bit only in bf16, its dtype",
+    )
     group.add_argument(
         "--cuda-graphs",
         action="store_true",
@@ -96,6 +103,14 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         dest="batch_guidance",
         action="store_false",
         help="run stage 1's guidance passes one after another (ltx-pipelines' way) instead of as one batch",
+    )
+    parser.add_argument(
+        "--flow",
+        choices=[f.value for f in Flow],
+        default=Flow.FAST.value,
+        help="reference: ltx-pipelines' A2VidPipelineTwoStage exactly (bf16 Gemma and processor, LoRA fused by "
+        "ltx-core into a second transformer, unbatched guidance, its audio and image reading); overrides "
+        "--lora-mode, --text-encoder-quantization and --no-batch-guidance (default: %(default)s)",
     )
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
@@ -171,6 +186,7 @@ def request_from_args(args: argparse.Namespace):
         text_encoder_quantization=args.text_encoder_quantization,
         lora_mode=args.lora_mode,
         vram_budget_gib=args.vram_budget_gib,
+        flow=args.flow,
     )
     return parse_request(fields)
 
@@ -183,11 +199,22 @@ def resolve_from_args(args: argparse.Namespace):
     )
 
 
+COMPUTE_DTYPES = {"bf16": "bfloat16", "float32": "float32"}  # flag value -> torch dtype name
+
+
+def compute_dtype(flag: str):
+    import torch
+
+    return getattr(torch, COMPUTE_DTYPES[flag])
+
+
 def engine_from_args(args: argparse.Namespace, **options):
     """The engine the bundle flags describe (the CLI's and the app's); `options` go to Engine as they are."""
     from ltx_demo.engine import Engine
 
     folder = args.cold_start_cache_dir
+    if args.compute_dtype is not None:
+        options.setdefault("compute_dtype", compute_dtype(args.compute_dtype))
     return Engine(
         resolve_from_args(args),
         Path(args.output_dir),
@@ -263,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             entries = forward_bench.run_forward_bench(
                 bundle,
                 device,
-                compute_dtype_for(device),
+                compute_dtype(args.compute_dtype) if args.compute_dtype else compute_dtype_for(device),
                 forward_bench.parse_shapes(args.shapes),
                 [Quantization(q) for q in args.quantization.split(",")],
                 args.warmup,

@@ -35,6 +35,7 @@ from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
     GIB,
+    Flow,
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
@@ -129,13 +130,14 @@ class Engine:
         keep_outputs: KeepPolicy | None = None,
         cuda_graphs: bool = False,
         cold_start_cache_dir: Path | None = None,
+        compute_dtype: torch.dtype | None = None,  # None: bf16 on CUDA, float32 on CPU (compute_dtype_for)
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
         self.keep_outputs = keep_outputs or KeepPolicy()  # default: keep every result
         self.pins = Pins()  # results on someone's screen: never pruned
         self.device = pick_device(device)
-        self.compute_dtype = compute_dtype_for(self.device)
+        self.compute_dtype = compute_dtype or compute_dtype_for(self.device)
         self.models = ModelManager(
             bundle, self.device, self.compute_dtype, cuda_graphs=cuda_graphs, cold_start_cache_dir=cold_start_cache_dir
         )
@@ -206,12 +208,16 @@ class Engine:
     def _model_config(self, request: GenerationRequest) -> tuple[ModelConfig, str]:
         """The concrete config this request runs with, and why (auto: which mode fits the budget)."""
         text_encoder = request.text_encoder_quantization or self.default_text_encoder_quantization()
+        lora_mode = request.lora_mode
+        if request.flow is Flow.REFERENCE:  # ltx-pipelines' models: the bf16 Gemma, a second LoRA-fused transformer
+            lora_mode, text_encoder = LoraMode.FUSED, TextEncoderQuantization.BF16
         config = ModelConfig(
             request.quantization,
             request.residency,
             request.distilled_lora_strength,
-            request.lora_mode,
+            lora_mode,
             TextEncoderQuantization(text_encoder),
+            request.flow,
         )
         if config.residency is not Residency.AUTO:
             return config, ""
@@ -294,7 +300,7 @@ class Engine:
             residency=config.residency.value,
             device=self._device_name(),
             synthetic=self.bundle.synthetic,
-            audio_note=inputs.audio_note,
+            audio_note=clip.audio_note or inputs.audio_note,
             phases=telemetry.phases(),
             samples=telemetry.samples_snapshot(),
             resident_before=resident_before,
@@ -304,6 +310,7 @@ class Engine:
             text_encoder_quantization=config.text_encoder_quantization.value,
             lora_mode=config.lora_mode.value,
             stage_2_lora=clip.stage_2_lora,
+            flow=config.flow.value,
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
         self._publish(partial, output, result, record)
@@ -319,6 +326,7 @@ class Engine:
             "residency": config.residency.value,
             "text_encoder_quantization": config.text_encoder_quantization.value,
             "lora_mode": config.lora_mode.value,
+            "flow": config.flow.value,
         }
         return review.provenance(request, folder, bundle=self.bundle.describe(), ran=ran)
 

@@ -68,7 +68,7 @@ def stage_inputs(transformer: torch.nn.Module, shape: ForwardShape, seed: int = 
     from ltx_pipelines.utils.helpers import modality_from_latent_state
     from ltx_pipelines.utils.types import PipelineComponents
 
-    from ltx_demo.pipeline import batched_modality
+    from ltx_demo.guidance import batched_modality
 
     velocity = transformer.velocity_model
     parameter = next(velocity.parameters())

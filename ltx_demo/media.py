@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
 from ltx_demo.requests import MAX_FRAMES
-from ltx_demo.types import GenerationRequest, ImageFit, InvalidRequest
+from ltx_demo.types import Flow, GenerationRequest, ImageFit, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 @dataclass(frozen=True, slots=True)
 class PreparedInputs:
-    image_path: Path  # RGB PNG at exactly width x height
+    image_path: Path  # RGB PNG at exactly width x height (reference flow, crop: at the upload's own size)
     audio: np.ndarray  # float32 (2, samples) at OUTPUT_SAMPLE_RATE, exactly the clip's duration
     sample_rate: int
     audio_note: str
@@ -40,8 +40,16 @@ def frames_for_duration(seconds: float, frame_rate: int) -> int:
     return min(8 * k + 1, MAX_FRAMES)
 
 
-def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: Path) -> str:
-    """Open, flatten to RGB and fit the portrait to exactly width x height (crop or pad); returns a note."""
+STOCK_IMAGE_MODES = ("RGB", "RGBA")  # what ltx-pipelines' decode_image (np.array(image)[..., :3]) reads as RGB
+EXIF_ORIENTATION = 0x0112
+
+
+def prepare_image(path: str, width: int, height: int, fit: ImageFit | None, out_path: Path) -> str:
+    """Open, flatten to RGB and fit the portrait to exactly width x height (crop or pad); returns a note.
+
+    fit None (the reference flow): at its own size, as ltx-pipelines' decode_image reads it (the first three channels
+    of an RGB or RGBA image, EXIF orientation not applied); it crops and resizes it itself, bilinearly. Modes it
+    cannot read (grey, palette, 16-bit, CMYK) are flattened to RGB here instead, with a note."""
     if not path or not Path(path).is_file():
         raise InvalidRequest("no portrait image: upload a PNG or JPEG")
     if Path(path).stat().st_size == 0:
@@ -56,7 +64,14 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
                 notes.append(f"animated image ({image.n_frames} frames): used its first frame")
                 image.seek(0)
             image.load()
-            if image.mode not in ("RGB", "L"):
+            as_stock_reads = None
+            if fit is None and image.mode in STOCK_IMAGE_MODES:
+                as_stock_reads = Image.fromarray(np.asarray(image)[..., :3])
+                if image.mode == "RGBA" or image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                    notes.append("read as ltx-pipelines reads it (alpha and EXIF orientation ignored)")
+            elif fit is None:
+                notes.append(f"ltx-pipelines cannot read a {image.mode} image: converted to RGB first")
+            if image.mode not in ("RGB", "L") and as_stock_reads is None:
                 notes.append(f"converted {image.mode} to RGB")
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
@@ -74,6 +89,8 @@ def prepare_image(path: str, width: int, height: int, fit: ImageFit, out_path: P
             f"the portrait file is damaged or cut short ({exc}): export it again as PNG or JPEG"
         ) from None
     match fit:
+        case None:
+            fitted = rgb if as_stock_reads is None else as_stock_reads
         case ImageFit.CROP:
             fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.LANCZOS)
         case ImageFit.PAD:
@@ -263,9 +280,10 @@ def audio_duration(path: str) -> float:
 def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs:
     """The checks and conversions of a checked request's files (requests.check first); raises InvalidRequest naming
     what to fix."""
-    image_note = prepare_image(
-        request.image_path, request.width, request.height, request.image_fit, work_dir / "portrait.png"
-    )
+    fit: ImageFit | None = request.image_fit
+    if request.flow is Flow.REFERENCE and fit is ImageFit.CROP:
+        fit = None  # the stock pipeline's own crop and resize (ltx-pipelines' load_image_conditioning)
+    image_note = prepare_image(request.image_path, request.width, request.height, fit, work_dir / "portrait.png")
     audio, audio_note = prepare_audio(request.audio_path, request.audio_start, request.num_frames / request.frame_rate)
     return PreparedInputs(work_dir / "portrait.png", audio, OUTPUT_SAMPLE_RATE, audio_note, image_note)
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from ltx_demo.guidance import stage_1_guidance
 from ltx_demo.media import PreparedInputs
 from ltx_demo.residency import ModelManager, Stage2Lora
 from ltx_demo.telemetry import RunTelemetry
-from ltx_demo.types import GenerationCancelled, GenerationRequest, Progress
+from ltx_demo.types import Flow, GenerationCancelled, GenerationRequest, InvalidRequest, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class DecodedClip:
     audio: torch.Tensor  # float32 (2, samples): the ORIGINAL input audio segment, not a VAE round trip
     sample_rate: int
     stage_2_lora: Stage2Lora | None  # how stage 2 applied the distilled LoRA
+    audio_note: str | None = None  # how the flow read the audio, where not as media.prepare_audio said
+    stage_latents: tuple[torch.Tensor, ...] = ()  # the video latent after stage 1 and after stage 2, on the CPU
 
 
 class StepReporter:
@@ -58,93 +61,6 @@ class StepReporter:
         return step
 
 
-def batched_modality(modalities: list) -> object:
-    """One Modality holding several along the batch axis (same sigma: one denoising step)."""
-    from dataclasses import replace as with_fields
-
-    first = modalities[0]
-    return with_fields(
-        first,
-        latent=torch.cat([m.latent for m in modalities]),
-        sigma=torch.cat([m.sigma.reshape(1) for m in modalities]),  # (B,): the prompt AdaLN embeds it per item
-        timesteps=torch.cat([m.timesteps for m in modalities]),
-        positions=torch.cat([m.positions for m in modalities]),
-        context=torch.cat([m.context for m in modalities]),
-        attention_mask=None if first.attention_mask is None else torch.cat([m.attention_mask for m in modalities]),
-    )
-
-
-def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_context, transformer):
-    """ltx-pipelines' multi_modal_guider_denoising_func with its up to four passes (positive, CFG negative,
-    STG-perturbed, isolated modality) run as ONE batched transformer call per step instead of one after another.
-
-    ltx-core's perturbations are per batch item (BatchedPerturbationConfig), so each pass keeps its own. At stage 1's
-    1248 tokens (768x512x97) one pass leaves a GPU far from full; four in a batch cost little more than one. The
-    guiders' arithmetic is ltx-core's own (MultiModalGuider.calculate).
-    """
-    from ltx_core.guidance.perturbations import (
-        BatchedPerturbationConfig,
-        Perturbation,
-        PerturbationConfig,
-        PerturbationType,
-    )
-    from ltx_pipelines.utils.helpers import modality_from_latent_state
-
-    last: dict[str, torch.Tensor | None] = {"video": None, "audio": None}
-
-    def step(video_state, audio_state, sigmas, step_index):
-        skip_video, skip_audio = video_guider.should_skip_step(step_index), audio_guider.should_skip_step(step_index)
-        if skip_video and skip_audio:
-            return last["video"], last["audio"]
-        sigma = sigmas[step_index]
-        pos_video = modality_from_latent_state(video_state, v_context, sigma, enabled=not skip_video)
-        pos_audio = modality_from_latent_state(audio_state, a_context, sigma, enabled=not skip_audio)
-        passes = {"positive": (pos_video, pos_audio, PerturbationConfig.empty())}
-        if video_guider.do_unconditional_generation() or audio_guider.do_unconditional_generation():
-            negative_video = video_guider.negative_context if video_guider.negative_context is not None else v_context
-            negative_audio = audio_guider.negative_context if audio_guider.negative_context is not None else a_context
-            passes["negative"] = (
-                modality_from_latent_state(video_state, negative_video, sigma, enabled=not skip_video),
-                modality_from_latent_state(audio_state, negative_audio, sigma, enabled=not skip_audio),
-                PerturbationConfig.empty(),
-            )
-        if video_guider.do_perturbed_generation() or audio_guider.do_perturbed_generation():
-            perturbations = []
-            if video_guider.do_perturbed_generation():
-                perturbations.append(
-                    Perturbation(type=PerturbationType.SKIP_VIDEO_SELF_ATTN, blocks=video_guider.params.stg_blocks)
-                )
-            if audio_guider.do_perturbed_generation():
-                perturbations.append(
-                    Perturbation(type=PerturbationType.SKIP_AUDIO_SELF_ATTN, blocks=audio_guider.params.stg_blocks)
-                )
-            passes["perturbed"] = (pos_video, pos_audio, PerturbationConfig(perturbations=perturbations))
-        if video_guider.do_isolated_modality_generation() or audio_guider.do_isolated_modality_generation():
-            isolated = [
-                Perturbation(type=PerturbationType.SKIP_A2V_CROSS_ATTN, blocks=None),
-                Perturbation(type=PerturbationType.SKIP_V2A_CROSS_ATTN, blocks=None),
-            ]
-            passes["isolated"] = (pos_video, pos_audio, PerturbationConfig(perturbations=isolated))
-
-        videos, audios, configs = zip(*passes.values(), strict=True)
-        out_video, out_audio = transformer(
-            video=batched_modality(list(videos)),
-            audio=batched_modality(list(audios)),
-            perturbations=BatchedPerturbationConfig(perturbations=list(configs)),
-        )
-        outputs = {name: (out_video[i : i + 1], out_audio[i : i + 1]) for i, name in enumerate(passes)}
-        none = (0.0, 0.0)
-        denoised_video, denoised_audio = outputs["positive"]
-        parts = [outputs.get(name, none) for name in ("negative", "perturbed", "isolated")]
-        if not skip_video:
-            last["video"] = video_guider.calculate(denoised_video, *(p[0] for p in parts))
-        if not skip_audio:
-            last["audio"] = audio_guider.calculate(denoised_audio, *(p[1] for p in parts))
-        return last["video"], last["audio"]
-
-    return step
-
-
 @contextlib.contextmanager
 def counting_calls(transformer: torch.nn.Module, telemetry: RunTelemetry, name: str) -> Iterator[None]:
     """Count the transformer's forward calls (per-forward time = phase seconds / calls, in the benchmarks)."""
@@ -155,10 +71,32 @@ def counting_calls(transformer: torch.nn.Module, telemetry: RunTelemetry, name: 
         handle.remove()
 
 
-def _stg_blocks(transformer: torch.nn.Module, wanted: list[int]) -> list[int]:
-    """LTX-2.3 perturbs block 28; a smaller (synthetic) transformer has fewer blocks, so use its last one."""
-    count = len(transformer.velocity_model.transformer_blocks)
-    return [b if b < count else count - 1 for b in wanted]
+def reference_audio(request: GenerationRequest, device: torch.device) -> tuple[torch.Tensor, int, str]:
+    """The audio as A2VidPipelineTwoStage decodes it: ltx-pipelines' PyAV reader at the file's own rate and channels,
+    [audio_start, audio_start + clip duration). Returns (float32 (channels, n), rate, note).
+
+    Where the stock pipeline cannot run at all, the fast flow's two fixes, said in the note: mono is duplicated to
+    both channels (the audio VAE takes stereo) and a clip shorter than the video is padded with silence (the stock
+    pipeline refuses a latent shorter than the video). Nothing is resampled: the audio VAE resamples itself.
+    """
+    from ltx_pipelines.utils.media_io import decode_audio_from_file
+
+    duration = request.num_frames / request.frame_rate
+    decoded = decode_audio_from_file(request.audio_path, device, request.audio_start, duration)
+    if decoded is None:
+        raise InvalidRequest("ltx-pipelines' audio reader found no audio in the clip's window: try another file")
+    waveform, rate, notes = decoded.waveform.squeeze(0).float(), decoded.sampling_rate, []
+    if waveform.shape[0] == 1:
+        waveform = waveform.expand(2, -1).contiguous()
+        notes.append("upmixed mono to stereo")
+    elif waveform.shape[0] > 2:
+        notes.append(f"kept the first 2 of {waveform.shape[0]} channels")
+        waveform = waveform[:2]
+    missing = round(duration * rate) - waveform.shape[1]
+    if missing > 0:
+        waveform = torch.nn.functional.pad(waveform, (0, missing))
+        notes.append(f"padded {missing / rate:.2f} s of silence at the end")
+    return waveform, rate, "; ".join(notes) or f"decoded as ltx-pipelines does ({rate} Hz)"
 
 
 def run_two_stage(
@@ -172,13 +110,15 @@ def run_two_stage(
     """Steps 3-8 of a request (1-2 are the engine's): prompt, audio, stage 1, upsample, stage 2, decode."""
     flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled)
     contexts = flow.encode_prompt()
-    audio_latent = flow.encode_audio()
-    video_latent = flow.stage_1(contexts, audio_latent)
-    upscaled, conditionings = flow.upsample(video_latent)
-    video_latent, stage_2_lora = flow.stage_2(contexts, audio_latent, upscaled, conditionings)
-    frames = flow.decode(video_latent)
-    audio = torch.from_numpy(inputs.audio)
-    return DecodedClip(frames=frames, audio=audio, sample_rate=inputs.sample_rate, stage_2_lora=stage_2_lora)
+    audio, sample_rate, audio_note = flow.clip_audio()
+    audio_latent = flow.encode_audio(audio, sample_rate)
+    stage_1_latent = flow.stage_1(contexts, audio_latent)
+    latents = [stage_1_latent.to("cpu", copy=True)]  # for fidelity measurements (small: latent space)
+    upscaled, conditionings = flow.upsample(stage_1_latent)
+    final_latent, stage_2_lora = flow.stage_2(contexts, audio_latent, upscaled, conditionings)
+    latents.append(final_latent.to("cpu", copy=True))
+    frames = flow.decode(final_latent)
+    return DecodedClip(frames, audio, sample_rate, stage_2_lora, audio_note, tuple(latents))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +212,23 @@ class TwoStageFlow:
                 positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
         return PromptContexts(positive.video_encoding, positive.audio_encoding, negative.video_encoding)
 
-    def encode_audio(self) -> torch.Tensor:
-        """4. Audio -> latent, cut to the video's duration (the segment is already exactly that long)."""
+    def clip_audio(self) -> tuple[torch.Tensor, int, str | None]:
+        """The clip's audio, float32 (2, samples), its rate, and a note where the flow read it itself: the fast
+        flow's is media.prepare_audio's (48 kHz); the reference flow's is read as A2VidPipelineTwoStage reads it."""
+        if self.request.flow is Flow.REFERENCE:
+            return reference_audio(self.request, torch.device("cpu"))
+        return torch.from_numpy(self.inputs.audio), self.inputs.sample_rate, None
+
+    def encode_audio(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """4. Audio -> latent, cut to the video's duration."""
         from ltx_core.model.audio_vae import encode_audio as vae_encode_audio
         from ltx_core.types import Audio, AudioLatentShape
 
         self._begin("audio_encode")
         with self.telemetry.phase("audio_encode"):
-            waveform = torch.from_numpy(self.inputs.audio).unsqueeze(0).to(device=self.device, dtype=torch.float32)
+            waveform = audio.unsqueeze(0).to(device=self.device, dtype=torch.float32)
             with self._use("audio_encoder") as audio_encoder:
-                audio = Audio(waveform=waveform, sampling_rate=self.inputs.sample_rate)
+                audio = Audio(waveform=waveform, sampling_rate=sample_rate)
                 audio_latent = vae_encode_audio(audio, audio_encoder)
             duration = self.request.num_frames / self.request.frame_rate
             audio_shape = AudioLatentShape.from_duration(
@@ -293,8 +240,6 @@ class TwoStageFlow:
         """5. Half resolution, guided, video only; the audio latent is frozen (denoise mask 0)."""
         from ltx_core.components.guiders import MultiModalGuider, MultiModalGuiderParams
         from ltx_core.components.schedulers import LTX2Scheduler
-        from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
-        from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func
 
         self._begin("stage_1")
         request = self.request
@@ -304,18 +249,7 @@ class TwoStageFlow:
                 conditionings = self._conditionings(video_encoder, shape)
             sigmas = LTX2Scheduler().execute(steps=request.steps).to(dtype=torch.float32, device=self.device)
             with self.models.stage_transformer(1, on_build=self._load_scope) as stage:  # adapter mode: adapter off
-                guidance = request.guidance
-                params = replace(
-                    LTX_2_3_PARAMS.video_guider_params,
-                    cfg_scale=guidance.cfg_scale,
-                    stg_scale=guidance.stg_scale,
-                    rescale_scale=guidance.rescale_scale,
-                    modality_scale=guidance.modality_scale,
-                    stg_blocks=_stg_blocks(stage.model, LTX_2_3_PARAMS.video_guider_params.stg_blocks),
-                )
-                guider_func = (
-                    batched_guider_denoising_func if request.batch_guidance else multi_modal_guider_denoising_func
-                )
+                params, guider_func = stage_1_guidance(request, stage.model)
                 denoise = guider_func(
                     video_guider=MultiModalGuider(params=params, negative_context=contexts.video_negative),
                     audio_guider=MultiModalGuider(params=MultiModalGuiderParams()),

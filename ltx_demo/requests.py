@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ltx_demo.types import (
+    Flow,
     GenerationRequest,
     GuidanceParams,
     ImageFit,
@@ -44,6 +45,7 @@ MODES = {
     "image_fit": ImageFit,
     "lora_mode": LoraMode,
     "text_encoder_quantization": TextEncoderQuantization,
+    "flow": Flow,
 }
 PATHS = ("image_path", "audio_path", "output_path")
 OPTIONAL = ("text_encoder_quantization", "vram_budget_gib")  # None: the device's default, the free memory
@@ -93,6 +95,7 @@ def check_request(source: Fields, device: DeviceLimits | None = None) -> Generat
         message, holds = NUMBERS[name]
         if value is not None and not holds(value):
             raise InvalidRequest(message.format(value))
+    _check_reference(request)
     if device is not None:
         _check_device(request, device)
     return request
@@ -220,11 +223,28 @@ def _check_shape(request: GenerationRequest) -> None:
         )
 
 
+def _check_reference(request: GenerationRequest) -> None:
+    """The reference flow runs what A2VidPipelineTwoStage runs: its quantization policies and the bf16 Gemma."""
+    if request.flow is not Flow.REFERENCE:
+        return
+    if request.quantization is Quantization.FP8_SCALED_MM:
+        raise InvalidRequest(
+            "the reference flow runs A2VidPipelineTwoStage's own quantization policies (bf16, fp8-cast); "
+            "fp8-scaled-mm is the project's kernel: compare it against the reference instead"
+        )
+    if request.text_encoder_quantization not in (None, TextEncoderQuantization.BF16):
+        raise InvalidRequest(
+            "the reference flow runs the bf16 Gemma as ltx-pipelines builds it: leave the text encoder "
+            f"quantization unset or bf16, not {request.text_encoder_quantization}"
+        )
+
+
 def _check_device(request: GenerationRequest, device: DeviceLimits) -> None:
     if request.text_encoder_quantization is not None:
         reason = device.text_encoder_unavailable(request.text_encoder_quantization)
         if reason:
             raise InvalidRequest(f"text encoder quantization {request.text_encoder_quantization}: {reason}")
-    reason = device.unavailable(request.quantization, request.lora_mode)
+    lora_mode = LoraMode.FUSED if request.flow is Flow.REFERENCE else request.lora_mode  # the reference: fused copy
+    reason = device.unavailable(request.quantization, lora_mode)
     if reason:
         raise InvalidRequest(f"quantization {request.quantization} cannot run here: {reason}")

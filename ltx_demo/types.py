@@ -34,6 +34,15 @@ class TextEncoderQuantization(enum.StrEnum):
     NF4 = "nf4"  # bitsandbytes 4-bit linears; CUDA only
 
 
+class Flow(enum.StrEnum):
+    """Which two-stage flow renders: the project's (its speed-ups on), or ltx-pipelines' A2VidPipelineTwoStage exactly
+    (full bf16 Gemma, processor in the compute dtype, the LoRA fused by ltx-core's builder into a second transformer,
+    unbatched guidance, the stock audio and image reading): the ground truth every speed-up is measured against."""
+
+    FAST = "fast"
+    REFERENCE = "reference"
+
+
 class ImageFit(enum.StrEnum):
     CROP = "crop"
     PAD = "pad"
@@ -78,6 +87,7 @@ class GenerationRequest:
     text_encoder_quantization: TextEncoderQuantization | None = None  # None: nf4 on CUDA, bf16 elsewhere
     lora_mode: LoraMode = LoraMode.ADAPTER  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
     vram_budget_gib: float | None = None  # for residency "auto"; None: what the device has free
+    flow: Flow = Flow.FAST
     batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
 
 
@@ -137,7 +147,8 @@ class GenerationResult:
     text_encoder_quantization: str | None = None  # what ran
     lora_mode: str | None = None
     stage_2_lora: str | None = None  # how stage 2 applied the distilled LoRA: adapter, fused in place, fused copy
-    counters: dict = field(default_factory=dict)  # e.g. transformer calls per stage, fp8 GEMM calls
+    counters: dict = field(default_factory=dict)
+    flow: str = "fast"  # what ran  # e.g. transformer calls per stage, fp8 GEMM calls
 
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
@@ -160,6 +171,7 @@ class GenerationResult:
             "text_encoder_quantization": self.text_encoder_quantization,
             "lora_mode": self.lora_mode,
             "stage_2_lora": self.stage_2_lora,
+            "flow": self.flow,
             "device": self.device,
             "synthetic": self.synthetic,
             "audio_note": self.audio_note,

@@ -15,12 +15,12 @@ import torch
 
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
 from ltx_demo.cuda_graphs import GraphedBlocks
-from ltx_demo.quantization import policy_for, stores_fp8, swap_in_linear4bit_
+from ltx_demo.quantization import policy_for, swap_in_linear4bit_
 from ltx_demo.residency import kept
 from ltx_demo.residency.lora_adapter import load_lora_pairs
 from ltx_demo.residency.specs import ModelConfig, spec, stage_ledgers
 from ltx_demo.text_path import drop_unused_gemma_parts_, store_linears_in_fp8_
-from ltx_demo.types import TextEncoderQuantization
+from ltx_demo.types import Flow, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,10 @@ class ModelBuilder:
             self.on_loading(None)
         _assert_materialized(label, model, self.bundle)
         if model_spec.is_transformer:
-            _cast_unquantized_(model, self.dtype)
-            if self._graph_key is not None:
+            # the reference in bf16 keeps what ModelLedger built (a quantized build leaves the checkpoint's dtypes)
+            if self.config.flow is Flow.FAST or self.dtype != torch.bfloat16:
+                _cast_unquantized_(model, self.dtype)
+            if self._graph_key is not None and self.config.flow is Flow.FAST:  # the reference: ltx-core's forward
                 GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
         model.requires_grad_(False)
         self.counts.builds[name] += 1
@@ -176,11 +178,12 @@ class ModelBuilder:
     def _text_encoder(self, ledger) -> torch.nn.Module:
         """bf16 through ModelLedger.text_encoder(); nf4: ltx-core's builder onto the CPU in bf16, 4-bit linears
         swapped in, then the move to the device, where bitsandbytes quantizes (the device never sees bf16 linears).
-        Either way the parts a text prompt never runs are dropped (text_path)."""
+        Either way the parts a text prompt never runs are dropped (text_path), except in the reference flow."""
         match self.config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
                 text_encoder = ledger.text_encoder()
-                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
+                if self.config.flow is Flow.FAST:  # the reference keeps them, as ltx-pipelines does
+                    logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
                 text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
@@ -191,9 +194,9 @@ class ModelBuilder:
                 assert_never(self.config.text_encoder_quantization)
 
     def _embeddings_processor(self, ledger) -> torch.nn.Module:
-        """ModelLedger's processor; with an fp8 quantization built on the CPU, its linears stored in fp8, then moved
-        (the device never holds its bf16 weights)."""
-        if not stores_fp8(self.config.quantization):
+        """ModelLedger's processor; with an fp8 quantization (fast flow) built on the CPU, its linears stored in fp8,
+        then moved (the device never holds its bf16 weights)."""
+        if not self.config.fp8_processor:
             return ledger.gemma_embeddings_processor()
         processor = ledger.embeddings_processor_builder.build(device=torch.device("cpu"), dtype=self.dtype)
         logger.info("embeddings processor: %d linears in fp8", store_linears_in_fp8_(processor))

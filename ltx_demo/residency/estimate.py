@@ -15,7 +15,7 @@ from ltx_demo.residency.modes import CONCRETE_MODES, MODES
 from ltx_demo.residency.specs import ModelConfig, flow_models, make_ledger
 from ltx_demo.streamed_read import SAFETENSORS_DTYPES
 from ltx_demo.text_path import is_dropped_gemma_key
-from ltx_demo.types import GIB, LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import GIB, Flow, LoraMode, Quantization, Residency, TextEncoderQuantization
 
 # Transient bytes of stage 2's transformer pass per video token and per unit of model width (in compute-dtype
 # elements): the 4x FF hidden (in and out), q/k/v/out, the residual stream and norms, with slack for the
@@ -74,7 +74,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Weights from the bundle's headers as this config stores them; activations from the stage-2 token count."""
     components, host, width = _weight_bytes(
-        bundle, config.quantization, config.text_encoder_quantization, compute_dtype
+        bundle, config.quantization, config.text_encoder_quantization, compute_dtype, config.flow
     )
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     w, h, frames = shape
@@ -85,7 +85,11 @@ def estimate_memory(
 
 @functools.lru_cache(maxsize=8)
 def _weight_bytes(
-    bundle: Bundle, quantization: Quantization, text_encoder: TextEncoderQuantization, compute_dtype: torch.dtype
+    bundle: Bundle,
+    quantization: Quantization,
+    text_encoder: TextEncoderQuantization,
+    compute_dtype: torch.dtype,
+    flow: Flow = Flow.FAST,
 ) -> tuple[tuple[tuple[str, int], ...], int, int]:
     """((component, device bytes), ...), host-cache bytes, transformer width: headers and meta models only.
 
@@ -100,6 +104,7 @@ def _weight_bytes(
     ledger = make_ledger(bundle, compute_dtype, torch.device("cpu"))
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     policy = policy_for(quantization)
+    config = ModelConfig(quantization, Residency.HOST_CACHED, 1.0, text_encoder_quantization=text_encoder, flow=flow)
 
     def size(dtype: torch.dtype) -> int:
         return torch.empty((), dtype=dtype).element_size()
@@ -125,20 +130,19 @@ def _weight_bytes(
         return elements * (1 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else itemsize)
 
     def text_encoder_bytes(key: str, elements: int, _dtype: torch.dtype) -> float:
-        if is_dropped_gemma_key(key):
+        if is_dropped_gemma_key(key) and flow is Flow.FAST:
             return 0
         nf4 = text_encoder is TextEncoderQuantization.NF4 and key.endswith(".weight")
         return elements * (NF4_BYTES_PER_WEIGHT if nf4 and is_nf4_target(key.removesuffix(".weight")) else itemsize)
 
     def processor_bytes(key: str, elements: int, _dtype: torch.dtype) -> int:
-        return elements * (1 if stores_fp8(quantization) and key in linear_weights else itemsize)
+        return elements * (1 if config.fp8_processor and key in linear_weights else itemsize)
 
     device_bytes = {
         "text_encoder": text_encoder_bytes,
         "embeddings_processor": processor_bytes,
         "transformer": fp8_or_compute,
     }
-    config = ModelConfig(quantization, Residency.HOST_CACHED, 1.0, text_encoder_quantization=text_encoder)
     components, host = {}, 0
     for model_spec in flow_models(LoraMode.ADAPTER):
         name = model_spec.name

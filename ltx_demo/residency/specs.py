@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ltx_demo.quantization import policy_for, stores_fp8
-from ltx_demo.types import LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import Flow, LoraMode, Quantization, Residency, TextEncoderQuantization
 
 if TYPE_CHECKING:
     import torch
@@ -29,10 +29,21 @@ class ModelConfig:
     distilled_lora_strength: float
     lora_mode: LoraMode = LoraMode.ADAPTER
     text_encoder_quantization: TextEncoderQuantization = TextEncoderQuantization.BF16
+    flow: Flow = Flow.FAST  # reference: every model as ModelLedger builds it (whole Gemma, processor unquantized)
+
+    @property
+    def fp8_processor(self) -> bool:
+        """The fast flow stores the embeddings processor's linears in fp8 beside an fp8 transformer; ltx-pipelines
+        (the reference flow) builds it in the compute dtype whatever the transformer's quantization."""
+        return stores_fp8(self.quantization) and self.flow is Flow.FAST
 
 
 def _stores_fp8(config: ModelConfig) -> bool:
     return stores_fp8(config.quantization)
+
+
+def _fp8_processor(config: ModelConfig) -> bool:
+    return config.fp8_processor
 
 
 def _nf4(config: ModelConfig) -> bool:
@@ -60,7 +71,7 @@ class ModelSpec:
 
 MODEL_SPECS = (  # flow order
     ModelSpec("text_encoder", "text_encoder_builder", kept_as_built=_nf4, gemma_part=True),
-    ModelSpec("embeddings_processor", "embeddings_processor_builder", kept_as_built=_stores_fp8, gemma_part=True),
+    ModelSpec("embeddings_processor", "embeddings_processor_builder", kept_as_built=_fp8_processor, gemma_part=True),
     ModelSpec("audio_encoder", "audio_encoder_builder"),
     ModelSpec("video_encoder", "vae_encoder_builder"),
     ModelSpec("transformer", "transformer_builder", kept_as_built=_stores_fp8),  # both stages in adapter mode

@@ -1,0 +1,126 @@
+"""Stage 1's guidance: the guider parameters per flow, and the guidance passes batched into one transformer call."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ltx_demo.types import Flow, GenerationRequest
+
+
+def _stg_blocks(transformer: torch.nn.Module, wanted: list[int]) -> list[int]:
+    """LTX-2.3 perturbs block 28; a smaller (synthetic) transformer has fewer blocks, so use its last one."""
+    count = len(transformer.velocity_model.transformer_blocks)
+    return [b if b < count else count - 1 for b in wanted]
+
+
+def stage_1_guidance(request: GenerationRequest, transformer: torch.nn.Module):
+    """Stage 1's video guider parameters and denoising function for this request's flow.
+
+    The reference flow passes LTX-2.3's parameters as A2VidPipelineTwoStage is given them (STG on block 28 even where
+    a synthetic transformer has fewer blocks: there the perturbed pass equals the positive one) and runs ltx-pipelines'
+    own sequential passes; the fast flow moves STG onto an existing block and may batch the passes.
+    """
+    from ltx_pipelines.utils.constants import LTX_2_3_PARAMS
+    from ltx_pipelines.utils.helpers import multi_modal_guider_denoising_func
+
+    params = LTX_2_3_PARAMS.video_guider_params
+    reference = request.flow is Flow.REFERENCE
+    params = replace(
+        params,
+        cfg_scale=request.guidance.cfg_scale,
+        stg_scale=request.guidance.stg_scale,
+        rescale_scale=request.guidance.rescale_scale,
+        modality_scale=request.guidance.modality_scale,
+        stg_blocks=params.stg_blocks if reference else _stg_blocks(transformer, params.stg_blocks),
+    )
+    batched = request.batch_guidance and not reference
+    return params, batched_guider_denoising_func if batched else multi_modal_guider_denoising_func
+
+
+def batched_modality(modalities: list) -> object:
+    """One Modality holding several along the batch axis (same sigma: one denoising step)."""
+    from dataclasses import replace as with_fields
+
+    first = modalities[0]
+    return with_fields(
+        first,
+        latent=torch.cat([m.latent for m in modalities]),
+        sigma=torch.cat([m.sigma.reshape(1) for m in modalities]),  # (B,): the prompt AdaLN embeds it per item
+        timesteps=torch.cat([m.timesteps for m in modalities]),
+        positions=torch.cat([m.positions for m in modalities]),
+        context=torch.cat([m.context for m in modalities]),
+        attention_mask=None if first.attention_mask is None else torch.cat([m.attention_mask for m in modalities]),
+    )
+
+
+def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_context, transformer):
+    """ltx-pipelines' multi_modal_guider_denoising_func with its up to four passes (positive, CFG negative,
+    STG-perturbed, isolated modality) run as ONE batched transformer call per step instead of one after another.
+
+    ltx-core's perturbations are per batch item (BatchedPerturbationConfig), so each pass keeps its own. At stage 1's
+    1248 tokens (768x512x97) one pass leaves a GPU far from full; four in a batch cost little more than one. The
+    guiders' arithmetic is ltx-core's own (MultiModalGuider.calculate).
+    """
+    from ltx_core.guidance.perturbations import (
+        BatchedPerturbationConfig,
+        Perturbation,
+        PerturbationConfig,
+        PerturbationType,
+    )
+    from ltx_pipelines.utils.helpers import modality_from_latent_state
+
+    last: dict[str, torch.Tensor | None] = {"video": None, "audio": None}
+
+    def step(video_state, audio_state, sigmas, step_index):
+        skip_video, skip_audio = video_guider.should_skip_step(step_index), audio_guider.should_skip_step(step_index)
+        if skip_video and skip_audio:
+            return last["video"], last["audio"]
+        sigma = sigmas[step_index]
+        pos_video = modality_from_latent_state(video_state, v_context, sigma, enabled=not skip_video)
+        pos_audio = modality_from_latent_state(audio_state, a_context, sigma, enabled=not skip_audio)
+        passes = {"positive": (pos_video, pos_audio, PerturbationConfig.empty())}
+        if video_guider.do_unconditional_generation() or audio_guider.do_unconditional_generation():
+            negative_video = video_guider.negative_context if video_guider.negative_context is not None else v_context
+            negative_audio = audio_guider.negative_context if audio_guider.negative_context is not None else a_context
+            passes["negative"] = (
+                modality_from_latent_state(video_state, negative_video, sigma, enabled=not skip_video),
+                modality_from_latent_state(audio_state, negative_audio, sigma, enabled=not skip_audio),
+                PerturbationConfig.empty(),
+            )
+        if video_guider.do_perturbed_generation() or audio_guider.do_perturbed_generation():
+            perturbations = []
+            if video_guider.do_perturbed_generation():
+                perturbations.append(
+                    Perturbation(type=PerturbationType.SKIP_VIDEO_SELF_ATTN, blocks=video_guider.params.stg_blocks)
+                )
+            if audio_guider.do_perturbed_generation():
+                perturbations.append(
+                    Perturbation(type=PerturbationType.SKIP_AUDIO_SELF_ATTN, blocks=audio_guider.params.stg_blocks)
+                )
+            passes["perturbed"] = (pos_video, pos_audio, PerturbationConfig(perturbations=perturbations))
+        if video_guider.do_isolated_modality_generation() or audio_guider.do_isolated_modality_generation():
+            isolated = [
+                Perturbation(type=PerturbationType.SKIP_A2V_CROSS_ATTN, blocks=None),
+                Perturbation(type=PerturbationType.SKIP_V2A_CROSS_ATTN, blocks=None),
+            ]
+            passes["isolated"] = (pos_video, pos_audio, PerturbationConfig(perturbations=isolated))
+
+        videos, audios, configs = zip(*passes.values(), strict=True)
+        out_video, out_audio = transformer(
+            video=batched_modality(list(videos)),
+            audio=batched_modality(list(audios)),
+            perturbations=BatchedPerturbationConfig(perturbations=list(configs)),
+        )
+        outputs = {name: (out_video[i : i + 1], out_audio[i : i + 1]) for i, name in enumerate(passes)}
+        none = (0.0, 0.0)
+        denoised_video, denoised_audio = outputs["positive"]
+        parts = [outputs.get(name, none) for name in ("negative", "perturbed", "isolated")]
+        if not skip_video:
+            last["video"] = video_guider.calculate(denoised_video, *(p[0] for p in parts))
+        if not skip_audio:
+            last["audio"] = audio_guider.calculate(denoised_audio, *(p[1] for p in parts))
+        return last["video"], last["audio"]
+
+    return step
