@@ -99,7 +99,7 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
         default_prompt=DEFAULT_PROMPT,
         preload=args.preload,
     )
-    # The GPU event itself has concurrency_limit=1 (ui.py); the queue shows everyone else their position.
+    # The GPU event itself has concurrency_limit=1 (ui/jobs.py); the queue shows everyone else their position.
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     demo.delete_cache = GRADIO_CACHE_CLEANUP  # read at launch: Gradio's own copies must not fill the disk either
     return engine, demo

@@ -1,4 +1,4 @@
-"""Lip-sync review without torch (ui.py imports it): the provenance record written into every mp4 and its JSON sidecar,
+"""Lip-sync review without torch (the UI imports it): the provenance record written into every mp4 and its JSON sidecar,
 the history read back from the output folder, A/B checks and waveforms, the side-by-side export, and the request that
 reproduces a result from its saved inputs."""
 

@@ -179,11 +179,12 @@ def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
         assert len(gallery) == 1 and "seed 7" in gallery[0]["caption"]
 
         # "Reuse settings" fills the controls from it (inputs from the saved copies).
-        values = client.predict(summary["output"], api_name="/reuse_settings")
-        image, audio, prompt = values[0], values[1], values[2]
-        assert prompt == "A woman speaks to the camera." and values[12] == 7 and values[10] == 9
-        assert values[15] == "bf16" and values[9] is False
-        assert image is not None and audio is not None
+        from ltx_demo.ui.form import NAMES
+
+        values = dict(zip(NAMES, client.predict(summary["output"], api_name="/reuse_settings"), strict=True))
+        assert values["prompt"] == "A woman speaks to the camera." and values["seed"] == 7
+        assert values["num_frames"] == 9 and values["quantization"] == "bf16" and values["match_audio"] is False
+        assert values["image"] is not None and values["audio"] is not None
 
         # "Reproduce" after the restart: a new file, decoded identically, and the history now has both.
         *_, report = client.predict(summary["output"], api_name="/reproduce")

@@ -130,6 +130,34 @@ def test_memory_readout_says_plainly_without_cuda():
         assert text in gpu
 
 
+def test_one_form_table_drives_generate_reuse_and_the_api(live_app, small_request):
+    """FIELDS is the one list: generate's inputs and parameters, reuse_settings' outputs and the API's names follow
+    its order, and a request shown by the form and read back from it is the same request."""
+    import dataclasses
+
+    from ltx_demo.types import GuidanceParams
+    from ltx_demo.ui.form import FIELDS, NAMES, form_from_request, request_from_form
+
+    config = live_app.demo.get_config_file()
+    by_id = {c["id"]: c for c in config["components"]}
+    deps = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+    generate, reuse = deps["generate"], deps["reuse_settings"]
+    assert generate["inputs"] == reuse["outputs"], "generate's inputs and reuse_settings' outputs differ"
+    assert len(generate["inputs"]) == len(FIELDS)
+    ids = [by_id[i]["props"].get("elem_id") for i in generate["inputs"]]
+    assert ids[:3] == ["portrait", "audio", "prompt"] and ids[NAMES.index("seed")] == "seed", ids
+    assert ids[NAMES.index("num_frames")] == "frames" and ids[NAMES.index("vram_budget_gib")] == "vram-budget"
+    api = live_app.demo.get_api_info()["named_endpoints"]
+    assert tuple(p["parameter_name"] for p in api["/generate"]["parameters"]) == NAMES
+    # Every request field a visitor can set is in the table exactly once.
+    filled = {f.request_field.rpartition(".")[2] for f in FIELDS if f.request_field}
+    guidance = {f.name for f in dataclasses.fields(GuidanceParams)}
+    assert filled >= {"image_path", "audio_path", "prompt", "seed", "steps", "num_frames", *guidance}
+    request = small_request(negative_prompt="blurry", guidance=GuidanceParams(cfg_scale=4.0), audio_start=0.5)
+    again = request_from_form(dict(zip(NAMES, form_from_request(request, "default"), strict=True)))
+    assert again == request
+
+
 # -- the API, headless ----------------------------------------------------------------------------------------------
 def test_api_generate_returns_the_summary(client, live_app):
     from gradio_client import handle_file

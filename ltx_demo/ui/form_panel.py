@@ -1,0 +1,252 @@
+"""The request form laid out (sections 1 and 2 of the page): the controls FIELDS names, plus the notes and previews
+that answer while a visitor edits them, and those events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ltx_demo.requests import FRAME_RATES, MAX_FRAMES, MAX_SEED, MAX_STEPS
+from ltx_demo.types import GuidanceParams, ImageFit, Quantization, Residency
+from ltx_demo.ui.form import (
+    DEFAULT_RESOLUTION,
+    NAMES,
+    QUANTIZATION_NOTES,
+    RESIDENCY_NOTES,
+    RESOLUTIONS,
+    Preset,
+    describe_frames,
+    pass_unreadable_files_on,
+    preview_fit,
+    show_resolution,
+    sync_frames,
+)
+
+DEFAULT_STEPS = 30
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True, slots=True)
+class FormDefaults:
+    """What the form shows first: the first preset (if any) and the engine's options."""
+
+    presets: tuple[Preset, ...]
+    prompt: str
+    negative_prompt: str
+    quantization: str
+    unavailable: Mapping[str, str]
+
+
+class Form:
+    """The form's controls by table name, and the notes and previews around them."""
+
+    def __init__(self, components: dict[str, gr.components.Component], extras: dict[str, Any]) -> None:
+        missing = set(NAMES) ^ set(components)
+        assert not missing, f"the form's controls and FIELDS differ: {sorted(missing)}"
+        self.components = components
+        self.extras = extras
+
+    def __getitem__(self, name: str) -> Any:
+        return self.components[name] if name in self.components else self.extras[name]
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        """The controls in table order: generate's inputs and reuse_settings' outputs."""
+        return [self.components[name] for name in NAMES]
+
+    def wire(self) -> None:
+        """The form's own events: the custom size row, the fit preview, the frame count and its notes."""
+        c = self
+        c["resolution"].change(
+            show_resolution, c["resolution"], c["custom_row"], api_name="show_resolution", queue=False
+        )
+        gr.on(
+            [c[n].change for n in ("image", "resolution", "width", "height", "image_fit")],
+            preview_fit,
+            [c[n] for n in ("image", "resolution", "width", "height", "image_fit")],
+            [c["preview"], c["fit_note"]],
+            api_name="preview_fit",
+            concurrency_limit=4,
+            show_progress="minimal",
+            trigger_mode="always_last",
+        )
+        frame_inputs = ("audio", "audio_start", "frame_rate", "match_audio", "resolution", "width", "height")
+        gr.on(
+            [c[n].change for n in frame_inputs],
+            sync_frames,
+            [c[n] for n in frame_inputs],
+            [c["num_frames"], c["match_note"]],
+            api_name="match_frames",
+            concurrency_limit=4,
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        # In the browser only (no round trip, so nothing can arrive late): taking the slider ends "match audio".
+        c["num_frames"].input(None, None, c["match_audio"], js="() => false")
+        gr.on(
+            [c["num_frames"].change, c["frame_rate"].change],
+            describe_frames,
+            [c["num_frames"], c["frame_rate"]],
+            c["duration_note"],
+            api_name="describe_frames",
+            queue=False,
+            show_progress="hidden",
+        )
+
+
+def build_form(defaults: FormDefaults) -> Form:
+    """Sections 1 and 2 (portrait, voice, prompt; video and weights), inside the caller's column. The first view is
+    computed here, not by page-load events: a load event's late reply could overwrite what a visitor has already
+    changed (it is not ordered with the change events)."""
+    presets, first = defaults.presets, (defaults.presets[0] if defaults.presets else None)
+    first_resolution = first.resolution if first else DEFAULT_RESOLUTION
+    first_image, first_audio = (str(first.image), str(first.audio)) if first else (None, None)
+    first_preview, first_fit_note = preview_fit(first_image, first_resolution, 768, 512, ImageFit.CROP.value)
+    first_slider, first_match_note = sync_frames(first_audio, 0.0, FRAME_RATES[0], True, first_resolution, 768, 512)
+    first_frames = first_slider.get("value", 97)
+    guidance = GuidanceParams()
+    c: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+
+    gr.Markdown("### 1 · Portrait, voice and prompt", elem_classes="section-title")
+    with gr.Row():
+        c["image"] = pass_unreadable_files_on(
+            gr.Image(
+                value=first_image,
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "webcam", "clipboard"],
+                label="Portrait (upload, webcam or paste)",
+                elem_id="portrait",
+                height=250,
+            )
+        )
+        extras["preview"] = gr.Image(
+            first_preview,
+            label="What the model sees",
+            interactive=False,
+            elem_id="fit-preview",
+            height=250,
+            buttons=[],
+            format="png",
+        )
+    extras["fit_note"] = gr.Markdown(first_fit_note, elem_id="fit-note")
+    c["audio"] = gr.Audio(
+        value=first_audio,
+        type="filepath",
+        format=None,
+        sources=["upload", "microphone"],
+        label="Voice (upload or record: WAV, MP3, FLAC, OGG, M4A)",
+        elem_id="audio",
+    )
+    c["prompt"] = gr.Textbox(
+        first.prompt if first else defaults.prompt,
+        label="Prompt",
+        lines=3,
+        max_lines=8,
+        elem_id="prompt",
+        placeholder="Describe the person, the scene and the camera.",
+    )
+    with gr.Accordion("Negative prompt (prefilled with ltx-pipelines' default)", open=False):
+        c["negative_prompt"] = gr.Textbox(
+            defaults.negative_prompt, show_label=False, lines=4, elem_id="negative-prompt"
+        )
+    c["resolution"] = gr.Radio(
+        RESOLUTIONS, value=first_resolution, label="Resolution (W × H)", elem_id="resolution", render=False
+    )
+    c["image_fit"] = gr.Radio(
+        [f.value for f in ImageFit],
+        value=ImageFit.CROP.value,
+        render=False,
+        label="Fit the portrait",
+        elem_id="image-fit",
+        info="crop fills the frame; pad keeps the whole photo",
+    )
+    if presets:
+        gr.Examples(
+            [[str(p.image), str(p.audio), p.prompt, p.resolution, ImageFit.CROP.value] for p in presets],
+            inputs=[c["image"], c["audio"], c["prompt"], c["resolution"], c["image_fit"]],
+            example_labels=[p.name for p in presets],
+            label="Presets: one click fills everything",
+            cache_examples=False,
+            elem_id="presets",
+        )
+
+    gr.Markdown("### 2 · Video", elem_classes="section-title")
+    c["resolution"].render()
+    with gr.Row(visible=False) as extras["custom_row"]:
+        c["width"] = gr.Number(768, label="Width (multiple of 64)", precision=0, step=64, elem_id="width")
+        c["height"] = gr.Number(512, label="Height (multiple of 64)", precision=0, step=64, elem_id="height")
+    with gr.Row():
+        c["image_fit"].render()
+        c["frame_rate"] = gr.Radio(
+            list(FRAME_RATES), value=FRAME_RATES[0], label="Frame rate (fps)", elem_id="frame-rate"
+        )
+    with gr.Row(equal_height=True):
+        c["match_audio"] = gr.Checkbox(
+            True,
+            label="Match audio length",
+            elem_id="match-audio",
+            info="the longest clip the audio covers from the offset; moving the slider unticks it",
+        )
+        c["audio_start"] = gr.Number(0.0, label="Audio start offset (s)", minimum=0, step=0.1, elem_id="audio-start")
+    c["num_frames"] = gr.Slider(
+        9, MAX_FRAMES, value=first_frames, step=8, label="Frames (8k+1)", interactive=True, elem_id="frames"
+    )
+    with gr.Row():
+        extras["duration_note"] = gr.Markdown(describe_frames(first_frames, FRAME_RATES[0]), elem_id="duration-note")
+        extras["match_note"] = gr.Markdown(first_match_note, elem_id="match-note")
+    with gr.Row(equal_height=True):
+        c["seed"] = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
+        c["randomize_seed"] = gr.Checkbox(
+            False, label="Randomize seed", elem_id="randomize-seed", info="the seed used is shown with the result"
+        )
+    c["steps"] = gr.Slider(
+        1,
+        MAX_STEPS,
+        value=DEFAULT_STEPS,
+        step=1,
+        label="Denoising steps (stage 1)",
+        elem_id="steps",
+        info="stage 2 always runs the distilled schedule",
+    )
+    quant_info = " ".join(QUANTIZATION_NOTES.get(q, q.value) for q in Quantization)
+    quant_info += "".join(f" UNAVAILABLE here: {name}: {reason}." for name, reason in defaults.unavailable.items())
+    with gr.Row():
+        c["quantization"] = gr.Radio(
+            [q.value for q in Quantization],
+            value=defaults.quantization,
+            label="Transformer weights",
+            info=quant_info,
+            elem_id="quantization",
+        )
+        c["residency"] = gr.Radio(
+            [r.value for r in Residency],
+            value=Residency.PERSISTENT.value,
+            label="Residency",
+            elem_id="residency",
+            info=" ".join(RESIDENCY_NOTES.get(r.value, r.value) for r in Residency),
+        )
+    c["vram_budget_gib"] = gr.Number(
+        value=0,
+        minimum=0,
+        label="VRAM budget for residency auto (GiB)",
+        info="auto picks the fastest mode whose peak fits this budget; 0: what the device has free",
+        elem_id="vram-budget",
+    )
+    with gr.Accordion("Advanced: guidance", open=False):
+        with gr.Row():
+            c["cfg_scale"] = gr.Slider(1.0, 10.0, value=guidance.cfg_scale, step=0.1, label="CFG scale")
+            c["stg_scale"] = gr.Slider(0.0, 3.0, value=guidance.stg_scale, step=0.1, label="STG scale")
+        with gr.Row():
+            c["rescale_scale"] = gr.Slider(0.0, 1.0, value=guidance.rescale_scale, step=0.05, label="Rescale")
+            c["modality_scale"] = gr.Slider(
+                1.0, 10.0, value=guidance.modality_scale, step=0.1, label="Audio→video modality scale"
+            )
+        c["distilled_lora_strength"] = gr.Slider(
+            0.0, 2.0, value=1.0, step=0.05, label="Distilled LoRA strength (stage 2)"
+        )
+    return Form(c, extras)
