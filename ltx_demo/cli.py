@@ -7,11 +7,13 @@ import datetime
 import json
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES
-from ltx_demo.types import Flow, ImageFit, LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import Flow, ImageFit, LoraMode, Progress, Quantization, Residency, TextEncoderQuantization
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
@@ -57,24 +59,30 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default=str(DEFAULT_IMAGE))
-    parser.add_argument("--image-fit", choices=[f.value for f in ImageFit], default=ImageFit.CROP.value)
-    parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="the portrait (PNG, JPEG, WebP)")
+    parser.add_argument(
+        "--image-fit",
+        choices=[f.value for f in ImageFit],
+        default=ImageFit.CROP.value,
+        help="crop fills the frame; pad keeps the whole photo",
+    )
+    parser.add_argument("--audio", default=str(DEFAULT_AUDIO), help="the voice (WAV, MP3, FLAC, OGG, M4A)")
     parser.add_argument("--audio-start", type=float, default=0.0, help="seconds into the audio clip")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the person, the scene and the camera")
     parser.add_argument("--negative-prompt", default=None, help="default: ltx-pipelines' negative prompt")
-    parser.add_argument("--width", type=int, default=768)
-    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=768, help="a multiple of 64")
+    parser.add_argument("--height", type=int, default=512, help="a multiple of 64")
     parser.add_argument("--num-frames", type=int, default=97, help="8k+1")
-    parser.add_argument("--frame-rate", type=int, choices=FRAME_RATES, default=24)
+    parser.add_argument("--frame-rate", type=int, choices=FRAME_RATES, default=24, help="fps")
     parser.add_argument("--steps", type=int, default=30, help="stage-1 denoising steps")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="the same seed gives the same video")
     parser.add_argument(
         "--quantization",
         "--transformer-quantization",
         dest="quantization",
         choices=[q.value for q in Quantization],
         default=Quantization.FP8_CAST.value,
+        help="transformer weights",
     )
     parser.add_argument(
         "--residency",
@@ -97,7 +105,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         default=LoraMode.ADAPTER.value,
         help="adapter: one transformer, LoRA at runtime in stage 2; fused: a second copy",
     )
-    parser.add_argument("--distilled-lora-strength", type=float, default=1.0)
+    parser.add_argument("--distilled-lora-strength", type=float, default=1.0, help="stage 2's distilled LoRA")
     parser.add_argument(
         "--no-batch-guidance",
         dest="batch_guidance",
@@ -115,11 +123,49 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help says each flag's default, except where there is none to say (None, a switch) or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or ""
+
+
+class PhasePrinter:
+    """The CLI's progress on stderr: one line as each phase starts (its model loads indented under it), and each
+    denoising step as it ends; stdout keeps the one JSON object."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.started = stream, time.perf_counter()
+        self.phase: str | None = None  # the flow's phase (a load inside it does not end it)
+        self.step = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase.startswith("load:"):
+            self._line(f"  loading {progress.phase.removeprefix('load:')}")
+        elif progress.phase != self.phase:
+            self.phase, self.step = progress.phase, 0
+            self._line("done" if progress.phase == "done" else progress.phase)
+        if progress.step and progress.total_steps and progress.step > self.step:
+            self.step = progress.step
+            self._line(f"  {progress.phase} step {progress.step}/{progress.total_steps}")
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.1f} s] {text}", file=self.stream, flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ltx_demo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="log more and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    generate = sub.add_parser("generate", help="one generation; prints one JSON object")
+    generate = sub.add_parser(
+        "generate",
+        help="one generation; prints one JSON object (progress on stderr)",
+        description="One generation: the JSON summary on stdout, one line per phase (and per step) on stderr.",
+        formatter_class=HelpWithDefaults,
+    )
     add_bundle_flags(generate)
     add_generation_flags(generate)
     make = sub.add_parser("make-bundle", help="write a synthetic bundle in the real LTX-2 formats")
@@ -230,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         case "generate":
             request = request_from_args(args)
             engine = engine_from_args(args)
-            result = engine.generate(request)
+            result = engine.generate(request, on_progress=PhasePrinter(sys.stderr))
             print(json.dumps(result.summary(), indent=2))
         case "make-bundle":
             from ltx_demo.synthetic import make_bundle
