@@ -13,7 +13,16 @@ from typing import TextIO
 
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES
-from ltx_demo.types import Flow, ImageFit, LoraMode, Progress, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import (
+    DecodeTiling,
+    Flow,
+    ImageFit,
+    LoraMode,
+    Progress,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_IMAGE = ASSETS / "astronaut.png"
@@ -120,6 +129,23 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         "ltx-core into a second transformer, unbatched guidance, its audio and image reading); overrides "
         "--lora-mode, --text-encoder-quantization and --no-batch-guidance (default: %(default)s)",
     )
+    parser.add_argument(
+        "--enhance-prompt",
+        action="store_true",
+        help="Gemma rewrites the prompt from it and the portrait first (ltx-pipelines' enhancer; keeps all of Gemma)",
+    )
+    parser.add_argument(
+        "--audio-max-duration", type=float, default=None, help="seconds of audio used from --audio-start; the rest of "
+        "the clip is silence (default: the clip's duration)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--decode-tiling",
+        choices=[t.value for t in DecodeTiling],
+        default=DecodeTiling.DEFAULT.value,
+        help="default: ltx-core's tiles (512 px, 64 frames); off: decode in one pass (more memory)",
+    )
+    parser.add_argument("--decode-tile-pixels", type=int, default=None, help="spatial tile size (default: 512)")
+    parser.add_argument("--decode-tile-frames", type=int, default=None, help="temporal tile length (default: 64)")
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
 
@@ -233,6 +259,11 @@ def request_from_args(args: argparse.Namespace):
         lora_mode=args.lora_mode,
         vram_budget_gib=args.vram_budget_gib,
         flow=args.flow,
+        enhance_prompt=args.enhance_prompt,
+        audio_max_duration=args.audio_max_duration,
+        decode_tiling=args.decode_tiling,
+        decode_tile_pixels=args.decode_tile_pixels,
+        decode_tile_frames=args.decode_tile_frames,
     )
     return parse_request(fields)
 

@@ -153,6 +153,19 @@ class Engine:
     def text_encoder_unavailable(self, text_encoder_quantization: str) -> str | None:
         return text_encoder_unavailable_reason(TextEncoderQuantization(text_encoder_quantization), self.device)
 
+    def enhancement_unavailable(self) -> str | None:
+        """Prompt enhancement (ltx-pipelines' generate_enhanced_prompt): CUDA only, since ltx-core's
+        GemmaTextEncoder._enhance forks the CUDA random state; and a real Gemma-3, since ltx-core's Gemma3Processor
+        expands an image into 256 tokens where the synthetic Gemma's vision tower makes 4."""
+        if self.bundle.synthetic:
+            return "prompt enhancement needs the real Gemma-3 (the synthetic bundle's vision tower has 4 image tokens)"
+        if self.device.type != "cuda":
+            return (
+                "prompt enhancement runs on CUDA only (ltx-core 1.0.0's enhancer forks the CUDA random state); "
+                f"this engine runs on {self.device.type}"
+            )
+        return None
+
     def default_text_encoder_quantization(self) -> str:
         return default_text_encoder_quantization(self.device).value
 
@@ -218,6 +231,7 @@ class Engine:
             lora_mode,
             TextEncoderQuantization(text_encoder),
             request.flow,
+            whole_gemma=request.flow is Flow.REFERENCE or request.enhance_prompt,  # the enhancer needs all of Gemma
         )
         if config.residency is not Residency.AUTO:
             return config, ""
@@ -263,7 +277,7 @@ class Engine:
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
-                record = self._provenance(request, config)
+                record = self._provenance(request, config, clip.prompt_used)
                 frames, audio = clip.frames.numpy(), clip.audio.numpy()
                 metadata = review.mp4_metadata(record)
                 media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata)
@@ -311,13 +325,14 @@ class Engine:
             lora_mode=config.lora_mode.value,
             stage_2_lora=clip.stage_2_lora,
             flow=config.flow.value,
+            prompt_used=clip.prompt_used,
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
         self._publish(partial, output, result, record)
         on_progress(Progress("done"))
         return result
 
-    def _provenance(self, request: GenerationRequest, config: ModelConfig) -> dict:
+    def _provenance(self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None = None) -> dict:
         """What made this result, for the mp4's metadata and the sidecar; copies the inputs next to the outputs."""
         folder = Path(request.output_path).parent if request.output_path else self.output_dir
         ran = {
@@ -327,6 +342,7 @@ class Engine:
             "text_encoder_quantization": config.text_encoder_quantization.value,
             "lora_mode": config.lora_mode.value,
             "flow": config.flow.value,
+            **({"prompt_used": prompt_used} if prompt_used is not None else {}),
         }
         return review.provenance(request, folder, bundle=self.bundle.describe(), ran=ran)
 

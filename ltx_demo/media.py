@@ -223,8 +223,9 @@ def _frames_then_flush(container, stream):
     yield None  # flushes the resampler
 
 
-def prepare_audio(path: str, start: float, duration: float) -> tuple[np.ndarray, str]:
-    """Stereo, OUTPUT_SAMPLE_RATE, exactly `duration` seconds from `start`: trimmed or padded with silence."""
+def prepare_audio(path: str, start: float, duration: float, max_seconds: float | None = None) -> tuple[np.ndarray, str]:
+    """Stereo, OUTPUT_SAMPLE_RATE, exactly `duration` seconds from `start`: trimmed or padded with silence; with
+    `max_seconds` under the duration, only that much of the audio is used and the rest is silence."""
     window = read_audio(path, start, duration)
     samples, rate = window.samples, window.rate
     notes = []
@@ -249,7 +250,10 @@ def prepare_audio(path: str, start: float, duration: float) -> tuple[np.ndarray,
     # window.offset is on the resampling grid, so this is the same sample as in the whole file resampled.
     first = round(start * OUTPUT_SAMPLE_RATE) - window.offset * OUTPUT_SAMPLE_RATE // rate
     wanted = round(duration * OUTPUT_SAMPLE_RATE)
-    segment = samples[:, first : first + wanted]
+    used = wanted if max_seconds is None else min(wanted, round(max_seconds * OUTPUT_SAMPLE_RATE))
+    segment = samples[:, first : first + used]
+    if used < wanted:
+        notes.append(f"used {used / OUTPUT_SAMPLE_RATE:.2f} s of audio (the max duration asked)")
     if start > 0:
         notes.append(f"started at {start:.2f} s")
     if segment.shape[1] < wanted:
@@ -284,7 +288,8 @@ def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs
     if request.flow is Flow.REFERENCE and fit is ImageFit.CROP:
         fit = None  # the stock pipeline's own crop and resize (ltx-pipelines' load_image_conditioning)
     image_note = prepare_image(request.image_path, request.width, request.height, fit, work_dir / "portrait.png")
-    audio, audio_note = prepare_audio(request.audio_path, request.audio_start, request.num_frames / request.frame_rate)
+    duration = request.num_frames / request.frame_rate
+    audio, audio_note = prepare_audio(request.audio_path, request.audio_start, duration, request.audio_max_duration)
     return PreparedInputs(work_dir / "portrait.png", audio, OUTPUT_SAMPLE_RATE, audio_note, image_note)
 
 

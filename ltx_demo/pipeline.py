@@ -19,7 +19,7 @@ from ltx_demo.guidance import stage_1_guidance
 from ltx_demo.media import PreparedInputs
 from ltx_demo.residency import ModelManager, Stage2Lora
 from ltx_demo.telemetry import RunTelemetry
-from ltx_demo.types import Flow, GenerationCancelled, GenerationRequest, InvalidRequest, Progress
+from ltx_demo.types import DecodeTiling, Flow, GenerationCancelled, GenerationRequest, InvalidRequest, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class DecodedClip:
     stage_2_lora: Stage2Lora | None  # how stage 2 applied the distilled LoRA
     audio_note: str | None = None  # how the flow read the audio, where not as media.prepare_audio said
     stage_latents: tuple[torch.Tensor, ...] = ()  # the video latent after stage 1 and after stage 2, on the CPU
+    prompt_used: str | None = None  # the enhanced prompt, when the request asked for enhancement
 
 
 class StepReporter:
@@ -82,7 +83,8 @@ def reference_audio(request: GenerationRequest, device: torch.device) -> tuple[t
     from ltx_pipelines.utils.media_io import decode_audio_from_file
 
     duration = request.num_frames / request.frame_rate
-    decoded = decode_audio_from_file(request.audio_path, device, request.audio_start, duration)
+    window = min(duration, request.audio_max_duration or duration)
+    decoded = decode_audio_from_file(request.audio_path, device, request.audio_start, window)
     if decoded is None:
         raise InvalidRequest("ltx-pipelines' audio reader found no audio in the clip's window: try another file")
     waveform, rate, notes = decoded.waveform.squeeze(0).float(), decoded.sampling_rate, []
@@ -97,6 +99,22 @@ def reference_audio(request: GenerationRequest, device: torch.device) -> tuple[t
         waveform = torch.nn.functional.pad(waveform, (0, missing))
         notes.append(f"padded {missing / rate:.2f} s of silence at the end")
     return waveform, rate, "; ".join(notes) or f"decoded as ltx-pipelines does ({rate} Hz)"
+
+
+def decode_tiling(request: GenerationRequest):
+    """The VAE decoder's TilingConfig: ltx-core's default (its tile sizes replaceable), or None (one pass)."""
+    from ltx_core.model.video_vae import TilingConfig
+    from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig
+
+    if request.decode_tiling is DecodeTiling.OFF:
+        return None
+    default = TilingConfig.default()
+    spatial, temporal = default.spatial_config, default.temporal_config
+    if request.decode_tile_pixels is not None:
+        spatial = SpatialTilingConfig(request.decode_tile_pixels, spatial.tile_overlap_in_pixels)
+    if request.decode_tile_frames is not None:
+        temporal = TemporalTilingConfig(request.decode_tile_frames, temporal.tile_overlap_in_frames)
+    return TilingConfig(spatial_config=spatial, temporal_config=temporal)
 
 
 def run_two_stage(
@@ -118,7 +136,7 @@ def run_two_stage(
     final_latent, stage_2_lora = flow.stage_2(contexts, audio_latent, upscaled, conditionings)
     latents.append(final_latent.to("cpu", copy=True))
     frames = flow.decode(final_latent)
-    return DecodedClip(frames, audio, sample_rate, stage_2_lora, audio_note, tuple(latents))
+    return DecodedClip(frames, audio, sample_rate, stage_2_lora, audio_note, tuple(latents), contexts.prompt_used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,7 @@ class PromptContexts:
     video: torch.Tensor
     audio: torch.Tensor
     video_negative: torch.Tensor
+    prompt_used: str | None  # the enhanced prompt, if enhancement was asked
 
 
 class TwoStageFlow:
@@ -204,13 +223,18 @@ class TwoStageFlow:
         """3. Prompt -> video/audio contexts. (helpers.encode_prompts rebuilds both models from a ledger each call
         and calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.)"""
         self._begin("prompt_encode")
+        from ltx_pipelines.utils.helpers import generate_enhanced_prompt
+
         negative_prompt = self.request.negative_prompt or default_negative_prompt()
+        prompt, enhanced = self.request.prompt, None
         with self.telemetry.phase("prompt_encode"):
             with self._use("text_encoder") as text_encoder:
-                raw = [text_encoder.encode(p) for p in (self.request.prompt, negative_prompt)]
+                if self.request.enhance_prompt:  # as encode_prompts does: the portrait as uploaded, its seed 42
+                    prompt = enhanced = generate_enhanced_prompt(text_encoder, prompt, self.request.image_path, seed=42)
+                raw = [text_encoder.encode(p) for p in (prompt, negative_prompt)]
             with self._use("embeddings_processor") as processor:
                 positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
-        return PromptContexts(positive.video_encoding, positive.audio_encoding, negative.video_encoding)
+        return PromptContexts(positive.video_encoding, positive.audio_encoding, negative.video_encoding, enhanced)
 
     def clip_audio(self) -> tuple[torch.Tensor, int, str | None]:
         """The clip's audio, float32 (2, samples), its rate, and a note where the flow read it itself: the fast
@@ -293,14 +317,12 @@ class TwoStageFlow:
         return state.latent, stage.lora
 
     def decode(self, video_latent: torch.Tensor) -> torch.Tensor:
-        """8. Decode (tiled) to uint8 frames, consumed here: the decoder yields lazily, in inference mode."""
-        from ltx_core.model.video_vae import TilingConfig
+        """8. Decode (tiled unless asked not to) to uint8 frames, consumed here: the decoder yields lazily."""
         from ltx_core.model.video_vae import decode_video as vae_decode_video
 
         self._begin("decode")
         with self.telemetry.phase("decode"):
             with self._use("video_decoder") as decoder:
-                chunks = [
-                    c.to("cpu") for c in vae_decode_video(video_latent, decoder, TilingConfig.default(), self.generator)
-                ]
+                tiling = decode_tiling(self.request)
+                chunks = [c.to("cpu") for c in vae_decode_video(video_latent, decoder, tiling, self.generator)]
             return torch.cat(chunks, dim=0)

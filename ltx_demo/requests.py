@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ltx_demo.types import (
+    DecodeTiling,
     Flow,
     GenerationRequest,
     GuidanceParams,
@@ -38,6 +39,8 @@ WHOLE_NUMBERS = {
     "frame_rate": "frame rate",
     "steps": "steps",
     "seed": "seed",
+    "decode_tile_pixels": "decode tile size",
+    "decode_tile_frames": "decode tile length",
 }
 MODES = {
     "quantization": Quantization,
@@ -46,9 +49,16 @@ MODES = {
     "lora_mode": LoraMode,
     "text_encoder_quantization": TextEncoderQuantization,
     "flow": Flow,
+    "decode_tiling": DecodeTiling,
 }
 PATHS = ("image_path", "audio_path", "output_path")
-OPTIONAL = ("text_encoder_quantization", "vram_budget_gib")  # None: the device's default, the free memory
+OPTIONAL = (
+    "text_encoder_quantization",
+    "vram_budget_gib",
+    "audio_max_duration",
+    "decode_tile_pixels",
+    "decode_tile_frames",
+)  # None: the device's default, the free memory
 
 
 def _finite_from_zero(value: float) -> bool:
@@ -60,6 +70,7 @@ NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "audio_start": ("audio start {} s must be a number of seconds, 0 or more", lambda v: 0 <= v < math.inf),
     "distilled_lora_strength": ("distilled LoRA strength {} must be a finite number, 0 or more", _finite_from_zero),
     "vram_budget_gib": ("VRAM budget {} GiB must be positive", lambda v: v > 0),
+    "audio_max_duration": ("audio max duration {} s must be a positive number of seconds", lambda v: 0 < v < math.inf),
     **{
         f.name: (f"{f.name.replace('_', ' ')} {{}} must be a finite number, 0 or more", _finite_from_zero)
         for f in dataclasses.fields(GuidanceParams)
@@ -73,6 +84,8 @@ class DeviceLimits(Protocol):
     def unavailable(self, quantization: Quantization, lora_mode: LoraMode) -> str | None: ...
 
     def text_encoder_unavailable(self, text_encoder_quantization: TextEncoderQuantization) -> str | None: ...
+
+    def enhancement_unavailable(self) -> str | None: ...
 
 
 Fields = GenerationRequest | Mapping[str, Any]
@@ -90,11 +103,15 @@ def check_request(source: Fields, device: DeviceLimits | None = None) -> Generat
         raise InvalidRequest(f"steps {request.steps} must be between 1 and {MAX_STEPS}")
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed {request.seed} must be between 0 and {MAX_SEED}")
-    numbers = {name: getattr(request, name) for name in ("audio_start", "distilled_lora_strength", "vram_budget_gib")}
+    numbers = {
+        name: getattr(request, name)
+        for name in ("audio_start", "distilled_lora_strength", "vram_budget_gib", "audio_max_duration")
+    }
     for name, value in (dataclasses.asdict(request.guidance) | numbers).items():
         message, holds = NUMBERS[name]
         if value is not None and not holds(value):
             raise InvalidRequest(message.format(value))
+    _check_tiling(request)
     _check_reference(request)
     if device is not None:
         _check_device(request, device)
@@ -223,6 +240,20 @@ def _check_shape(request: GenerationRequest) -> None:
         )
 
 
+DEFAULT_TILE_OVERLAP_PIXELS, DEFAULT_TILE_OVERLAP_FRAMES = 64, 24  # ltx-core's TilingConfig.default() overlaps
+
+
+def _check_tiling(request: GenerationRequest) -> None:
+    """ltx-core's tiling rules (SpatialTilingConfig, TemporalTilingConfig), with the default overlaps."""
+    pixels, frames = request.decode_tile_pixels, request.decode_tile_frames
+    if request.decode_tiling is DecodeTiling.OFF and (pixels is not None or frames is not None):
+        raise InvalidRequest("decode tile sizes need decode tiling 'default': drop them or turn tiling on")
+    if pixels is not None and (pixels % 32 or pixels <= DEFAULT_TILE_OVERLAP_PIXELS):
+        raise InvalidRequest(f"decode tile size {pixels} px must be a multiple of 32 above 64 (e.g. 256, 512)")
+    if frames is not None and (frames % 8 or frames <= DEFAULT_TILE_OVERLAP_FRAMES):
+        raise InvalidRequest(f"decode tile length {frames} frames must be a multiple of 8 above 24 (e.g. 32, 64)")
+
+
 def _check_reference(request: GenerationRequest) -> None:
     """The reference flow runs what A2VidPipelineTwoStage runs: its quantization policies and the bf16 Gemma."""
     if request.flow is not Flow.REFERENCE:
@@ -240,6 +271,8 @@ def _check_reference(request: GenerationRequest) -> None:
 
 
 def _check_device(request: GenerationRequest, device: DeviceLimits) -> None:
+    if request.enhance_prompt and (reason := device.enhancement_unavailable()):
+        raise InvalidRequest(f"enhance prompt: {reason}")
     if request.text_encoder_quantization is not None:
         reason = device.text_encoder_unavailable(request.text_encoder_quantization)
         if reason:

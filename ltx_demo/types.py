@@ -43,6 +43,14 @@ class Flow(enum.StrEnum):
     REFERENCE = "reference"
 
 
+class DecodeTiling(enum.StrEnum):
+    """How the VAE decoder splits the video: ltx-core's TilingConfig.default() (512 px / 64 frames tiles, what
+    ltx-pipelines' CLI passes), or none (A2VidPipelineTwoStage.__call__'s own default: one pass, more memory)."""
+
+    DEFAULT = "default"
+    OFF = "off"
+
+
 class ImageFit(enum.StrEnum):
     CROP = "crop"
     PAD = "pad"
@@ -88,6 +96,11 @@ class GenerationRequest:
     lora_mode: LoraMode = LoraMode.ADAPTER  # adapter: one transformer for both stages; fused: a second, LoRA-fused copy
     vram_budget_gib: float | None = None  # for residency "auto"; None: what the device has free
     flow: Flow = Flow.FAST
+    enhance_prompt: bool = False  # Gemma rewrites the prompt from it and the portrait first (ltx-pipelines' enhancer)
+    audio_max_duration: float | None = None  # seconds of audio used from audio_start; None: the clip's duration
+    decode_tiling: DecodeTiling = DecodeTiling.DEFAULT
+    decode_tile_pixels: int | None = None  # spatial tile size for the default tiling (None: 512)
+    decode_tile_frames: int | None = None  # temporal tile size for the default tiling (None: 64)
     batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
 
 
@@ -147,8 +160,9 @@ class GenerationResult:
     text_encoder_quantization: str | None = None  # what ran
     lora_mode: str | None = None
     stage_2_lora: str | None = None  # how stage 2 applied the distilled LoRA: adapter, fused in place, fused copy
-    counters: dict = field(default_factory=dict)
-    flow: str = "fast"  # what ran  # e.g. transformer calls per stage, fp8 GEMM calls
+    counters: dict = field(default_factory=dict)  # e.g. transformer calls per stage, fp8 GEMM calls
+    flow: str = "fast"  # what ran
+    prompt_used: str | None = None  # the enhanced prompt, when enhance_prompt was asked
 
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
@@ -172,6 +186,7 @@ class GenerationResult:
             "lora_mode": self.lora_mode,
             "stage_2_lora": self.stage_2_lora,
             "flow": self.flow,
+            "prompt_used": self.prompt_used,
             "device": self.device,
             "synthetic": self.synthetic,
             "audio_note": self.audio_note,

@@ -182,12 +182,13 @@ class ModelBuilder:
         match self.config.text_encoder_quantization:
             case TextEncoderQuantization.BF16:
                 text_encoder = ledger.text_encoder()
-                if self.config.flow is Flow.FAST:  # the reference keeps them, as ltx-pipelines does
+                if self.config.drops_gemma_parts:  # the reference and the enhancer keep them, as ltx-pipelines does
                     logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 return text_encoder
             case TextEncoderQuantization.NF4:
                 text_encoder = ledger.text_encoder_builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
-                logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
+                if self.config.drops_gemma_parts:
+                    logger.info("text encoder: dropped %s", drop_unused_gemma_parts_(text_encoder))
                 logger.info("text encoder: %d linears in nf4", swap_in_linear4bit_(text_encoder, self.dtype))
                 return text_encoder.to(self.device).eval()
             case _:
@@ -208,7 +209,8 @@ class ModelBuilder:
         builder = getattr(stage_1, spec(name).builder)
         match name:
             case "text_encoder":
-                return kept.build_nf4_text_encoder(builder, state, self.device, self.dtype)
+                drop = self.config.drops_gemma_parts
+                return kept.build_nf4_text_encoder(builder, state, self.device, self.dtype, drop_parts=drop)
             case "transformer":
                 from ltx_core.model.transformer.model import X0Model
 

@@ -74,7 +74,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Weights from the bundle's headers as this config stores them; activations from the stage-2 token count."""
     components, host, width = _weight_bytes(
-        bundle, config.quantization, config.text_encoder_quantization, compute_dtype, config.flow
+        bundle, config.quantization, config.text_encoder_quantization, compute_dtype, config.flow, config.whole_gemma
     )
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     w, h, frames = shape
@@ -90,6 +90,7 @@ def _weight_bytes(
     text_encoder: TextEncoderQuantization,
     compute_dtype: torch.dtype,
     flow: Flow = Flow.FAST,
+    whole_gemma: bool = False,
 ) -> tuple[tuple[tuple[str, int], ...], int, int]:
     """((component, device bytes), ...), host-cache bytes, transformer width: headers and meta models only.
 
@@ -104,7 +105,14 @@ def _weight_bytes(
     ledger = make_ledger(bundle, compute_dtype, torch.device("cpu"))
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
     policy = policy_for(quantization)
-    config = ModelConfig(quantization, Residency.HOST_CACHED, 1.0, text_encoder_quantization=text_encoder, flow=flow)
+    config = ModelConfig(
+        quantization,
+        Residency.HOST_CACHED,
+        1.0,
+        text_encoder_quantization=text_encoder,
+        flow=flow,
+        whole_gemma=whole_gemma,
+    )
 
     def size(dtype: torch.dtype) -> int:
         return torch.empty((), dtype=dtype).element_size()
@@ -130,7 +138,7 @@ def _weight_bytes(
         return elements * (1 if dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else itemsize)
 
     def text_encoder_bytes(key: str, elements: int, _dtype: torch.dtype) -> float:
-        if is_dropped_gemma_key(key) and flow is Flow.FAST:
+        if is_dropped_gemma_key(key) and config.drops_gemma_parts:
             return 0
         nf4 = text_encoder is TextEncoderQuantization.NF4 and key.endswith(".weight")
         return elements * (NF4_BYTES_PER_WEIGHT if nf4 and is_nf4_target(key.removesuffix(".weight")) else itemsize)

@@ -78,14 +78,15 @@ def build_with_state(
 
 
 def build_nf4_text_encoder(
-    builder, state: dict[str, torch.Tensor], device: torch.device, compute_dtype: torch.dtype
+    builder, state: dict[str, torch.Tensor], device: torch.device, compute_dtype: torch.dtype, drop_parts: bool = True
 ) -> torch.nn.Module:
     """The nf4 text encoder from its kept state: ltx-core's meta model, the same parts dropped and the same linears
     swapped for Linear4bit as the first build, each tensor copied to `device` (nothing is quantized)."""
     import bitsandbytes as bnb
 
     model = builder.meta_model(builder.model_config(), builder.module_ops)
-    drop_unused_gemma_parts_(model)
+    if drop_parts:
+        drop_unused_gemma_parts_(model)
     swap_in_linear4bit_(model, compute_dtype)
     remaining = dict(state)
     for name, module in model.named_modules():

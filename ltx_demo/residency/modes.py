@@ -185,6 +185,7 @@ class ColdStart(PerRequest):
         recipe = {
             "quantization": self.config.quantization.value,
             "text_encoder": self.config.text_encoder_quantization.value,
+            **({"whole_gemma": True} if self.config.whole_gemma else {}),  # absent: the names kept states had
             "dtype": str(self.builder.dtype),
             "versions": library_versions(),
         }

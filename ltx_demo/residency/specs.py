@@ -30,6 +30,11 @@ class ModelConfig:
     lora_mode: LoraMode = LoraMode.ADAPTER
     text_encoder_quantization: TextEncoderQuantization = TextEncoderQuantization.BF16
     flow: Flow = Flow.FAST  # reference: every model as ModelLedger builds it (whole Gemma, processor unquantized)
+    whole_gemma: bool = False  # keep the vision tower and lm_head: the reference flow, and prompt enhancement
+
+    @property
+    def drops_gemma_parts(self) -> bool:
+        return not self.whole_gemma and self.flow is Flow.FAST
 
     @property
     def fp8_processor(self) -> bool:
