@@ -509,6 +509,11 @@ def find_take(entries: tuple[HistoryEntry, ...], base: HistoryEntry, **overrides
     return next((e for e in entries if e.video != base.video and e.provenance and take_key(e) == wanted), None)
 
 
+def other_flow(flow: str | None) -> str:
+    """The flow the reference compare runs: the reference for a fast-flow result (or an older one), else fast."""
+    return "fast" if flow == "reference" else "reference"
+
+
 def other_quantization(quantization: str) -> str:
     """The take the one-click A/B runs: bf16 for any quantized result, fp8-cast for a bf16 one."""
     return "fp8-cast" if quantization == "bf16" else "bf16"

@@ -111,6 +111,10 @@ FIELDS: tuple[FormField, ...] = (
     field("rescale_scale", "guidance.rescale_scale"),
     field("modality_scale", "guidance.modality_scale"),
     field("distilled_lora_strength"),
+    field("flow"),
+    field("enhance_prompt"),
+    field("audio_max_duration", clean=lambda v: v or None, reuse=lambda r: r.audio_max_duration or 0),  # 0: whole
+    field("decode_tiling"),
 )
 NAMES = tuple(f.name for f in FIELDS)
 

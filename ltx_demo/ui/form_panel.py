@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from ltx_demo.requests import FRAME_RATES, MAX_FRAMES, MAX_SEED, MAX_STEPS
-from ltx_demo.types import GuidanceParams, ImageFit, Quantization, Residency
+from ltx_demo.types import DecodeTiling, Flow, GuidanceParams, ImageFit, Quantization, Residency
 from ltx_demo.ui.form import (
     DEFAULT_RESOLUTION,
     NAMES,
@@ -249,4 +249,26 @@ def build_form(defaults: FormDefaults) -> Form:
         c["distilled_lora_strength"] = gr.Slider(
             0.0, 2.0, value=1.0, step=0.05, label="Distilled LoRA strength (stage 2)"
         )
+        with gr.Row():
+            c["flow"] = gr.Radio(
+                [f.value for f in Flow],
+                value=Flow.FAST.value,
+                label="Flow",
+                info="reference: exactly ltx-pipelines' A2VidPipelineTwoStage (slower; the ground truth)",
+                elem_id="flow",
+            )
+            c["decode_tiling"] = gr.Radio(
+                [t.value for t in DecodeTiling],
+                value=DecodeTiling.DEFAULT.value,
+                label="Decoder tiling",
+                info="off: one pass (more memory)",
+                elem_id="decode-tiling",
+            )
+        with gr.Row():
+            c["enhance_prompt"] = gr.Checkbox(
+                False, label="Enhance the prompt with Gemma (real weights, GPU)", elem_id="enhance-prompt"
+            )
+            c["audio_max_duration"] = gr.Number(
+                value=0, minimum=0, label="Audio max duration (s; 0: the whole clip)", elem_id="audio-max-duration"
+            )
     return Form(c, extras)
