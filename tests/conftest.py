@@ -139,3 +139,18 @@ def page(browser, live_app):
     tab.wait_for_selector("#duration-note :text('frames')")
     yield tab
     context.close()
+
+
+@pytest.fixture
+def clips(monkeypatch):
+    """Each generation's DecodedClip (frames, audio, stage latents) as the flow returns it, before the mp4."""
+    import ltx_demo.engine as engine_module
+
+    recorded, run = [], engine_module.run_two_stage
+
+    def record(*args, **kwargs):
+        recorded.append(run(*args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(engine_module, "run_two_stage", record)
+    return recorded

@@ -21,7 +21,7 @@ from ltx_demo.residency import kept as built_states
 from ltx_demo.residency.builds import module_bytes
 from ltx_demo.types import Quantization, Residency, TextEncoderQuantization
 
-from .test_residency import assert_same_output, clips  # noqa: F401 (clips is a fixture)
+from .test_residency import assert_same_output
 
 PROMPT = "a woman speaks calmly to the camera"
 
@@ -105,7 +105,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     tiny_bundle,
     small_request,
     tmp_path,
-    clips,  # noqa: F811
+    clips,
 ):
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
@@ -119,9 +119,9 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     kept_now = engine.status()["residency"]["kept_as_built"]
     assert set(kept_now) == {"transformer", "embeddings_processor"} and all(b > 0 for b in kept_now.values())
     if importlib.util.find_spec("gradio"):  # the UI's status line (the device machine has no gradio)
-        from ltx_demo import ui
+        from ltx_demo.ui.readouts import status_html
 
-        assert "kept on disk for cold-start: embeddings_processor, transformer" in ui.status_html(engine.status(), "")
+        assert "kept on disk for cold-start: embeddings_processor, transformer" in status_html(engine.status(), "")
     second = engine.generate(request)
     assert_same_output(first, second, clips[0], clips[1])
     kept = engine.models.kept_builds
@@ -143,7 +143,7 @@ def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
     tiny_bundle,
     small_request,
     tmp_path,
-    clips,  # noqa: F811
+    clips,
 ):
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
     request = small_request(quantization="fp8-cast", residency="host-cached")
@@ -159,7 +159,7 @@ def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
 
 def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bundle, small_request, tmp_path,
                                                                          monkeypatch):  # fmt: skip
-    import ltx_demo.residency.modes as modes
+    from ltx_demo.residency import modes
 
     cache_dir = tmp_path / "kept"
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
@@ -190,7 +190,7 @@ def test_an_unwritable_cache_folder_never_fails_the_request(tiny_bundle, tmp_pat
 
 
 def test_too_little_free_disk_keeps_nothing(tiny_bundle, tmp_path, caplog, monkeypatch):
-    import ltx_demo.residency.kept as kept
+    from ltx_demo.residency import kept
 
     monkeypatch.setattr(kept, "KEEP_FREE_BYTES", 1 << 62)  # more than any disk has free
     residency = nf4_residency(tiny_bundle, Residency.COLD_START, tmp_path / "kept")

@@ -19,7 +19,7 @@ from ltx_demo.residency import ModelConfig, ModelManager
 from ltx_demo.residency.builds import module_bytes
 from ltx_demo.types import GenerationCancelled, Quantization, Residency, TextEncoderQuantization
 
-from .test_residency import assert_same_output, clips, measure_lora_paths  # noqa: F401 (clips is a fixture)
+from .test_residency import assert_same_output, measure_lora_paths
 
 pytestmark = [
     pytest.mark.gpu,
@@ -47,7 +47,7 @@ def allocated() -> int:
 
 
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
-def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_path, clips, quantization):  # noqa: F811
+def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_path, clips, quantization):
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
     baseline = allocated()
     results, memory = [], {}
@@ -104,7 +104,7 @@ def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, t
 
 
 @pytest.mark.parametrize("mode", ["cold-start", "host-cached"])
-def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):  # noqa: F811
+def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):
     """Request 2 builds from what request 1 kept as built (the nf4 Gemma, the fp8 processor and transformer; in
     pinned memory for host-cached, in files for cold-start) and gives the same frames; memory returns to baseline."""
     engine = Engine(tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept")

@@ -9,21 +9,6 @@ from ltx_demo.engine import Engine
 from ltx_demo.types import InvalidRequest
 
 
-@pytest.fixture
-def clips(monkeypatch):
-    """Each generation's DecodedClip as the flow returns it (before the mp4)."""
-    import ltx_demo.engine as engine_module
-
-    recorded, run = [], engine_module.run_two_stage
-
-    def record(*args, **kwargs):
-        recorded.append(run(*args, **kwargs))
-        return recorded[-1]
-
-    monkeypatch.setattr(engine_module, "run_two_stage", record)
-    return recorded
-
-
 def test_batched_guidance_matches_sequential_passes_in_one_call_per_step(engine, small_request, clips):
     steps = 3
     batched = engine.generate(small_request(steps=steps, batch_guidance=True))

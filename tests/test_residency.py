@@ -39,23 +39,6 @@ logger = logging.getLogger(__name__)
 MODES = ("persistent", "cold-start", "host-cached", "auto")
 
 
-@pytest.fixture
-def clips(monkeypatch):
-    """Each generation's DecodedClip, recorded as the flow returns it (before the mp4 is written)."""
-    import ltx_demo.engine as engine_module
-
-    recorded = []
-    run = engine_module.run_two_stage
-
-    def record(*args, **kwargs):
-        clip = run(*args, **kwargs)
-        recorded.append(clip)
-        return clip
-
-    monkeypatch.setattr(engine_module, "run_two_stage", record)
-    return recorded
-
-
 def assert_same_output(first, second, first_clip, second_clip) -> None:
     assert torch.equal(first_clip.frames, second_clip.frames), "frames differ before encoding"
     assert torch.equal(first_clip.audio, second_clip.audio)
