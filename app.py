@@ -117,6 +117,18 @@ def file_access(args: argparse.Namespace, engine: Engine | None) -> tuple[list[s
     return allowed, sorted({str(Path(p).resolve()) for p in models if p})
 
 
+def quiet_library_warnings() -> None:
+    """Gradio 6 reads starlette's HTTP_422_UNPROCESSABLE_ENTITY, which starlette (1.x here) deprecates with a warning on
+    every request that reads it (hundreds per session): filtered by that message alone, so any other warning shows."""
+    import warnings
+
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    warnings.filterwarnings(
+        "ignore", message="'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated", category=StarletteDeprecationWarning
+    )
+
+
 def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True, engine: Engine | None = None) -> None:
     """Serve `demo` as the flags say; `engine` (from create_app) names the model files to block from serving."""
     from ltx_demo import ui
@@ -131,6 +143,7 @@ def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True, eng
     if args.host not in LOOPBACK and not auth:
         logger.warning("--host %s without --auth: anyone who can reach this machine can use the app", args.host)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    quiet_library_warnings()
     allowed, blocked = file_access(args, engine)
     demo.launch(
         server_name=args.host,

@@ -234,3 +234,48 @@ def test_api_cancel_stops_between_steps(client, live_app):
     with pytest.raises(AppError, match="cancelled at stage_1 step"):
         job.result(timeout=60)
     assert live_app.engine.status()["busy"] is False
+
+
+def test_the_server_log_says_a_visitors_mistake_in_one_line(tmp_path):
+    """`python app.py` as served: a refused request is one log line, no traceback; starlette's HTTP_422 deprecation
+    warning (one per request gradio answers) is filtered out (app.quiet_library_warnings)."""
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--output-dir", str(tmp_path / "out")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the app did not start"
+                time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        fake = tmp_path / "portrait.png"
+        fake.write_text("this is not a picture")
+        audio = handle_file(str(ASSETS / "speech_hello.wav"))
+        with pytest.raises(AppError, match="prompt is empty"):
+            client.predict(image=handle_file(str(ASSETS / "astronaut.png")), audio=audio, prompt=" ",
+                           api_name="/generate", **SMALL)  # fmt: skip
+        with pytest.raises(AppError, match="not a readable image"):
+            client.predict(image=handle_file(str(fake)), audio=audio, prompt="A woman.", api_name="/generate", **SMALL)
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=60)[0]
+    refused = [line for line in log.splitlines() if "refused (Check your input)" in line]
+    assert len(refused) == 2, log
+    assert "Traceback" not in log, log
+    assert "HTTP_422_UNPROCESSABLE_ENTITY" not in log, log

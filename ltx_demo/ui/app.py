@@ -13,9 +13,9 @@ from pathlib import Path
 import gradio as gr
 
 from ltx_demo.types import GenerationResult, InvalidRequest
-from ltx_demo.ui.form import Preset, disabled_options_css, form_handler, request_from_form
+from ltx_demo.ui.form import Preset, disabled_options_css, form_handler, request_from_form, small_portrait_note
 from ltx_demo.ui.form_panel import FormDefaults, build_form
-from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, run_job, session_of
+from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
 from ltx_demo.ui.readouts import (
     READOUT_INTERVAL_S,
     memory_now_html,
@@ -71,13 +71,15 @@ class RunHandlers:
     def __init__(self, engine: EngineLike, controller: DemoController) -> None:
         self.engine, self.controller = engine, controller
 
-    def generate(self, values: dict, request: gr.Request, progress: gr.Progress):
+    def generate(self, values: dict, request: gr.Request):
         """Generate a lip-synced video; returns the video and the run's summary JSON (with its request)."""
         try:
             generation = request_from_form(values)  # typed here; the engine checks it as it checks every request
         except InvalidRequest as exc:
-            raise gr.Error(str(exc), title="Check your input") from None
-        result = run_job(self.controller, generation, request, progress)
+            raise refuse(str(exc), "Check your input") from None
+        if blur := small_portrait_note(generation.image_path):
+            gr.Warning(f"The portrait is {blur}.", title="Small portrait")
+        result = run_job(self.controller, generation, request)
         if "padded" in result.audio_note:  # the clip is longer than the audio: say so where it is seen
             gr.Warning(f"The audio is shorter than the video. Audio: {result.audio_note}.", title="Audio padded")
         return result.output, api_summary(result), result
@@ -100,12 +102,13 @@ class RunHandlers:
         """Cancel this session's job: it stops between steps and frees what it built."""
         message = self.controller.cancel(session_of(request))
         gr.Info(message)
-        return self.controller.progress_html()
+        return self.controller.progress_html(session_of(request))
 
     def readouts(self, last_key: tuple, request: gr.Request):
         """The live panel (timer): status line, progress, memory now, and the plot when its samples changed. Each
         tick also says this tab is still open, which keeps what it shows pinned."""
-        self.engine.pins.renew(session_of(request))
+        session = session_of(request)
+        self.engine.pins.renew(session)
         now = self.engine.status()
         samples = self.engine.live_samples()
         running = bool(now["busy"])
@@ -114,10 +117,11 @@ class RunHandlers:
         new_plot = memory_plot_html(samples, now["cuda"]) if key != tuple(last_key or ()) else gr.skip()
         return (
             status_html(now, self.controller.job_line()),
-            self.controller.progress_html(),
+            self.controller.progress_html(session, now.get("loading")),
             memory_now_html(sample, now["cuda"], running),
             new_plot,
             key,
+            gr.update(interactive=not self.controller.has_job(session)),  # Generate waits for this visitor's job
         )
 
     def engine_status(self) -> dict:
@@ -168,7 +172,7 @@ def build_demo(
                 with gr.Row(elem_id="generate-row"):
                     generate_button = gr.Button("Generate", variant="primary", scale=3, elem_id="generate")
                     cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel")
-                progress_line = gr.HTML(controller.progress_html(), elem_id="progress-line", js_on_load=None)
+                progress_line = gr.HTML(controller.progress_html(""), elem_id="progress-line", js_on_load=None)
                 video = gr.Video(
                     label="Result (plays with its audio)",
                     elem_id="result-video",
@@ -205,7 +209,7 @@ def build_demo(
             [video, parameters, result_state],
             api_name="generate",
             **GPU_JOB,
-            show_progress_on=[video],
+            show_progress="hidden",  # the progress line is the one display
         )
         run_event.success(
             handlers.show_result,
@@ -229,7 +233,7 @@ def build_demo(
         timer.tick(
             handlers.readouts,
             plot_key,
-            [status_line, progress_line, memory_now, plot, plot_key],
+            [status_line, progress_line, memory_now, plot, plot_key, generate_button],
             api_name="readouts",
             concurrency_limit=None,
             show_progress="hidden",

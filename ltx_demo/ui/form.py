@@ -27,16 +27,17 @@ from ltx_demo.requests import (
 from ltx_demo.types import GenerationRequest, ImageFit, InvalidRequest, Quantization
 
 CUSTOM = "custom"
-RESOLUTIONS = (
-    ("768 × 512 · landscape", "768x512"),
-    ("1024 × 768 · landscape", "1024x768"),
-    ("1280 × 768 · landscape", "1280x768"),
-    ("512 × 768 · portrait", "512x768"),
-    ("768 × 1024 · portrait", "768x1024"),
-    ("768 × 1280 · portrait", "768x1280"),
-    ("Custom W × H", CUSTOM),
+RESOLUTIONS = (  # short labels: the seven fit in two rows of a half-width column
+    ("768 × 512", "768x512"),
+    ("1024 × 768", "1024x768"),
+    ("1280 × 768", "1280x768"),
+    ("512 × 768", "512x768"),
+    ("768 × 1024", "768x1024"),
+    ("768 × 1280", "768x1280"),
+    ("custom", CUSTOM),
 )
 DEFAULT_RESOLUTION = "768x512"
+SMALL_PORTRAIT_PX = 256  # below this on the short side the model sees an upscale: it blurs
 QUANTIZATION_NOTES = {
     Quantization.BF16: "bf16: transformer weights as released (most memory).",
     Quantization.FP8_CAST: "fp8-cast: transformer linears stored as float8, upcast per layer (about half the memory).",
@@ -147,21 +148,17 @@ def form_from_request(request: GenerationRequest, negative_prompt: str) -> list[
     return [values[name] for name in NAMES]
 
 
-def form_handler(name: str, fn: Callable[[dict[str, Any], gr.Request, gr.Progress], Any]) -> Callable:
-    """A gradio handler whose parameters are the table's names in order, then the visitor's request and a progress
-    tracker: gradio reads the API's parameter names from the signature, so they come from the table too."""
+def form_handler(name: str, fn: Callable[[dict[str, Any], gr.Request], Any]) -> Callable:
+    """A gradio handler whose parameters are the table's names in order, then the visitor's request: gradio reads
+    the API's parameter names from the signature, so they come from the table too."""
 
     def handler(*args: Any) -> Any:
-        *values, request, progress = args
-        return fn(dict(zip(NAMES, values, strict=True)), request, progress)
+        *values, request = args
+        return fn(dict(zip(NAMES, values, strict=True)), request)
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
     handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(n, keyword) for n in NAMES]
-        + [
-            inspect.Parameter("request", keyword, annotation=gr.Request),
-            inspect.Parameter("progress", keyword, default=gr.Progress()),
-        ]
+        [inspect.Parameter(n, keyword) for n in NAMES] + [inspect.Parameter("request", keyword, annotation=gr.Request)]
     )
     handler.__annotations__ = {"request": gr.Request}
     handler.__name__ = handler.__qualname__ = name
@@ -277,7 +274,20 @@ def preview_fit(image: str | None, resolution: str, width: float | None, height:
         fitted, note = fit_preview(image, w, h, checked.image_fit)
     except InvalidRequest as exc:
         return None, f"⚠ {exc}"
-    return fitted, f"{image_fit} to {w}×{h}" + (f" · {note}" if note else "")
+    blur = small_portrait_note(image)
+    return fitted, f"{image_fit} to {w}×{h}" + (f" · {note}" if note else "") + (f" · ⚠ {blur}" if blur else "")
+
+
+def small_portrait_note(image_path: str) -> str:
+    """A portrait under SMALL_PORTRAIT_PX on its short side is used, but the frame is an upscale of it: say so."""
+    try:
+        with Image.open(image_path) as opened:
+            width, height = opened.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""  # not an image: the engine's check says so
+    if min(width, height) >= SMALL_PORTRAIT_PX:
+        return ""
+    return f"upscaled from {width}×{height}: expect blur (use {SMALL_PORTRAIT_PX} px or more on the short side)"
 
 
 def sync_frames(

@@ -119,9 +119,9 @@ def build_form(defaults: FormDefaults) -> Form:
                 type="filepath",
                 image_mode=None,
                 sources=["upload", "webcam", "clipboard"],
-                label="Portrait (upload, webcam or paste)",
+                label="Portrait",  # one short line: the upload/webcam/paste icons say the rest
                 elem_id="portrait",
-                height=250,
+                height=200,
             )
         )
         extras["preview"] = gr.Image(
@@ -129,7 +129,7 @@ def build_form(defaults: FormDefaults) -> Form:
             label="What the model sees",
             interactive=False,
             elem_id="fit-preview",
-            height=250,
+            height=200,
             buttons=[],
             format="png",
         )
@@ -146,7 +146,7 @@ def build_form(defaults: FormDefaults) -> Form:
         first.prompt if first else defaults.prompt,
         label="Prompt",
         lines=3,
-        max_lines=8,
+        max_lines=4,
         elem_id="prompt",
         placeholder="Describe the person, the scene and the camera.",
     )
@@ -155,7 +155,11 @@ def build_form(defaults: FormDefaults) -> Form:
             defaults.negative_prompt, show_label=False, lines=4, elem_id="negative-prompt"
         )
     c["resolution"] = gr.Radio(
-        RESOLUTIONS, value=first_resolution, label="Resolution (W × H)", elem_id="resolution", render=False
+        RESOLUTIONS,
+        value=first_resolution,
+        label="Resolution (W × H; portrait when H > W)",
+        elem_id="resolution",
+        render=False,
     )
     c["image_fit"] = gr.Radio(
         [f.value for f in ImageFit],
@@ -163,7 +167,7 @@ def build_form(defaults: FormDefaults) -> Form:
         render=False,
         label="Fit the portrait",
         elem_id="image-fit",
-        info="crop fills the frame; pad keeps the whole photo",
+        info="crop fills; pad keeps all",
     )
     if presets:
         gr.Examples(
@@ -190,7 +194,7 @@ def build_form(defaults: FormDefaults) -> Form:
             True,
             label="Match audio length",
             elem_id="match-audio",
-            info="the longest clip the audio covers from the offset; moving the slider unticks it",
+            info="moving the slider unticks it",
         )
         c["audio_start"] = gr.Number(0.0, label="Audio start offset (s)", minimum=0, step=0.1, elem_id="audio-start")
     c["num_frames"] = gr.Slider(
@@ -200,27 +204,26 @@ def build_form(defaults: FormDefaults) -> Form:
         extras["duration_note"] = gr.Markdown(describe_frames(first_frames, FRAME_RATES[0]), elem_id="duration-note")
         extras["match_note"] = gr.Markdown(first_match_note, elem_id="match-note")
     with gr.Row(equal_height=True):
-        c["seed"] = gr.Number(DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
-        c["randomize_seed"] = gr.Checkbox(
-            False, label="Randomize seed", elem_id="randomize-seed", info="the seed used is shown with the result"
+        c["seed"] = gr.Number(
+            DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed", scale=1
         )
-    c["steps"] = gr.Slider(
-        1,
-        MAX_STEPS,
-        value=DEFAULT_STEPS,
-        step=1,
-        label="Denoising steps (stage 1)",
-        elem_id="steps",
-        info="stage 2 always runs the distilled schedule",
-    )
-    quant_info = " ".join(QUANTIZATION_NOTES.get(q, q.value) for q in Quantization)
-    quant_info += "".join(f" UNAVAILABLE here: {name}: {reason}." for name, reason in defaults.unavailable.items())
+        c["randomize_seed"] = gr.Checkbox(False, label="Randomize seed", elem_id="randomize-seed", scale=1)
+        c["steps"] = gr.Slider(
+            1,
+            MAX_STEPS,
+            value=DEFAULT_STEPS,
+            step=1,
+            label="Steps (stage 1)",
+            elem_id="steps",
+            scale=2,
+        )
+    blocked = " Greyed out: cannot run here (see Advanced)." if defaults.unavailable else ""
     with gr.Row():
         c["quantization"] = gr.Radio(
             [q.value for q in Quantization],
             value=defaults.quantization,
             label="Transformer weights",
-            info=quant_info,
+            info=f"fp8 halves the transformer's memory.{blocked}",
             elem_id="quantization",
         )
         c["residency"] = gr.Radio(
@@ -228,16 +231,15 @@ def build_form(defaults: FormDefaults) -> Form:
             value=Residency.PERSISTENT.value,
             label="Residency",
             elem_id="residency",
-            info=" ".join(RESIDENCY_NOTES.get(r.value, r.value) for r in Residency),
+            info="where the models wait between runs",
         )
-    c["vram_budget_gib"] = gr.Number(
-        value=0,
-        minimum=0,
-        label="VRAM budget for residency auto (GiB)",
-        info="auto picks the fastest mode whose peak fits this budget; 0: what the device has free",
-        elem_id="vram-budget",
-    )
-    with gr.Accordion("Advanced: guidance", open=False):
+    with gr.Accordion("Advanced: VRAM budget, guidance, notes", open=False):
+        c["vram_budget_gib"] = gr.Number(
+            value=0,
+            minimum=0,
+            label="VRAM budget for residency auto (GiB; 0: what the device has free)",
+            elem_id="vram-budget",
+        )
         with gr.Row():
             c["cfg_scale"] = gr.Slider(1.0, 10.0, value=guidance.cfg_scale, step=0.1, label="CFG scale")
             c["stg_scale"] = gr.Slider(0.0, 3.0, value=guidance.stg_scale, step=0.1, label="STG scale")
@@ -271,4 +273,8 @@ def build_form(defaults: FormDefaults) -> Form:
             c["audio_max_duration"] = gr.Number(
                 value=0, minimum=0, label="Audio max duration (s; 0: the whole clip)", elem_id="audio-max-duration"
             )
+        notes = [QUANTIZATION_NOTES.get(q, q.value) for q in Quantization]
+        notes += [RESIDENCY_NOTES.get(r.value, r.value) for r in Residency]
+        notes += [f"{name} cannot run here: {reason}." for name, reason in defaults.unavailable.items()]
+        gr.Markdown("\n".join(f"- {note}" for note in notes), elem_id="option-notes")
     return Form(c, extras)

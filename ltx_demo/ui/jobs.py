@@ -3,7 +3,6 @@ engine's errors become messages (Generate, Reproduce and the other take all run 
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 import time
@@ -26,13 +25,13 @@ from ltx_demo.types import (
     Quantization,
     VramSample,
 )
+from ltx_demo.ui.progress import PhaseClock, overall, progress_line_html
 
 logger = logging.getLogger(__name__)
 
 # Every event that runs the pipeline shares one queue of one: jobs never overlap on the device, a second click while
 # one is pending is dropped.
 GPU_JOB = dict(concurrency_limit=1, concurrency_id="gpu", trigger_mode="once")
-DENOISING_PHASES = ("stage_1", "stage_2")
 
 
 class EngineLike(Protocol):
@@ -70,10 +69,10 @@ class _Job:
     request: GenerationRequest
     cancel: threading.Event
     started: float
-    phase: str = "waiting"
+    phase: str = "waiting"  # the flow's phase; a model load inside it (load:*) does not replace it
+    phase_started: float = 0.0
     step: int | None = None
     total: int | None = None
-    steps_started: float | None = None  # when step 0 of the current denoising phase began
 
 
 def shape_key(request: GenerationRequest) -> tuple:
@@ -81,7 +80,8 @@ def shape_key(request: GenerationRequest) -> tuple:
 
 
 class DemoController:
-    """Owns the device for the UI: one job (or preload) at a time, its live progress and ETA, and cancel by owner."""
+    """Owns the device for the UI: one job (or preload) at a time, its live progress and ETA, cancel by owner, and
+    each visitor's own last outcome (a fresh tab shows none of another visitor's)."""
 
     def __init__(self, engine: EngineLike, negative_prompt: str) -> None:
         self.engine = engine
@@ -90,8 +90,8 @@ class DemoController:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._running: _Job | None = None
-        self._outcome = "ready"
-        self._elapsed_by_shape: dict[tuple, float] = {}
+        self._outcomes: dict[str, str] = {}  # by session
+        self._phases_by_shape: dict[tuple, dict[str, float]] = {}  # the last run of a shape: seconds per phase
 
     # -- options ---------------------------------------------------------------------------------------------------
     def unavailable(self) -> dict[str, str]:
@@ -122,52 +122,51 @@ class DemoController:
         return thread
 
     # -- run and cancel --------------------------------------------------------------------------------------------
-    def run(self, request: GenerationRequest, session: str, report: Callable[[str, int | None, int | None], None]):
+    def run(self, request: GenerationRequest, session: str) -> GenerationResult:
         """Run one request through the engine, keeping progress for the readouts; raises what the engine raises."""
         job = _Job(session, request, threading.Event(), time.perf_counter())
         with self._lock:
             self._jobs[session] = job
         try:
-            if not self._device.acquire(blocking=False):
-                report("waiting for the device (preload or a stopping job)", None, None)
-                self._device.acquire()
+            self._device.acquire()  # free unless the startup preload holds it
             try:
                 if job.cancel.is_set():
                     raise GenerationCancelled("cancelled before it started")
-                job.started = time.perf_counter()
+                job.started = job.phase_started = time.perf_counter()
                 with self._lock:
                     self._running = job
-                result = self.engine.generate(request, lambda p: self._progress(job, p, report), job.cancel.is_set)
+                result = self.engine.generate(request, lambda p: self._progress(job, p), job.cancel.is_set)
             finally:
                 with self._lock:
                     self._running = None
                 self._device.release()
         except GenerationCancelled as exc:
-            self._outcome = f"cancelled ({exc})"
+            text = str(exc)
+            self._outcomes[session] = text if text.startswith("cancelled") else f"cancelled ({text})"
             raise
         except InvalidRequest:
-            self._outcome = "last request was refused: invalid input"
+            self._outcomes[session] = "your last request was refused: see the message"
             raise
         except Exception as exc:
-            self._outcome = f"last run failed: {type(exc).__name__}"
+            self._outcomes[session] = f"your last run failed: {type(exc).__name__}"
             raise
         finally:
             with self._lock:
                 if self._jobs.get(session) is job:
                     del self._jobs[session]
-        self._elapsed_by_shape[shape_key(request)] = result.elapsed_seconds
-        self._outcome = f"last run: {result.elapsed_seconds:.1f} s, seed {result.seed}"
+        self._phases_by_shape[shape_key(request)] = {p.name: p.seconds for p in result.phases}
+        self._outcomes[session] = f"your last run: {result.elapsed_seconds:.1f} s, seed {result.seed}"
         return result
 
-    def _progress(self, job: _Job, progress: Progress, report: Callable[[str, int | None, int | None], None]) -> None:
+    def _progress(self, job: _Job, progress: Progress) -> None:
         now = time.perf_counter()
         with self._lock:
+            if progress.phase.startswith("load:"):
+                return  # the status line says what loads; the phase it loads for goes on
             if progress.phase != job.phase:
-                job.phase, job.steps_started = progress.phase, None
-            job.step, job.total = progress.step, progress.total_steps
-            if progress.step == 0:
-                job.steps_started = now
-        report(self._describe(job, now), progress.step, progress.total_steps)
+                job.phase, job.phase_started, job.step, job.total = progress.phase, now, None, None
+            if progress.step is not None:
+                job.step, job.total = progress.step, progress.total_steps
 
     def has_job(self, session: str) -> bool:
         with self._lock:
@@ -182,29 +181,32 @@ class DemoController:
         return f"Cancelling: stops after the current step ({job.phase})."
 
     # -- readouts --------------------------------------------------------------------------------------------------
-    def _eta(self, job: _Job, now: float) -> str:
-        phase_left = None
-        if job.phase in DENOISING_PHASES and job.step and job.total and job.steps_started is not None:
-            phase_left = (now - job.steps_started) / job.step * (job.total - job.step)
-        previous = self._elapsed_by_shape.get(shape_key(job.request))
-        if previous is not None:
-            return f"ETA ~{max(previous - (now - job.started), phase_left or 0.0):.0f} s"
-        if phase_left is not None:
-            return f"ETA ~{phase_left:.0f} s for {job.phase}"
-        return "ETA after the first run of this size"
+    def _describe(self, job: _Job, now: float, loading: str | None) -> tuple[str, float]:
+        clock = PhaseClock(job.phase, now - job.started, now - job.phase_started, job.step, job.total)
+        fraction, left = overall(clock, self._phases_by_shape.get(shape_key(job.request)))
+        parts = [job.phase]
+        if loading:
+            parts.append(f"loading {loading}")
+        if job.step is not None and job.total:
+            parts.append(f"step {job.step}/{job.total}")
+        parts.append(f"{clock.elapsed:.1f} s")
+        parts.append("ETA after the first steps" if left is None else f"ETA ~{max(left, 1):.0f} s for the run")
+        return " · ".join(parts), fraction
 
-    def _describe(self, job: _Job, now: float) -> str:
-        step = f" · step {job.step}/{job.total}" if job.step is not None and job.total else ""
-        return f"{job.phase}{step} · {now - job.started:.1f} s · {self._eta(job, now)}"
-
-    def progress_html(self) -> str:
+    def progress_html(self, session: str, loading: str | None = None) -> str:
+        """This visitor's progress line: their running job (phase, steps, overall bar and ETA), that another
+        visitor's job has the device, or their own last outcome."""
         with self._lock:
-            job = self._running
-            text = self._describe(job, time.perf_counter()) if job else self._outcome
-            fraction = job.step / job.total if job and job.step is not None and job.total else None
-        bar = "" if fraction is None else f'<div class="bar"><div style="width:{100 * fraction:.0f}%"></div></div>'
-        state = "running" if job else "idle"
-        return f'<div class="progress-line" data-state="{state}"><span>{html.escape(text)}</span>{bar}</div>'
+            job, mine = self._running, self._jobs.get(session)
+            if job is not None and job is mine:
+                text, fraction = self._describe(job, time.perf_counter(), loading)
+                return progress_line_html(text, fraction, "running")
+        if mine is not None:
+            holder = f"another visitor's run ({job.phase})" if job else "the startup preload or a stopping job"
+            return progress_line_html(f"waiting for the device: {holder} has it", None, "waiting")
+        if job is not None:
+            return progress_line_html(f"another visitor's run has the device ({job.phase})", None, "busy")
+        return progress_line_html(self._outcomes.get(session, "ready"), None, "idle")
 
     def job_line(self) -> str:
         with self._lock:
@@ -217,23 +219,24 @@ def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
 
 
-def run_job(
-    controller: DemoController, generation: GenerationRequest, request: gr.Request | None, progress
-) -> GenerationResult:
-    """Run one request for this visitor and turn what the engine raises into a message they can act on."""
+def refuse(message: str, title: str) -> gr.Error:
+    """The message a visitor sees for their own mistake (or a refusal they can act on): logged as one line, and
+    without the traceback gradio would otherwise print for every gr.Error."""
+    logger.info("refused (%s): %s", title, message)
+    return gr.Error(message, title=title, print_exception=False)
 
-    def report(text: str, step: int | None, total: int | None) -> None:
-        progress((step, total) if step is not None and total else None, desc=text)
 
+def run_job(controller: DemoController, generation: GenerationRequest, request: gr.Request | None) -> GenerationResult:
+    """Run one request for this visitor and turn what the engine raises into a message they can act on. Progress is
+    the page's progress line (the readout timer): gradio's own bar would be a second display that disagrees."""
     try:
-        return controller.run(generation, session_of(request), report)
+        return controller.run(generation, session_of(request))
     except InvalidRequest as exc:
-        raise gr.Error(str(exc), title="Check your input") from None
+        raise refuse(str(exc), "Check your input") from None
     except GenerationCancelled as exc:
-        raise gr.Error(f"Stopped: {exc}. Nothing was written.", title="Cancelled") from None
+        raise refuse(f"Stopped: {exc}. Nothing was written.", "Cancelled") from None
     except GenerationFailed as exc:  # out of memory, disk full: the message says what to try
-        title = "Out of memory" if isinstance(exc, OutOfMemory) else "Could not finish"
-        raise gr.Error(str(exc), title=title) from None
+        raise refuse(str(exc), "Out of memory" if isinstance(exc, OutOfMemory) else "Could not finish") from None
     except Exception as exc:
-        logger.exception("generation failed")
-        raise gr.Error(f"{type(exc).__name__}: {exc}", title="Generation failed") from None
+        logger.exception("generation failed")  # a bug: the traceback once, here
+        raise gr.Error(f"{type(exc).__name__}: {exc}", title="Generation failed", print_exception=False) from None

@@ -10,7 +10,7 @@ import gradio as gr
 from ltx_demo import results, review
 from ltx_demo.types import GenerationResult, InvalidRequest
 from ltx_demo.ui.form import form_from_request
-from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, run_job, session_of
+from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
 from ltx_demo.ui.review_html import (
     ab_notes,
     compare_html,
@@ -19,6 +19,14 @@ from ltx_demo.ui.review_html import (
     reproduce_verdict,
     selected_html,
 )
+
+SCROLL_TO_FORM = "() => document.querySelector('#portrait').scrollIntoView({behavior: 'smooth', block: 'start'})"
+EMPTY_HISTORY = "No results yet: every finished generation appears here, also after a restart."
+
+
+def section_style(shown: bool) -> str:
+    """Until there is a result the review section is not drawn: its empty placeholders made the page twice as tall."""
+    return "" if shown else "<style>#review-section { display: none !important; }</style>"
 
 
 class ReviewPanel:
@@ -29,10 +37,11 @@ class ReviewPanel:
 
     # -- layout ----------------------------------------------------------------------------------------------------
     def build(self) -> None:
-        with gr.Column(elem_id="review-section"):
-            gr.Markdown(
-                "### 3 · Review lip sync: history, A/B comparison, reproduce, export", elem_classes="section-title"
-            )
+        gr.Markdown("### 3 · Review lip sync: history, A/B comparison, reproduce, export", elem_classes="section-title")
+        self.empty_note = gr.Markdown(EMPTY_HISTORY, elem_id="review-empty")
+        # Hidden by a style rule, not visible=False: gradio 6 does not show a Column again that started hidden.
+        self.section_style = gr.HTML(section_style(bool(self.history_entries())), js_on_load=None, padding=False)
+        with gr.Column(elem_id="review-section"):  # shown once there is a result
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=420):
                     self.history = gr.Gallery(
@@ -54,21 +63,34 @@ class ReviewPanel:
                     )
                     self.selected_panel = gr.HTML(selected_html(None), elem_id="selected-result", js_on_load=None)
                     with gr.Row():
-                        self.reuse_button = gr.Button("Reuse settings", elem_id="reuse-settings")
-                        self.reproduce_button = gr.Button("Reproduce into a new file", elem_id="reproduce")
+                        self.reuse_button = gr.Button("Reuse settings", elem_id="reuse-settings", interactive=False)
+                        self.reproduce_button = gr.Button(
+                            "Reproduce into a new file", elem_id="reproduce", interactive=False
+                        )
                         self.other_take_button = gr.Button(
-                            "Compare with bf16 at the same seed", variant="primary", elem_id="compare-other"
+                            "Compare with bf16 at the same seed",
+                            variant="primary",
+                            elem_id="compare-other",
+                            interactive=False,
                         )
                     with gr.Row():
-                        self.use_a_button = gr.Button("Use as A", size="sm", elem_id="use-as-a")
-                        self.use_b_button = gr.Button("Use as B", size="sm", elem_id="use-as-b")
+                        self.use_a_button = gr.Button("Use as A", size="sm", elem_id="use-as-a", interactive=False)
+                        self.use_b_button = gr.Button("Use as B", size="sm", elem_id="use-as-b", interactive=False)
                     with gr.Accordion("Selected result: its parameters (the JSON sidecar)", open=False):
                         self.selected_parameters = gr.JSON(label="Parameters", elem_id="selected-parameters")
             with gr.Row(equal_height=True):
-                self.pick_a = gr.Dropdown([], label="A", allow_custom_value=True, scale=4, elem_id="pick-a")
-                self.pick_b = gr.Dropdown([], label="B", allow_custom_value=True, scale=4, elem_id="pick-b")
-                self.compare_button = gr.Button("Compare A/B", variant="primary", scale=1, elem_id="compare")
-                self.export_button = gr.Button("Export A/B as one mp4", scale=1, elem_id="export-pair")
+                self.pick_a = gr.Dropdown(
+                    [], label="A: pick a result", allow_custom_value=True, scale=4, elem_id="pick-a"
+                )
+                self.pick_b = gr.Dropdown(
+                    [], label="B: pick another", allow_custom_value=True, scale=4, elem_id="pick-b"
+                )
+                self.compare_button = gr.Button(
+                    "Compare A/B", variant="primary", scale=1, elem_id="compare", interactive=False
+                )
+                self.export_button = gr.Button(
+                    "Export A/B as one mp4", scale=1, elem_id="export-pair", interactive=False
+                )
             self.compare_view = gr.HTML(
                 '<div class="result-empty">Pick A and B (same frame count and rate) and press Compare: they play '
                 "side by side on one timeline, with one audio track and the waveform under them.</div>",
@@ -87,7 +109,15 @@ class ReviewPanel:
 
     @property
     def history_outputs(self) -> list:
-        return [self.history, self.history_videos, self.pick_a, self.pick_b, self.history_note]
+        return [
+            self.history,
+            self.history_videos,
+            self.pick_a,
+            self.pick_b,
+            self.history_note,
+            self.section_style,
+            self.empty_note,
+        ]
 
     @property
     def selected_outputs(self) -> list:
@@ -98,6 +128,10 @@ class ReviewPanel:
             self.selected_panel,
             self.review_files,
             self.other_take_button,
+            self.reuse_button,
+            self.reproduce_button,
+            self.use_a_button,
+            self.use_b_button,
         ]
 
     # -- handlers --------------------------------------------------------------------------------------------------
@@ -109,7 +143,7 @@ class ReviewPanel:
         entry = review.find_entry(self.history_entries(), path)
         if entry is None:
             message = "click a result in the history first" if not path else f"{Path(path).name} is not a result"
-            raise gr.Error(message, title="No result selected")
+            raise refuse(message, "No result selected")
         return entry
 
     def pin(self, request: gr.Request | None, view: str, *videos: Path) -> None:
@@ -121,12 +155,16 @@ class ReviewPanel:
         found = self.history_entries()
         items, videos = history_items(found)
         choices = [(e.label(), str(e.video)) for e in found if str(e.video) in videos]
-        note = (
-            f"{len(items)} result(s) in `{self.engine.output_dir}`"
-            if items
-            else "No results yet: every finished generation appears here, also after a restart."
+        note = f"{len(items)} result(s) in `{self.engine.output_dir}`" if items else EMPTY_HISTORY
+        return (
+            items,
+            videos,
+            gr.update(choices=choices),
+            gr.update(choices=choices),
+            note,
+            section_style(bool(items)),
+            gr.update(visible=not items),
         )
-        return items, videos, gr.update(choices=choices), gr.update(choices=choices), note
 
     def history_api(self) -> list[dict]:
         """Every finished result in the output folder, newest first: key parameters, elapsed s, peak VRAM."""
@@ -143,7 +181,8 @@ class ReviewPanel:
             entry.params(),
             selected_html(entry, verdict),
             [str(entry.video), str(entry.sidecar)],
-            gr.update(value=f"Compare with {other} at the same seed"),
+            gr.update(value=f"Compare with {other} at the same seed", interactive=True),
+            *[gr.update(interactive=True)] * 4,  # reuse, reproduce, use as A, use as B: now there is a result
         )
 
     def select_history(self, videos: list[str], evt: gr.SelectData, request: gr.Request):
@@ -160,21 +199,27 @@ class ReviewPanel:
         try:
             again, notes = review.reproduce_request(entry)
         except InvalidRequest as exc:
-            raise gr.Error(str(exc), title="Cannot reuse these settings") from None
+            raise refuse(str(exc), "Cannot reuse these settings") from None
         for note in notes:
             gr.Warning(note)
+        gr.Info(f"The form now holds the settings of {entry.video.name}: press Generate to run them.", title="Reused")
         return form_from_request(again, self.controller.negative_prompt)
+
+    @staticmethod
+    def pair_buttons(a_path: str | None, b_path: str | None):
+        """Compare and Export act once A and B are both picked."""
+        ready = bool(a_path) and bool(b_path)
+        return gr.update(interactive=ready), gr.update(interactive=ready)
 
     def refuse_other_bundle(self, entry: review.HistoryEntry) -> None:
         mismatch = review.bundle_mismatch(entry, self.engine.bundle.describe())
         if mismatch:
-            raise gr.Error(mismatch, title="Cannot reproduce with this bundle")
+            raise refuse(mismatch, "Cannot reproduce with this bundle")
 
     def reproduce(
         self,
         path: str | None,
         request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's documented way to ask for a progress bar
     ):
         """Re-run a result from its saved inputs into a NEW file and say whether it decodes identically."""
         entry = self.entry_or_error(path)
@@ -182,8 +227,8 @@ class ReviewPanel:
         try:
             again, notes = review.reproduce_request(entry)
         except InvalidRequest as exc:
-            raise gr.Error(str(exc), title="Cannot reproduce this result") from None
-        result = run_job(self.controller, again, request, progress)
+            raise refuse(str(exc), "Cannot reproduce this result") from None
+        result = run_job(self.controller, again, request)
         difference = review.decoded_difference(entry.video, result.output)
         verdict = reproduce_verdict(entry, result.output, difference, notes)
         report = {"original": str(entry.video), "output": result.output, **difference, "notes": notes}
@@ -214,14 +259,13 @@ class ReviewPanel:
         self,
         path: str | None,
         request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 -- gradio's documented way to ask for a progress bar
     ):
         """One click: the same request with the other weights (bf16 for a quantized take), then A/B them."""
         entry = self.entry_or_error(path)
         other = review.other_quantization(entry.value("quantization"))
         reason = self.engine.unavailable(other)
         if reason:
-            raise gr.Error(f"{other} cannot run here: {reason}", title="Cannot make the other take")
+            raise refuse(f"{other} cannot run here: {reason}", "Cannot make the other take")
         self.refuse_other_bundle(entry)
         existing = review.find_take(self.history_entries(), entry, quantization=other)
         if existing is not None:
@@ -231,8 +275,8 @@ class ReviewPanel:
             try:
                 again, _notes = review.reproduce_request(entry, quantization=other)
             except InvalidRequest as exc:
-                raise gr.Error(str(exc), title="Cannot make the other take") from None
-            b_path = run_job(self.controller, again, request, progress).output
+                raise refuse(str(exc), "Cannot make the other take") from None
+            b_path = run_job(self.controller, again, request).output
         return str(entry.video), b_path, self.compare(str(entry.video), b_path, request)
 
     def export_pair(self, a_path: str | None, b_path: str | None) -> list[str]:
@@ -240,13 +284,13 @@ class ReviewPanel:
         found = self.history_entries()
         a, b = review.find_entry(found, a_path), review.find_entry(found, b_path)
         if a is None or b is None:
-            raise gr.Error("pick two results from the history as A and B", title="Nothing to export")
+            raise refuse("pick two results from the history as A and B", "Nothing to export")
         out = results.export_path(self.engine.output_dir, a.video, b.video)
         labels = (f"A · {a.short_label()}", f"B · {b.short_label()}")
         try:
             review.render_side_by_side(a.video, b.video, out, labels, review.pair_record(a, b))
         except InvalidRequest as exc:
-            raise gr.Error(str(exc), title="Cannot export this pair") from None
+            raise refuse(str(exc), "Cannot export this pair") from None
         return [str(out)]
 
     # -- events ----------------------------------------------------------------------------------------------------
@@ -260,14 +304,17 @@ class ReviewPanel:
             self.show_history, None, self.history_outputs, api_name="history_view", api_visibility="undocumented"
         )
         self.history.select(self.select_history, self.history_videos, self.selected_outputs, api_visibility="private")
-        self.reuse_button.click(self.reuse_settings, self.selected_path, form_inputs, api_name="reuse_settings")
+        reuse_event = self.reuse_button.click(
+            self.reuse_settings, self.selected_path, form_inputs, api_name="reuse_settings"
+        )
+        reuse_event.success(None, None, None, js=SCROLL_TO_FORM, api_visibility="private")  # where it changed
         reproduce_event = self.reproduce_button.click(
             self.reproduce,
             self.selected_path,
             [*self.selected_outputs, self.reproduce_report],
             api_name="reproduce",
             **GPU_JOB,
-            show_progress_on=[self.selected_video],
+            show_progress="minimal",  # steps and ETA are on the progress line
         )
         reproduce_event.success(self.show_history, None, self.history_outputs, **quiet)
         other_take_event = self.other_take_button.click(
@@ -276,7 +323,7 @@ class ReviewPanel:
             [self.pick_a, self.pick_b, self.compare_view],
             api_name="compare_other_take",
             **GPU_JOB,
-            show_progress_on=[self.compare_view],
+            show_progress="minimal",
         )
         other_take_event.success(self.show_history, None, self.history_outputs, **quiet)
         self.use_a_button.click(
@@ -284,6 +331,15 @@ class ReviewPanel:
         )
         self.use_b_button.click(
             lambda path: path, self.selected_path, self.pick_b, queue=False, api_visibility="private"
+        )
+        gr.on(
+            [self.pick_a.change, self.pick_b.change],
+            self.pair_buttons,
+            [self.pick_a, self.pick_b],
+            [self.compare_button, self.export_button],
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
         )
         self.compare_button.click(
             self.compare, [self.pick_a, self.pick_b], self.compare_view, api_name="compare", concurrency_limit=4

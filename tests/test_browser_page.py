@@ -1,0 +1,192 @@
+"""The page as a new visitor meets it, in Debian's chromium: one check per rough edge seen in issue 15 (short page,
+nothing overlapping or overflowing, one progress display naming the phase that runs, per-visitor status, buttons
+that wait for something to act on, a narrow window, a tiny portrait)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from PIL import Image
+
+from tests.conftest import EVERY_PHASE
+from tests.test_browser import fill_small_run, toasts, upload_portrait, wait_until
+from tests.test_ui import ASSETS, SMALL
+
+pytestmark = pytest.mark.browser
+
+BOX_JS = """(selector) => [...document.querySelectorAll(selector)].map((e) => {
+    const r = e.getBoundingClientRect();
+    return {left: r.left, top: r.top, page_top: r.top + scrollY, right: r.right, bottom: r.bottom, width: r.width,
+            height: r.height, scroll: e.scrollWidth, client: e.clientWidth, text: (e.innerText || '').slice(0, 80)};
+})"""
+GRADIO_PROGRESS = ".progress-text, .eta-bar, .progress-level, .meta-text-center"  # gradio's own status tracker
+REVIEW_BUTTONS = ("reuse-settings", "reproduce", "compare-other", "use-as-a", "use-as-b")
+
+
+def boxes(page, selector: str) -> list[dict]:
+    return page.evaluate(BOX_JS, selector)
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+
+
+def new_tab(browser, live_app, width: int = 1440, height: int = 1000):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.goto(live_app.url)
+    tab.wait_for_selector("#duration-note :text('frames')")
+    return context, tab
+
+
+def progress(tab) -> tuple[str, str, float | None]:
+    """(state, text, overall fraction) of the page's one progress line, read at one moment."""
+    return tuple(
+        tab.evaluate(
+            """() => { const line = document.querySelector('#progress-line .progress-line');
+                       const bar = line && line.querySelector('.bar');
+                       return [line && line.dataset.state, line ? line.innerText : '',
+                               bar ? parseFloat(bar.dataset.fraction) : null]; }"""
+        )
+    )
+
+
+def test_a_fresh_page_is_short_and_nothing_overlaps(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    time.sleep(1.0)  # the load events (history) have answered
+    # 10: before any result the page is about two screens at 1440x1000, with no empty review placeholders.
+    height = tab.evaluate("document.scrollingElement.scrollHeight")
+    assert height <= 2150, f"the page is {height} px tall before any result"
+    assert tab.locator("#review-section").is_hidden() and "No results yet" in tab.inner_text("#review-empty")
+    # 1: the portrait's label is one line and clear of the fullscreen / clear icons.
+    (label,) = boxes(tab, "#portrait label")
+    assert label["height"] < 34, label
+    for icon in boxes(tab, "#portrait button"):
+        assert not overlap(label, icon), (label, icon)
+    assert tab.evaluate("document.scrollingElement.scrollWidth") <= 1440
+    context.close()
+
+
+def test_a_narrow_window_keeps_generate_in_view_and_nothing_clipped(browser, live_app):
+    context, tab = new_tab(browser, live_app, width=820)
+    time.sleep(1.0)
+    # 11: no horizontal overflow, the preview inside the window, Generate on screen without scrolling.
+    assert tab.evaluate("document.scrollingElement.scrollWidth") <= 820
+    for preview in boxes(tab, "#fit-preview, #fit-preview img, #portrait, #portrait img"):
+        assert preview["right"] <= 820 and preview["left"] >= 0, preview
+    (generate,) = boxes(tab, "#generate")
+    assert 0 <= generate["top"] and generate["bottom"] <= 1000, generate
+    tab.mouse.wheel(0, 1500)
+    time.sleep(0.3)
+    (generate,) = boxes(tab, "#generate")
+    assert 0 <= generate["top"] and generate["bottom"] <= 1000, generate
+    context.close()
+
+
+def test_one_progress_line_names_the_phase_and_status_is_per_visitor(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    other_context, other = new_tab(browser, live_app)
+    fill_small_run(tab, seed=99, steps=40)
+    (before,) = boxes(tab, "#generate")
+    tab.click("#generate")
+    seen, others, gradio_shown, generate_enabled, tops = [], [], [], [], []
+    deadline = time.monotonic() + 120
+    while not tab.locator("#result-video video[src]").count():
+        assert time.monotonic() < deadline, f"no video; toasts: {toasts(tab)!r}"
+        state, text, fraction = progress(tab)
+        if state == "running":
+            seen.append((text, fraction))
+            generate_enabled.append(tab.locator("#generate").is_enabled())
+            others.append(progress(other)[:2])
+            tops.append(boxes(tab, "#generate")[0]["page_top"])
+        gradio_shown += tab.evaluate(
+            """(sel) => [...document.querySelectorAll(sel)]
+                .filter((e) => e.innerText.trim() && e.checkVisibility({opacityProperty: true,
+                                                                        visibilityProperty: true}))
+                .map((e) => (e.closest('[id]') || {}).id + ': ' + e.innerText.trim())""",
+            GRADIO_PROGRESS,
+        )
+        time.sleep(0.1)
+    assert seen, "the progress line never showed the run"
+    # 4: one display; it names the flow's phase (never a model load), phases in the flow's order, one overall bar
+    # that only moves forward, steps inside stage 1, and an ETA for the whole run.
+    assert not gradio_shown, f"gradio's own progress showed too: {gradio_shown[:3]}"
+    phases = [text.split(" · ")[0] for text, _ in seen]
+    assert all(p in EVERY_PHASE and not p.startswith("load:") for p in phases), phases
+    order = [EVERY_PHASE.index(p) for p in phases]
+    assert order == sorted(order), phases
+    fractions = [f for _, f in seen]
+    assert all(f is not None for f in fractions) and fractions == sorted(fractions), fractions
+    assert any("stage_1 · " in t and "step " in t for t, _ in seen), seen
+    assert any("ETA ~" in t and "for the run" in t for t, _ in seen), seen
+    # 5/7: Generate waits while this visitor's job runs.
+    assert generate_enabled and not any(generate_enabled[1:]), generate_enabled
+    wait_until(lambda: tab.locator("#generate").is_enabled(), "Generate stayed disabled after the run")
+    # 5: the page does not jump: Generate stays where it was, the status line stays one line with models resident.
+    assert set(tops) == {before["page_top"]}, (before, sorted(set(tops)))
+    wait_until(lambda: "resident:" in tab.inner_text("#status-line"), "the status line never named a resident model")
+    (status,) = boxes(tab, "#status-line .status-line")
+    assert status["height"] < 40 and boxes(tab, "#generate")[0]["page_top"] == before["page_top"], status
+    # 9: the other tab saw the device busy, never this visitor's steps; after the run each tab shows its own.
+    assert all(state != "running" for state, _ in others), others
+    assert any("another visitor's run has the device" in text for _, text in others), others
+    wait_until(lambda: progress(tab)[1].startswith("your last run:"), lambda: progress(tab)[1])
+    wait_until(lambda: progress(other)[1] == "ready", lambda: progress(other)[1])
+    fresh_context, fresh = new_tab(browser, live_app)
+    time.sleep(1.0)
+    assert progress(fresh)[1] == "ready" and "last" not in fresh.inner_text("#progress-line")
+    for c in (context, other_context, fresh_context):
+        c.close()
+
+
+def test_review_buttons_wait_for_a_result_and_long_names_stay_inside(browser, live_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    long_name = tmp_path / f"{'0123456789abcdef' * 4}.png"  # as Compare and the CLI name their inputs
+    shutil.copy(ASSETS / "astronaut.png", long_name)
+    Client(live_app.url, verbose=False).predict(
+        image=handle_file(str(long_name)),
+        audio=handle_file(str(ASSETS / "speech_hello.wav")),
+        prompt="A woman speaks.",
+        api_name="/generate",
+        **SMALL,
+    )
+    context, tab = new_tab(browser, live_app)
+    tab.wait_for_selector("#history img")
+    # 7: with nothing selected there is nothing to reuse, reproduce or compare.
+    for elem_id in (*REVIEW_BUTTONS, "compare", "export-pair"):
+        assert tab.locator(f"#{elem_id}").is_disabled(), elem_id
+    tab.locator("#history img").first.click()
+    wait_until(lambda: tab.locator("#reuse-settings").is_enabled(), "Reuse stayed disabled after a selection")
+    for elem_id in REVIEW_BUTTONS:
+        assert tab.locator(f"#{elem_id}").is_enabled(), elem_id
+    assert tab.locator("#compare").is_disabled()  # A and B still empty
+    # 8: Reuse says what it did.
+    tab.click("#reuse-settings")
+    tab.wait_for_selector(".toast-body:has-text('The form now holds the settings of')")
+    # 2: a 64-character input name wraps inside "Selected result" instead of running out of it.
+    (panel,) = boxes(tab, "#selected-result")
+    cells = boxes(tab, "#selected-result .fact-value")
+    assert any(long_name.stem[:16] in cell["text"] for cell in cells), cells
+    for cell in cells:
+        assert cell["scroll"] <= cell["client"] + 1 and cell["right"] <= panel["right"] + 1, cell
+    assert tab.evaluate("document.scrollingElement.scrollWidth") <= 1440
+    tab.click("#use-as-a")
+    tab.click("#use-as-b")
+    wait_until(lambda: tab.locator("#compare").is_enabled(), "Compare stayed disabled with A and B picked")
+    assert tab.locator("#export-pair").is_enabled()
+    context.close()
+
+
+def test_a_tiny_portrait_is_used_with_a_warning(browser, live_app, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.open(ASSETS / "astronaut.png").convert("RGB").resize((10, 12)).save(tiny)
+    context, tab = new_tab(browser, live_app)
+    upload_portrait(tab, tiny)
+    # 12: used (the preview shows it), with the note that the frame is an upscale.
+    tab.wait_for_selector("#fit-note :text('upscaled from 10×12: expect blur')")
+    assert tab.locator("#fit-preview img").count() == 1
+    context.close()
