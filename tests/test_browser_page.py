@@ -178,6 +178,23 @@ def test_review_buttons_wait_for_a_result_and_long_names_stay_inside(browser, li
     tab.click("#use-as-b")
     wait_until(lambda: tab.locator("#compare").is_enabled(), "Compare stayed disabled with A and B picked")
     assert tab.locator("#export-pair").is_enabled()
+    # 6: after the one-click other take, the highlighted thumbnail is still the selected result, and every caption
+    # sits under its picture (one result was one large cropped thumbnail, several had captions over the pictures).
+    (gallery,) = boxes(tab, "#history")
+    for thumbnail in boxes(tab, "#history .thumbnail-item"):
+        assert thumbnail["width"] < gallery["width"] / 2, (thumbnail, gallery)
+    before = tab.locator("#history .thumbnail-item").count()
+    tab.click("#compare-other")
+    tab.wait_for_selector("#ab-compare video[data-role='b']", timeout=120_000)
+    wait_until(lambda: tab.locator("#history .thumbnail-item").count() == before + 1, "the history did not refresh")
+    wait_until(lambda: tab.locator("#history .thumbnail-item.selected").count() == 1, "nothing highlighted")
+    highlighted = tab.locator("#history .thumbnail-item.selected").inner_text()
+    assert "bf16" in highlighted and "bf16 (compute" in tab.inner_text("#selected-result"), highlighted
+    (label,) = boxes(tab, "#history label[data-testid='block-label']")
+    for index in range(before + 1):
+        item = f"#history .gallery-item:nth-child({index + 1})"
+        (picture,), (caption,) = boxes(tab, f"{item} img"), boxes(tab, f"{item} .caption-label")
+        assert caption["top"] >= picture["bottom"] - 1 and not overlap(label, picture), (label, picture, caption)
     context.close()
 
 

@@ -47,6 +47,7 @@ class ReviewPanel:
                     self.history = gr.Gallery(
                         label="History: every finished generation, newest first (click one to load it)",
                         columns=3,
+                        fit_columns=False,  # one result is one small thumbnail, not the whole panel
                         height=380,
                         allow_preview=False,
                         object_fit="contain",
@@ -150,14 +151,18 @@ class ReviewPanel:
         """What this tab's `view` shows is not pruned by --keep-outputs; what it showed before no longer held."""
         self.engine.pins.pin(session_of(request), view, *videos)
 
-    def show_history(self):
-        """The gallery (newest first), the clicked-item -> mp4 list, the A/B pickers' choices and a count."""
+    def show_history(self, selected: str | None = None):
+        """The gallery (newest first, the selected result highlighted), the clicked-item -> mp4 list, the A/B
+        pickers' choices and a count."""
         found = self.history_entries()
         items, videos = history_items(found)
         choices = [(e.label(), str(e.video)) for e in found if str(e.video) in videos]
         note = f"{len(items)} result(s) in `{self.engine.output_dir}`" if items else EMPTY_HISTORY
+        gallery = items
+        if selected is not None:  # from the page: highlight what is selected (an API call gets the plain list)
+            gallery = gr.update(value=items, selected_index=videos.index(selected) if selected in videos else None)
         return (
-            items,
+            gallery,
             videos,
             gr.update(choices=choices),
             gr.update(choices=choices),
@@ -297,12 +302,14 @@ class ReviewPanel:
     def wire(self, demo: gr.Blocks, run_event, result_state: gr.State, form_inputs: list, cancel_button: gr.Button):
         """The history refreshes after every run (and on page load); the review's jobs share Generate's GPU queue."""
         quiet = dict(show_progress="hidden", api_visibility="private")
-        run_event.success(self.show_history, None, self.history_outputs, **quiet)
-        run_event.success(self.select_new_result, result_state, self.selected_outputs, **quiet)
+        # The new result is selected first, so the refreshed history highlights it.
+        selected = run_event.success(self.select_new_result, result_state, self.selected_outputs, **quiet)
+        selected.then(self.show_history, self.selected_path, self.history_outputs, **quiet)
         demo.load(self.show_history, None, self.history_outputs, **quiet)
-        self.refresh_button.click(
+        refresh = self.refresh_button.click(
             self.show_history, None, self.history_outputs, api_name="history_view", api_visibility="undocumented"
         )
+        refresh.then(self.show_history, self.selected_path, self.history_outputs, **quiet)  # the highlight again
         self.history.select(self.select_history, self.history_videos, self.selected_outputs, api_visibility="private")
         reuse_event = self.reuse_button.click(
             self.reuse_settings, self.selected_path, form_inputs, api_name="reuse_settings"
@@ -316,7 +323,7 @@ class ReviewPanel:
             **GPU_JOB,
             show_progress="minimal",  # steps and ETA are on the progress line
         )
-        reproduce_event.success(self.show_history, None, self.history_outputs, **quiet)
+        reproduce_event.success(self.show_history, self.selected_path, self.history_outputs, **quiet)
         other_take_event = self.other_take_button.click(
             self.other_take,
             self.selected_path,
@@ -325,7 +332,7 @@ class ReviewPanel:
             **GPU_JOB,
             show_progress="minimal",
         )
-        other_take_event.success(self.show_history, None, self.history_outputs, **quiet)
+        other_take_event.success(self.show_history, self.selected_path, self.history_outputs, **quiet)
         self.use_a_button.click(
             lambda path: path, self.selected_path, self.pick_a, queue=False, api_visibility="private"
         )
