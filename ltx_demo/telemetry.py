@@ -135,9 +135,13 @@ class RunTelemetry:
             self.record_sample()
 
     def record_sample(self) -> VramSample:
+        """A memory sample; it counts toward the open phase's peak RSS (which is not just the RSS at its end)."""
         sample = self.memory.sample(self.now(), self.current_phase())
         with self._lock:
             self.samples.append(sample)
+            if self._stack and self._stack[-1][0] == sample.phase:
+                record = self._records[sample.phase]
+                record.peak_rss = max(record.peak_rss, sample.rss_bytes)
         return sample
 
     def start_sampling(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:

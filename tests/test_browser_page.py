@@ -4,12 +4,14 @@ that wait for something to act on, a narrow window, a tiny portrait)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
 import pytest
 from PIL import Image
 
+from ltx_demo.types import GIB
 from tests.conftest import EVERY_PHASE
 from tests.test_browser import fill_small_run, toasts, upload_portrait, wait_until
 from tests.test_ui import ASSETS, SMALL
@@ -125,6 +127,13 @@ def test_one_progress_line_names_the_phase_and_status_is_per_visitor(browser, li
     # 5/7: Generate waits while this visitor's job runs.
     assert generate_enabled and not any(generate_enabled[1:]), generate_enabled
     wait_until(lambda: tab.locator("#generate").is_enabled(), "Generate stayed disabled after the run")
+    # 3: the phase table's peak RSS is at least every sample the plot shows inside that phase.
+    tab.wait_for_selector("#result-panel .phase-table")
+    samples = json.loads(tab.get_attribute("#memory-plot [data-samples]", "data-samples"))
+    for row in tab.locator("#result-panel tr[data-phase]").all():
+        phase, peak = row.get_attribute("data-phase"), float(row.locator("td").nth(4).inner_text())
+        inside = [s[7] / GIB for s in samples if s[1] == phase]
+        assert not inside or peak >= max(inside) - 0.0015, (phase, peak, max(inside))
     # 5: the page does not jump: Generate stays where it was, the status line stays one line with models resident.
     assert set(tops) == {before["page_top"]}, (before, sorted(set(tops)))
     wait_until(lambda: "resident:" in tab.inner_text("#status-line"), "the status line never named a resident model")
