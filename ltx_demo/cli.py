@@ -226,6 +226,28 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--warmup", type=int, default=2)
     forward.add_argument("--repeats", type=int, default=5)
     forward.add_argument("--out", required=True)
+    fidelity = sub.add_parser(
+        "fidelity",
+        help="each speed-up against the reference flow: latent error, PSNR, seconds saved; writes JSON and Markdown",
+        description="Each speed-up of the fast flow on its own inside the reference flow, and the default as a whole, "
+        "against the reference flow (== A2VidPipelineTwoStage) on the same inputs and seed. Computes in bf16 unless "
+        "--compute-dtype says otherwise; --cuda-graphs applies to the default row (a row of its own measures graphs).",
+        formatter_class=HelpWithDefaults,
+    )
+    add_bundle_flags(fidelity)
+    fidelity.add_argument("--width", type=int, default=768, help="a multiple of 64")
+    fidelity.add_argument("--height", type=int, default=512, help="a multiple of 64")
+    fidelity.add_argument("--num-frames", type=int, default=97, help="8k+1")
+    fidelity.add_argument("--steps", type=int, default=30, help="stage-1 denoising steps")
+    fidelity.add_argument("--seed", type=int, default=42)
+    fidelity.add_argument("--quantization", choices=["fp8-cast", "bf16"], default="fp8-cast", help="the reference's")
+    fidelity.add_argument("--image", default=str(DEFAULT_IMAGE))
+    fidelity.add_argument("--audio", default=str(DEFAULT_AUDIO))
+    fidelity.add_argument("--prompt", default=DEFAULT_PROMPT)
+    fidelity.add_argument("--timed-runs", type=int, default=1, help="timed runs after the warm one (the fastest)")
+    fidelity.add_argument("--only", default=None, help="comma-separated row keys (default: every row)")
+    fidelity.add_argument("--out", default="docs/fidelity.json")
+    fidelity.add_argument("--markdown", default="docs/fidelity.md")
     report = sub.add_parser("bench-report", help="merge bench results into docs/benchmarks.json and render .md")
     report.add_argument("results", nargs="+")
     report.add_argument("--into", default="docs/benchmarks.json")
@@ -381,6 +403,15 @@ def run(args: argparse.Namespace) -> int:
             }
             Path(args.out).write_text(json.dumps({"forward": [facts | e for e in entries]}, indent=2) + "\n")
             print(json.dumps({"out": args.out, "forward": len(entries)}))
+        case "fidelity":
+            from ltx_demo import bench, fidelity
+
+            args.command_line = bench.command_line(args.argv)
+            setup = fidelity.Setup.from_args(args, resolve_from_args(args), compute_dtype(args.compute_dtype or "bf16"))
+            data = fidelity.run_fidelity(setup)
+            Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+            Path(args.markdown).write_text(fidelity.render_markdown(data))
+            print(json.dumps(fidelity.summary(data, Path(args.out), Path(args.markdown))))
         case "bench-report":
             from ltx_demo import bench
 

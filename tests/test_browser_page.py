@@ -8,12 +8,14 @@ import json
 import shutil
 import time
 
+import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 
 from ltx_demo.types import GIB
 from tests.conftest import EVERY_PHASE
-from tests.test_browser import fill_small_run, toasts, upload_portrait, wait_until
+from tests.test_browser import fill_small_run, toasts, upload_audio, upload_portrait, wait_until
 from tests.test_ui import ASSETS, SMALL
 
 pytestmark = pytest.mark.browser
@@ -215,4 +217,11 @@ def test_a_tiny_portrait_is_used_with_a_warning(browser, live_app, tmp_path):
     # 12: used (the preview shows it), with the note that the frame is an upscale.
     tab.wait_for_selector("#fit-note :text('upscaled from 10×12: expect blur')")
     assert tab.locator("#fit-preview img").count() == 1
+    # 8: a bad clip is named right under the voice box, not far below it.
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1), dtype=np.float32), 16_000)
+    upload_audio(tab, empty)
+    tab.wait_for_selector("#audio-note :text('audio clip is empty')")
+    (audio,), (note,) = boxes(tab, "#audio"), boxes(tab, "#audio-note")
+    assert 0 <= note["top"] - audio["bottom"] < 40, (audio, note)
     context.close()

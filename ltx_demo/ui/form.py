@@ -319,6 +319,19 @@ def sync_frames(
     return gr.update(value=frames, maximum=cap), note
 
 
+def describe_audio(audio: str | None) -> str:
+    """The note under the voice box: how long the clip is, or what is wrong with it, where the visitor looks."""
+    if not audio:
+        return ""
+    try:
+        seconds = media.audio_duration(audio)
+    except (InvalidRequest, OSError, ValueError) as exc:
+        return f"⚠ {exc}"
+    if seconds <= 0:
+        return "⚠ the audio clip is empty (zero length): upload one with speech"
+    return f"{seconds:.2f} s of audio"
+
+
 def describe_frames(num_frames: float, frame_rate: int) -> str:
     frames = int(num_frames or 0)
     return f"**{frames} frames = {frames / int(frame_rate):.2f} s** at {frame_rate} fps"

@@ -18,6 +18,7 @@ from ltx_demo.ui.form import (
     RESIDENCY_NOTES,
     RESOLUTIONS,
     Preset,
+    describe_audio,
     describe_frames,
     pass_unreadable_files_on,
     preview_fit,
@@ -84,6 +85,15 @@ class Form:
             show_progress="hidden",
             trigger_mode="always_last",
         )
+        c["audio"].change(
+            describe_audio,
+            c["audio"],
+            c["audio_note"],
+            concurrency_limit=4,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            api_visibility="private",
+        )
         # In the browser only (no round trip, so nothing can arrive late): taking the slider ends "match audio".
         c["num_frames"].input(None, None, c["match_audio"], js="() => false")
         gr.on(
@@ -142,6 +152,7 @@ def build_form(defaults: FormDefaults) -> Form:
         label="Voice (upload or record: WAV, MP3, FLAC, OGG, M4A)",
         elem_id="audio",
     )
+    extras["audio_note"] = gr.Markdown(describe_audio(first_audio), elem_id="audio-note")
     c["prompt"] = gr.Textbox(
         first.prompt if first else defaults.prompt,
         label="Prompt",
