@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ltx_demo import media, results, review
+from ltx_demo import ab_pair, media, results, review
 from ltx_demo.results import KeepPolicy, Pins
 from ltx_demo.types import GenerationRequest
 
@@ -34,7 +34,7 @@ def make_results(folder: Path, sources: Path, count: int) -> list[Path]:
         video = results.new_result_path(folder, i)
         results.publish(clip, video, {"request": {"seed": i}, "result": {}, "provenance": record})
         review.thumbnail(review.HistoryEntry.from_sidecar(results.sidecar_path(video)))
-        review.video_only(video)
+        ab_pair.video_only(video)
         made.append(video)
     stamp = time.time() - 3600
     for i, video in enumerate(made):  # oldest first, whatever second each was named in
@@ -43,7 +43,7 @@ def make_results(folder: Path, sources: Path, count: int) -> list[Path]:
 
 
 def export(folder: Path, a: Path, b: Path) -> Path:
-    return review.render_side_by_side(a, b, results.export_path(folder, a, b))
+    return ab_pair.render_side_by_side(a, b, results.export_path(folder, a, b))
 
 
 def files_under(folder: Path) -> set[Path]:

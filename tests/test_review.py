@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from ltx_demo import media, results, review
+from ltx_demo import ab_pair, media, results, review
 from ltx_demo.types import GenerationRequest, InvalidRequest
 
 from .conftest import ASSETS
@@ -52,7 +52,7 @@ def test_write_mp4_keeps_the_audio_in_step_with_the_video(tmp_path):
     audio = np.stack([chirp, chirp]).astype(np.float32)
     out = tmp_path / "clip.mp4"
     media.write_mp4(frames, audio, 48_000, 24, out, {"comment": '{"k": 1}'})
-    decoded, rate = review.decode_audio(out)
+    decoded, rate = ab_pair.decode_audio(out)
     assert rate == 48_000 and decoded.shape[1] >= audio.shape[1]
     head = slice(2_000, 10_000)
     lags = {lag: float(np.corrcoef(decoded[0, head.start + lag : head.stop + lag], audio[0, head])[0, 1])
@@ -109,7 +109,7 @@ def test_reproduce_writes_a_new_file_that_decodes_identically(reproduced, engine
     assert frames_a.shape == (17, 64, 64, 3) and (rate_a, fps_a) == (rate_b, fps_b)
     assert np.array_equal(frames_a, frames_b)
     assert audio_a.shape == audio_b.shape and np.array_equal(audio_a, audio_b)
-    verdict = review.decoded_difference(original, again.output)
+    verdict = ab_pair.decoded_difference(original, again.output)
     assert verdict["frames_identical"] and verdict["audio_identical"] and verdict["frames"] == [17, 17]
 
 
@@ -126,23 +126,23 @@ def test_reproduce_refuses_when_the_inputs_are_gone(made, engine, tmp_path):
 def test_side_by_side_export_has_both_videos_and_a_copy_of_as_audio(reproduced, tmp_path):
     original, *_, again, _ = reproduced
     other = review.HistoryEntry.from_sidecar(Path(again.output).with_suffix(".json"))
-    out = review.render_side_by_side(
-        original.video, other.video, tmp_path / "pair.mp4", ("A", "B"), review.pair_record(original, other)
+    out = ab_pair.render_side_by_side(
+        original.video, other.video, tmp_path / "pair.mp4", ("A", "B"), ab_pair.pair_record(original, other)
     )
-    info = review.VideoInfo.probe(out)
+    info = ab_pair.VideoInfo.probe(out)
     assert (info.num_frames, info.frame_rate) == (17, Fraction(24))
-    assert (info.width, info.height) == (64 + review.PAIR_GAP + 64, 64 + review.PAIR_LABEL_HEIGHT)
+    assert (info.width, info.height) == (64 + ab_pair.PAIR_GAP + 64, 64 + ab_pair.PAIR_LABEL_HEIGHT)
     pair_frames, pair_audio, _, _ = decode_mp4(str(out))
     a_frames, a_audio, _, _ = decode_mp4(str(original.video))
     assert np.array_equal(pair_audio, a_audio)  # packets copied: no second AAC delay, no re-encode
     b_frames, *_ = decode_mp4(str(other.video))
-    for x, frames in ((0, a_frames), (64 + review.PAIR_GAP, b_frames)):
-        side = pair_frames[:, review.PAIR_LABEL_HEIGHT :, x : x + 64].astype(int)
+    for x, frames in ((0, a_frames), (64 + ab_pair.PAIR_GAP, b_frames)):
+        side = pair_frames[:, ab_pair.PAIR_LABEL_HEIGHT :, x : x + 64].astype(int)
         same = np.abs(side - frames).mean()  # noise re-encoded once (x264 + 4:2:0 is lossy on noise)
         shifted = np.abs(side[1:] - frames[:-1]).mean()
         assert same < 0.6 * shifted, (x, same, shifted)  # frame k of the pair is frame k of the source
     record = review.read_mp4_record(out)
-    assert record["schema"] == review.PAIR_SCHEMA and record["a"]["inputs"] == original.provenance["inputs"]
+    assert record["schema"] == ab_pair.PAIR_SCHEMA and record["a"]["inputs"] == original.provenance["inputs"]
 
 
 # -- history, restarts and the review API ---------------------------------------------------------------------------
@@ -225,13 +225,13 @@ def test_history_is_newest_first_and_skips_what_is_not_a_result(tmp_path):
 
 
 def test_compare_says_why_two_results_cannot_share_a_timeline(tmp_path):
-    a = review.VideoInfo(tmp_path / "a.mp4", 64, 64, 25, Fraction(24), True)
-    assert review.why_not_comparable(a, a) == "A and B are the same result: pick two different ones"
-    frames = review.why_not_comparable(a, review.VideoInfo(tmp_path / "b.mp4", 64, 64, 17, Fraction(24), True))
+    a = ab_pair.VideoInfo(tmp_path / "a.mp4", 64, 64, 25, Fraction(24), True)
+    assert ab_pair.why_not_comparable(a, a) == "A and B are the same result: pick two different ones"
+    frames = ab_pair.why_not_comparable(a, ab_pair.VideoInfo(tmp_path / "b.mp4", 64, 64, 17, Fraction(24), True))
     assert frames == "A has 25 frames and B has 17: compare results with the same frame count"
-    rate = review.why_not_comparable(a, review.VideoInfo(tmp_path / "b.mp4", 64, 64, 25, Fraction(25), True))
+    rate = ab_pair.why_not_comparable(a, ab_pair.VideoInfo(tmp_path / "b.mp4", 64, 64, 25, Fraction(25), True))
     assert rate == "A runs at 24 fps and B at 25 fps: compare results made at the same frame rate"
-    assert review.why_not_comparable(a, review.VideoInfo(tmp_path / "b.mp4", 128, 64, 25, Fraction(24), True)) is None
+    assert ab_pair.why_not_comparable(a, ab_pair.VideoInfo(tmp_path / "b.mp4", 128, 64, 25, Fraction(24), True)) is None
 
 
 def test_request_fields_round_trip_and_unknown_ones_are_refused(small_request):
@@ -259,7 +259,7 @@ def test_find_take_matches_the_same_request_with_the_other_weights(tmp_path):
 
 
 def test_waveform_has_the_requested_bins(made):
-    peaks = review.waveform(made.output, 17 / 24, bins=100)
+    peaks = ab_pair.waveform(made.output, 17 / 24, bins=100)
     assert len(peaks) == 100 and all(lo <= hi for lo, hi in peaks) and max(hi for _, hi in peaks) > 0.01
 
 

@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ltx_demo import review
+from ltx_demo import ab_pair, review
 from ltx_demo.types import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -142,15 +142,15 @@ def waveform_svg(peaks: Sequence[tuple[float, float]], duration: float, fps: flo
 
 
 def compare_html(
-    a: review.VideoInfo,
-    b: review.VideoInfo,
+    a: ab_pair.VideoInfo,
+    b: ab_pair.VideoInfo,
     labels: tuple[str, str],
     peaks: Sequence[tuple[float, float]],
     notes: Sequence[str] = (),
     shown: tuple[Path, Path] | None = None,
 ) -> str:
     """Two videos on one timeline: play/pause, previous/next frame at the videos' fps, a scrubber, and the audio
-    waveform with a playhead. `shown` are the silent copies the videos play (review.video_only); the one sound track
+    waveform with a playhead. `shown` are the silent copies the videos play (ab_pair.video_only); the one sound track
     (A's, or B's after "hear B") plays from an <audio> element, the clock both videos follow (AB_SCRIPT)."""
     duration, fps = a.duration, a.fps
     shown = shown or (a.path, b.path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ltx_demo import results, review
+from ltx_demo import ab_pair, results, review
 from ltx_demo.types import GenerationResult, InvalidRequest
 from ltx_demo.ui.form import form_from_request
 from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
@@ -74,6 +74,11 @@ class ReviewPanel:
                             elem_id="compare-other",
                             interactive=False,
                         )
+                        self.reference_take_button = gr.Button(
+                            "Compare with the reference flow at the same seed",
+                            elem_id="compare-reference",
+                            interactive=False,
+                        )
                     with gr.Row():
                         self.use_a_button = gr.Button("Use as A", size="sm", elem_id="use-as-a", interactive=False)
                         self.use_b_button = gr.Button("Use as B", size="sm", elem_id="use-as-b", interactive=False)
@@ -129,6 +134,7 @@ class ReviewPanel:
             self.selected_panel,
             self.review_files,
             self.other_take_button,
+            self.reference_take_button,
             self.reuse_button,
             self.reproduce_button,
             self.use_a_button,
@@ -180,6 +186,7 @@ class ReviewPanel:
         entry = self.entry_or_error(path)
         self.pin(request, "selected", entry.video)
         other = review.other_quantization(entry.value("quantization"))
+        flow = review.other_flow(entry.value("flow"))
         return (
             str(entry.video),
             str(entry.video),
@@ -187,6 +194,7 @@ class ReviewPanel:
             selected_html(entry, verdict),
             [str(entry.video), str(entry.sidecar)],
             gr.update(value=f"Compare with {other} at the same seed", interactive=True),
+            gr.update(value=f"Compare with the {flow} flow at the same seed", interactive=True),
             *[gr.update(interactive=True)] * 4,  # reuse, reproduce, use as A, use as B: now there is a result
         )
 
@@ -234,7 +242,7 @@ class ReviewPanel:
         except InvalidRequest as exc:
             raise refuse(str(exc), "Cannot reproduce this result") from None
         result = run_job(self.controller, again, request)
-        difference = review.decoded_difference(entry.video, result.output)
+        difference = ab_pair.decoded_difference(entry.video, result.output)
         verdict = reproduce_verdict(entry, result.output, difference, notes)
         report = {"original": str(entry.video), "output": result.output, **difference, "notes": notes}
         return (*self.load_result(result.output, request, verdict), report)
@@ -248,16 +256,16 @@ class ReviewPanel:
             gr.Warning(message)
             return compare_message_html(message)
         try:
-            info_a, info_b = review.VideoInfo.probe(a.video), review.VideoInfo.probe(b.video)
+            info_a, info_b = ab_pair.VideoInfo.probe(a.video), ab_pair.VideoInfo.probe(b.video)
         except InvalidRequest as exc:
             return compare_message_html(str(exc))
-        reason = review.why_not_comparable(info_a, info_b)
+        reason = ab_pair.why_not_comparable(info_a, info_b)
         if reason:
             gr.Warning(reason, title="Cannot compare these two")
             return compare_message_html(reason)
         self.pin(request, "compare", a.video, b.video)
-        peaks = review.waveform(a.video, info_a.duration)
-        shown = (review.video_only(a.video), review.video_only(b.video))
+        peaks = ab_pair.waveform(a.video, info_a.duration)
+        shown = (ab_pair.video_only(a.video), ab_pair.video_only(b.video))
         return compare_html(info_a, info_b, (a.short_label(), b.short_label()), peaks, ab_notes(a, b), shown)
 
     def other_take(
@@ -271,14 +279,25 @@ class ReviewPanel:
         reason = self.engine.unavailable(other)
         if reason:
             raise refuse(f"{other} cannot run here: {reason}", "Cannot make the other take")
+        return self._take_and_compare(entry, request, f"The {other} take", quantization=other)
+
+    def reference_take(self, path: str | None, request: gr.Request):
+        """One click: the same request through the reference flow (ltx-pipelines' A2VidPipelineTwoStage exactly), or
+        through the fast flow for a reference result, then A/B them: what the speed-ups change, at the same seed."""
+        entry = self.entry_or_error(path)
+        flow = review.other_flow(entry.value("flow"))
+        return self._take_and_compare(entry, request, f"The {flow} flow's take", flow=flow)
+
+    def _take_and_compare(self, entry: review.HistoryEntry, request: gr.Request, what: str, **overrides):
+        """`entry` with `overrides` (reused from the history when it was made already), then the A/B view."""
         self.refuse_other_bundle(entry)
-        existing = review.find_take(self.history_entries(), entry, quantization=other)
+        existing = review.find_take(self.history_entries(), entry, **overrides)
         if existing is not None:
-            gr.Info(f"The {other} take is already in the history ({existing.video.name}): comparing with it.")
+            gr.Info(f"{what} is already in the history ({existing.video.name}): comparing with it.")
             b_path = str(existing.video)
         else:
             try:
-                again, _notes = review.reproduce_request(entry, quantization=other)
+                again, _notes = review.reproduce_request(entry, **overrides)
             except InvalidRequest as exc:
                 raise refuse(str(exc), "Cannot make the other take") from None
             b_path = run_job(self.controller, again, request).output
@@ -293,7 +312,7 @@ class ReviewPanel:
         out = results.export_path(self.engine.output_dir, a.video, b.video)
         labels = (f"A · {a.short_label()}", f"B · {b.short_label()}")
         try:
-            review.render_side_by_side(a.video, b.video, out, labels, review.pair_record(a, b))
+            ab_pair.render_side_by_side(a.video, b.video, out, labels, ab_pair.pair_record(a, b))
         except InvalidRequest as exc:
             raise refuse(str(exc), "Cannot export this pair") from None
         return [str(out)]
@@ -333,6 +352,15 @@ class ReviewPanel:
             show_progress="minimal",
         )
         other_take_event.success(self.show_history, self.selected_path, self.history_outputs, **quiet)
+        reference_take_event = self.reference_take_button.click(
+            self.reference_take,
+            self.selected_path,
+            [self.pick_a, self.pick_b, self.compare_view],
+            api_name="compare_reference_flow",
+            **GPU_JOB,
+            show_progress="minimal",
+        )
+        reference_take_event.success(self.show_history, self.selected_path, self.history_outputs, **quiet)
         self.use_a_button.click(
             lambda path: path, self.selected_path, self.pick_a, queue=False, api_visibility="private"
         )
@@ -355,5 +383,7 @@ class ReviewPanel:
             self.export_pair, [self.pick_a, self.pick_b], self.review_files, api_name="export_pair", concurrency_limit=2
         )
         # Cancel also drops a queued review job (the running one is stopped by the controller, per session).
-        cancel_button.click(None, None, None, cancels=[reproduce_event, other_take_event], queue=False)
+        cancel_button.click(
+            None, None, None, cancels=[reproduce_event, other_take_event, reference_take_event], queue=False
+        )
         gr.api(self.history_api, api_name="history")
