@@ -97,10 +97,6 @@ def _weight_bytes(
     Device bytes count only what the model keeps (the checkpoint's transformer prefix also matches the embeddings
     connectors, which the transformer drops); the host cache holds whatever each builder's sd_ops loaded.
     """
-    import json
-
-    import safetensors
-    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
 
     ledger = make_ledger(bundle, compute_dtype, torch.device("cpu"))
     itemsize = torch.empty((), dtype=compute_dtype).element_size()
@@ -159,17 +155,31 @@ def _weight_bytes(
         # host-cached keeps some models as built (specs): the host then holds what the device holds
         host += components[name] if model_spec.kept_as_built(config) else stored
     components["transformer_stage_2"] = components["transformer"]
-    lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
-    # fp8 configs keep the adapter in fp8 (plus one scale per row, < 0.3% at rank 384: not counted).
-    components["lora_adapter"] = sum(elements for _, elements, _ in lora) * (
-        1 if stores_fp8(quantization) else itemsize
-    )
-    components["lora_pairs"] = sum(elements * size(dtype) for _, elements, dtype in lora)  # as read, to fuse
+    components |= _lora_bytes(bundle, quantization, itemsize)
     host += components["lora_pairs"]
+    return tuple(components.items()), host, _transformer_width(bundle)
+
+
+def _lora_bytes(bundle: Bundle, quantization: Quantization, itemsize: int) -> dict[str, int]:
+    """The distilled LoRA as an adapter on the device (fp8 configs keep it in fp8, plus one scale per row, < 0.3% at
+    rank 384: not counted) and as the pairs read to fuse it."""
+    from ltx_core.loader import LTXV_LORA_COMFY_RENAMING_MAP
+
+    lora = _header_tensors([str(bundle.distilled_lora)], LTXV_LORA_COMFY_RENAMING_MAP)
+    adapter = sum(elements for _, elements, _ in lora) * (1 if stores_fp8(quantization) else itemsize)
+    pairs = sum(elements * torch.empty((), dtype=dtype).element_size() for _, elements, dtype in lora)
+    return {"lora_adapter": adapter, "lora_pairs": pairs}
+
+
+def _transformer_width(bundle: Bundle) -> int:
+    """Heads x head dim from the checkpoint's config metadata (LTX-2.3's 32 x 128 when it says nothing)."""
+    import json
+
+    import safetensors
+
     with safetensors.safe_open(str(bundle.checkpoint), framework="pt") as f:
         transformer_config = json.loads((f.metadata() or {}).get("config", "{}")).get("transformer", {})
-    width = transformer_config.get("num_attention_heads", 32) * transformer_config.get("attention_head_dim", 128)
-    return tuple(components.items()), host, width
+    return transformer_config.get("num_attention_heads", 32) * transformer_config.get("attention_head_dim", 128)
 
 
 def plan_residency(
