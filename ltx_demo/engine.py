@@ -23,13 +23,13 @@ import torch
 from ltx_demo import media, results, review
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
-from ltx_demo.pipeline import run_two_stage
+from ltx_demo.pipeline import run_two_stage, run_windows
 from ltx_demo.quantization import (
     default_text_encoder_quantization,
     text_encoder_unavailable_reason,
     unavailable_reason,
 )
-from ltx_demo.requests import check_request
+from ltx_demo.requests import check_request, window_frames_for
 from ltx_demo.residency import ModelConfig, ModelManager, estimate_memory, free_device_memory
 from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
@@ -48,6 +48,7 @@ from ltx_demo.types import (
     TextEncoderQuantization,
     VramSample,
 )
+from ltx_demo.windows import WindowPlan, plan_windows
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,18 @@ def device_free_bytes(device: torch.device) -> int:
     free, total = torch.cuda.mem_get_info(index)
     limit = int(torch.cuda.get_per_process_memory_fraction(index) * total) - torch.cuda.memory_reserved(index)
     return max(0, min(free, limit))
+
+
+def window_plan(request: GenerationRequest) -> WindowPlan:
+    """The request's windows: one for a clip, consecutive windows for a longer video (windows.plan_windows)."""
+    window = window_frames_for(request)
+    return plan_windows(request.num_frames, window, request.window_overlap_frames, request.seed)
+
+
+def clip_shape(request: GenerationRequest) -> tuple[int, int, int]:
+    """(width, height, frames) of the largest clip the flow renders at once: what memory estimates and peaks are
+    about (the windows of a long recording are rendered one at a time; their latents are small)."""
+    return request.width, request.height, window_plan(request).windows[0].frames
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:
@@ -236,7 +249,7 @@ class Engine:
         if config.residency is not Residency.AUTO:
             return config, ""
         budget, source = self._vram_budget(request.vram_budget_gib)
-        shape = (request.width, request.height, request.num_frames)
+        shape = clip_shape(request)
         try:
             plan = self.models.plan(config, shape, budget, source, host_available_bytes())
         except ValueError as exc:
@@ -266,8 +279,13 @@ class Engine:
                     with telemetry.phase("load:configure"):
                         config, residency_reason = self._model_config(request)
                         self.models.configure(config)  # releases what another config held, before building anything
+                    windows = window_plan(request)
                     with torch.inference_mode():
-                        clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+                        if len(windows.windows) == 1:
+                            clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+                        else:  # a long recording: consecutive windows in this one request
+                            args = (request, inputs, self.models, telemetry, on_progress, cancelled, windows)
+                            clip = run_windows(*args)
                 except Exception as exc:
                     failure = drop_frames(exc)  # so the release below frees this run's memory now
             if failure is not None:  # raised here, outside the except: nothing chains the failed frames
@@ -277,7 +295,7 @@ class Engine:
             on_progress(Progress("encode_mp4"))
             partial = work_dir / "output.mp4"
             with telemetry.phase("encode_mp4"):
-                record = self._provenance(request, config, clip.prompt_used)
+                record = self._provenance(request, config, clip.prompt_used, windows)
                 frames, audio = clip.frames.numpy(), clip.audio.numpy()
                 metadata = review.mp4_metadata(record)
                 media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata)
@@ -296,7 +314,7 @@ class Engine:
             self._current = None
             self._last = telemetry
         elapsed = telemetry.now()
-        self.models.record_peak(config, (request.width, request.height, request.num_frames), telemetry.peak_vram())
+        self.models.record_peak(config, clip_shape(request), telemetry.peak_vram())
         output = Path(request.output_path) if request.output_path else new_result_path(self.output_dir, request.seed)
         result = GenerationResult(
             output=str(output),
@@ -326,14 +344,18 @@ class Engine:
             stage_2_lora=clip.stage_2_lora,
             flow=config.flow.value,
             prompt_used=clip.prompt_used,
+            windows=tuple(windows.describe()) if len(windows.windows) > 1 else (),
             counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
         )
         self._publish(partial, output, result, record)
         on_progress(Progress("done"))
         return result
 
-    def _provenance(self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None = None) -> dict:
-        """What made this result, for the mp4's metadata and the sidecar; copies the inputs next to the outputs."""
+    def _provenance(
+        self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None, windows: WindowPlan
+    ) -> dict:
+        """What made this result, for the mp4's metadata and the sidecar; copies the inputs next to the outputs. A long
+        recording's windows (lengths, overlap, seeds) are recorded as ran; the request alone plans them again."""
         folder = Path(request.output_path).parent if request.output_path else self.output_dir
         ran = {
             "device": self._device_name(),
@@ -343,6 +365,7 @@ class Engine:
             "lora_mode": config.lora_mode.value,
             "flow": config.flow.value,
             **({"prompt_used": prompt_used} if prompt_used is not None else {}),
+            **({"windows": windows.describe()} if len(windows.windows) > 1 else {}),
         }
         return review.provenance(request, folder, bundle=self.bundle.describe(), ran=ran)
 
@@ -368,7 +391,7 @@ class Engine:
         on_host = "DefaultCPUAllocator" in error or self.device.type != "cuda"
         need = failed_allocation_bytes(error)
         if config is not None:
-            shape = (request.width, request.height, request.num_frames)
+            shape = clip_shape(request)
             try:
                 estimate = estimate_memory(self.bundle, config, shape, self.compute_dtype)
                 need = max(need or 0, estimate.peak(config.residency, config.lora_mode))

@@ -40,6 +40,13 @@ def frames_for_duration(seconds: float, frame_rate: int) -> int:
     return min(8 * k + 1, MAX_FRAMES)
 
 
+def frames_for_audio(seconds: float, frame_rate: int, window_frames: int = MAX_FRAMES) -> int:
+    """The video length for the whole of `seconds` of audio: round(seconds x fps) frames (within half a frame of the
+    audio) when that is longer than one window, so it runs in windows; else one clip (frames_for_duration)."""
+    whole = round(seconds * frame_rate)
+    return whole if whole > window_frames else min(frames_for_duration(seconds, frame_rate), window_frames)
+
+
 STOCK_IMAGE_MODES = ("RGB", "RGBA")  # what ltx-pipelines' decode_image (np.array(image)[..., :3]) reads as RGB
 EXIF_ORIENTATION = 0x0112
 

@@ -30,6 +30,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1
 FRAME_RATES = (24, 25, 30)
+MAX_VIDEO_SECONDS = 600.0  # the ceiling on max_video_seconds: the decoded frames are held in host memory
 
 # The whole-number fields, by the name their messages use.
 WHOLE_NUMBERS = {
@@ -41,6 +42,8 @@ WHOLE_NUMBERS = {
     "seed": "seed",
     "decode_tile_pixels": "decode tile size",
     "decode_tile_frames": "decode tile length",
+    "window_frames": "window length",
+    "window_overlap_frames": "window overlap",
 }
 MODES = {
     "quantization": Quantization,
@@ -58,6 +61,7 @@ OPTIONAL = (
     "audio_max_duration",
     "decode_tile_pixels",
     "decode_tile_frames",
+    "window_frames",
 )  # None: the device's default, the free memory
 
 
@@ -71,6 +75,10 @@ NUMBERS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "distilled_lora_strength": ("distilled LoRA strength {} must be a finite number, 0 or more", _finite_from_zero),
     "vram_budget_gib": ("VRAM budget {} GiB must be positive", lambda v: v > 0),
     "audio_max_duration": ("audio max duration {} s must be a positive number of seconds", lambda v: 0 < v < math.inf),
+    "max_video_seconds": (
+        f"max video length {{}} s must be a positive number of seconds, at most {MAX_VIDEO_SECONDS:.0f}",
+        lambda v: 0 < v <= MAX_VIDEO_SECONDS,
+    ),
     **{
         f.name: (f"{f.name.replace('_', ' ')} {{}} must be a finite number, 0 or more", _finite_from_zero)
         for f in dataclasses.fields(GuidanceParams)
@@ -105,12 +113,19 @@ def check_request(source: Fields, device: DeviceLimits | None = None) -> Generat
         raise InvalidRequest(f"seed {request.seed} must be between 0 and {MAX_SEED}")
     numbers = {
         name: getattr(request, name)
-        for name in ("audio_start", "distilled_lora_strength", "vram_budget_gib", "audio_max_duration")
+        for name in (
+            "audio_start",
+            "distilled_lora_strength",
+            "vram_budget_gib",
+            "audio_max_duration",
+            "max_video_seconds",
+        )
     }
     for name, value in (dataclasses.asdict(request.guidance) | numbers).items():
         message, holds = NUMBERS[name]
         if value is not None and not holds(value):
             raise InvalidRequest(message.format(value))
+    _check_windows(request)
     _check_tiling(request)
     _check_reference(request)
     if device is not None:
@@ -222,21 +237,71 @@ def _nearest(value: int, legal: list[int]) -> str:
     return "try " + " or ".join(str(v) for v in below + above)
 
 
+def window_frames_for(request: GenerationRequest) -> int:
+    """The most frames one window of this request holds: the one asked, else the frame cap at its size."""
+    return request.window_frames or max_frames_at(request.width, request.height)
+
+
+def is_windowed(request: GenerationRequest) -> bool:
+    """Whether the request's video is longer than one window (then it runs as consecutive windows)."""
+    return request.num_frames > window_frames_for(request)
+
+
 def _check_shape(request: GenerationRequest) -> None:
-    """Width and height multiples of 64, 8k+1 frames, and width x height x frames under the memory cap."""
+    """Width and height multiples of 64; one clip of 8k+1 frames under the memory cap, or a longer video of any
+    frame count in windows of 8k+1 frames under that cap (see _check_windows)."""
     for name, value in (("width", request.width), ("height", request.height)):
         if value % 64 or not MIN_SIDE <= value <= MAX_SIDE:
             what = "not a multiple of 64 between" if value % 64 else "not between"
             hint = _nearest(value, list(range(MIN_SIDE, MAX_SIDE + 1, 64)))
             raise InvalidRequest(f"{name} {value} is {what} {MIN_SIDE} and {MAX_SIDE}: {hint}")
+    if is_windowed(request):
+        return  # any frame count, in windows of 8k+1 (_check_windows)
     n = request.num_frames
     if n < 9 or (n - 1) % 8:
         hint = _nearest(n, legal_frame_counts(MAX_FRAMES + 8))
         raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES}): {hint}")
-    if n > MAX_FRAMES or request.width * request.height * n > MAX_PIXEL_FRAMES:
+
+
+def _check_windows(request: GenerationRequest) -> None:
+    """The window's length (8k+1, 17 to 257, under the memory cap at this size), its overlap (a multiple of 8 that
+    leaves each window at least 9 new frames) and the whole video's length (at most max_video_seconds)."""
+    size, cap = f"{request.width}x{request.height}", max_frames_at(request.width, request.height)
+    window = window_frames_for(request)
+    if request.window_frames is not None:
+        if window < 17 or (window - 1) % 8:
+            hint = _nearest(window, legal_frame_counts(MAX_FRAMES + 8)[1:])
+            raise InvalidRequest(f"window length {window} frames is not 8k+1 (17, 25, ... {MAX_FRAMES}): {hint}")
+        if window > cap or request.width * request.height * window > MAX_PIXEL_FRAMES:
+            raise InvalidRequest(
+                f"{size} with windows of {window} frames is over the cap: use windows of at most {cap} frames at "
+                "this size, or a smaller size"
+            )
+    overlap = request.window_overlap_frames
+    if request.num_frames <= window:
+        return  # one clip: the window fields have nothing to do
+    if overlap < 8 or overlap % 8 or window - overlap < 9:
         raise InvalidRequest(
-            f"{request.width}x{request.height} with {n} frames is over the cap: use at most "
-            f"{max_frames_at(request.width, request.height)} frames at this size, or a smaller size"
+            f"window overlap {overlap} frames must be a multiple of 8, at least 8 and at most {window - 9} "
+            f"(the window length {window} minus 9, so each window adds frames of its own)"
+        )
+    seconds = request.num_frames / request.frame_rate
+    if seconds > request.max_video_seconds:
+        most = math.floor(request.max_video_seconds * request.frame_rate)
+        raise InvalidRequest(
+            f"{request.num_frames} frames at {request.frame_rate} fps is {seconds:.2f} s: over the "
+            f"{request.max_video_seconds:g} s maximum video length; use at most {most} frames or raise the maximum "
+            f"(max video seconds, up to {MAX_VIDEO_SECONDS:.0f})"
+        )
+    if request.flow is Flow.REFERENCE:
+        raise InvalidRequest(
+            f"the reference flow renders one clip as A2VidPipelineTwoStage does (at most {window} frames here); "
+            "a longer video runs in windows on the fast flow"
+        )
+    if request.decode_tiling is DecodeTiling.OFF:
+        raise InvalidRequest(
+            f"decode tiling 'off' decodes all {request.num_frames} frames in one pass: a video longer than one window "
+            "needs the default tiling"
         )
 
 

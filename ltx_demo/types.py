@@ -102,6 +102,10 @@ class GenerationRequest:
     decode_tile_pixels: int | None = None  # spatial tile size for the default tiling (None: 512)
     decode_tile_frames: int | None = None  # temporal tile size for the default tiling (None: 64)
     batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
+    # Long recordings (num_frames over one window): consecutive windows, each continuing the one before in latent space.
+    window_frames: int | None = None  # most frames per window (8k+1); None: the frame cap at this size (257 at 768x512)
+    window_overlap_frames: int = 16  # frames each window after the first continues from (8 per latent frame)
+    max_video_seconds: float = 60.0  # the longest video a request may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,9 @@ class Progress:
     step: int | None = None
     total_steps: int | None = None
     message: str = ""
+    window: int | None = None  # 1-based, in a request of several windows
+    windows: int | None = None
+    eta_seconds: float | None = None  # for the whole request, once a denoising step has been timed
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,7 @@ class GenerationResult:
     counters: dict = field(default_factory=dict)  # e.g. transformer calls per stage, fp8 GEMM calls
     flow: str = "fast"  # what ran
     prompt_used: str | None = None  # the enhanced prompt, when enhance_prompt was asked
+    windows: tuple[dict, ...] = ()  # a long recording's windows (windows.Window.describe()); () for one clip
 
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
@@ -201,6 +209,7 @@ class GenerationResult:
             "resident_before": list(self.resident_before),
             "resident_after": list(self.resident_after),
             "bundle": self.bundle,
+            **({"windows": list(self.windows)} if self.windows else {}),
         }
 
 

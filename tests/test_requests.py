@@ -37,8 +37,8 @@ BAD_FIELDS = [  # (fields over GOOD, the message check_request must give)
     (dict(width=None), r"width is empty: enter a number"),
     (dict(steps="many"), r"steps 'many' is not a whole number"),
     (dict(num_frames=10), r"frame count 10 is not 8k\+1 \(9, 17, 25, ... 257\): try 9 or 17"),
-    (dict(num_frames=265), r"over the cap: use at most 257 frames"),
-    (dict(width=2048, height=2048), r"2048x2048 with 97 frames is over the cap: use at most 57 frames"),
+    (dict(num_frames=1441), r"1441 frames at 24 fps is 60.04 s: over the 60 s maximum video length"),  # windows
+    (dict(width=2048, height=2048, window_frames=97), r"2048x2048 with windows of 97 frames is over the cap: use wi"),
     (dict(frame_rate=23), r"frame rate 23 is not one of 24, 25, 30"),
     (dict(steps=0), r"steps 0 must be between 1 and 100"),
     (dict(seed=-1), r"seed -1 must be between 0 and 4294967295"),

@@ -182,15 +182,16 @@ CATALOGUE = (
         api_message=r"less than minimum value 9",
     ),
     Bad(
-        "frames over the cap",
-        r"over the cap: use at most 257 frames",
-        fields=dict(num_frames=265),
+        "frames over the maximum video length",  # a video longer than one window runs in windows, up to 60 s
+        r"1441 frames at 24 fps is 60.04 s: over the 60 s maximum video length",
+        fields=dict(num_frames=1441),
         api_message=r"greater than maximum value 257",
     ),
     Bad(
-        "frames over the cap at 2048x2048",
-        r"2048x2048 with 97 frames is over the cap: use at most 57 frames",
-        fields=dict(width=2048, height=2048, num_frames=97),
+        "windows over the cap at 2048x2048",
+        r"2048x2048 with windows of 97 frames is over the cap: use windows of at most 57 frames",
+        fields=dict(width=2048, height=2048, num_frames=97, window_frames=97),
+        api={},  # the page has no window length field (yet)
     ),
     # prompt, seed, steps, choices
     Bad("empty prompt", r"prompt is empty: describe the person and the scene", fields=dict(prompt="")),
@@ -421,5 +422,9 @@ def test_frame_cap_helpers_agree_with_the_check():
     for width, height in ((768, 512), (1280, 768), (2048, 2048), (1024, 1024)):
         cap = max_frames_at(width, height)
         check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap))
-        with pytest.raises(InvalidRequest, match=f"use at most {cap} frames"):
-            check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap + 8))
+        with pytest.raises(InvalidRequest, match=f"use windows of at most {cap} frames"):
+            check_request(
+                GenerationRequest("i", "a", "p", width=width, height=height, num_frames=300, window_frames=cap + 8)
+            )
+        longer = check_request(GenerationRequest("i", "a", "p", width=width, height=height, num_frames=cap + 8))
+        assert longer.num_frames == cap + 8  # longer than one window: runs in windows of at most `cap` frames
