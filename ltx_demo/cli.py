@@ -146,6 +146,18 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--decode-tile-pixels", type=int, default=None, help="spatial tile size (default: 512)")
     parser.add_argument("--decode-tile-frames", type=int, default=None, help="temporal tile length (default: 64)")
+    parser.add_argument(
+        "--whole-audio",
+        action="store_true",
+        help="a video as long as the audio from --audio-start (windows when longer than one; overrides --num-frames)",
+    )
+    parser.add_argument(
+        "--window-frames", type=int, default=None, help="most frames per window, 8k+1 (default: the frame cap, 257)"
+    )
+    parser.add_argument(
+        "--window-overlap-frames", type=int, default=16, help="frames each window continues from (a multiple of 8)"
+    )
+    parser.add_argument("--max-video-seconds", type=float, default=60.0, help="the longest video a request may ask")
     parser.add_argument("--output", default=None, help="mp4 path (default: a new file in --output-dir)")
 
 
@@ -166,17 +178,19 @@ class PhasePrinter:
     def __init__(self, stream: TextIO) -> None:
         self.stream, self.started = stream, time.perf_counter()
         self.phase: str | None = None  # the flow's phase (a load inside it does not end it)
-        self.step = 0
+        self.step = (0, 0)  # (window, step)
 
     def __call__(self, progress: Progress) -> None:
         if progress.phase.startswith("load:"):
             self._line(f"  loading {progress.phase.removeprefix('load:')}")
         elif progress.phase != self.phase:
-            self.phase, self.step = progress.phase, 0
+            self.phase, self.step = progress.phase, (0, 0)
             self._line("done" if progress.phase == "done" else progress.phase)
-        if progress.step and progress.total_steps and progress.step > self.step:
-            self.step = progress.step
-            self._line(f"  {progress.phase} step {progress.step}/{progress.total_steps}")
+        step = (progress.window or 0, progress.step or 0)  # a long recording's steps start again in each window
+        if progress.step and progress.total_steps and step > self.step:
+            self.step = step
+            window = f" ({progress.message})" if progress.window else ""
+            self._line(f"  {progress.phase} step {progress.step}/{progress.total_steps}{window}")
 
     def _line(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started:6.1f} s] {text}", file=self.stream, flush=True)
@@ -286,7 +300,17 @@ def request_from_args(args: argparse.Namespace):
         decode_tiling=args.decode_tiling,
         decode_tile_pixels=args.decode_tile_pixels,
         decode_tile_frames=args.decode_tile_frames,
+        window_frames=args.window_frames,
+        window_overlap_frames=args.window_overlap_frames,
+        max_video_seconds=args.max_video_seconds,
     )
+    if args.whole_audio:  # the video as long as the audio: frames_for_audio, in windows when longer than one
+        from ltx_demo import media
+        from ltx_demo.requests import window_frames_for
+
+        seconds = media.audio_duration(args.audio) - args.audio_start
+        window = window_frames_for(parse_request(fields))
+        fields["num_frames"] = media.frames_for_audio(seconds, args.frame_rate, window)
     return parse_request(fields)
 
 

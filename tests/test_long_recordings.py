@@ -224,3 +224,25 @@ def test_cancel_between_windows_publishes_nothing(tiny_bundle, tmp_path, voice):
         engine.generate(long_request(voice, num_frames=48), on_progress=on_progress, cancelled=lambda: bool(flag))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
+
+# -- the command line -------------------------------------------------------------------------------------------------
+def test_cli_whole_audio_runs_the_windows_and_prints_each(tmp_path, voice):
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from .test_ui import ROOT
+
+    run = subprocess.run(
+        [sys.executable, "-m", "ltx_demo", "generate", "--whole-audio", "--audio", str(voice), "--width", "64",
+         "--height", "64", "--window-frames", "17", "--window-overlap-frames", "8", "--steps", "2", "--seed", "7",
+         "--quantization", "bf16", "--output-dir", str(tmp_path / "out"), "--cold-start-cache-dir", "off"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["num_frames"] == 48 and [w["seed"] for w in summary["windows"]] == [7, 8, 9]
+    lines = [re.sub(r"^\[\s*[\d.]+ s\] ", "", line) for line in run.stderr.splitlines()]
+    stage_1 = [line for line in lines if line.startswith("  stage_1 step")]
+    assert len(stage_1) == 6 and "(window 3/3" in stage_1[-1], stage_1
