@@ -243,20 +243,22 @@ def result_html(result: GenerationResult) -> str:
         f'<span class="fact-value" data-fact="{name}">{html.escape(value)}</span></div>'
         for name, value in facts
     )
+    cuda = result.peak_vram_bytes is not None  # without CUDA the VRAM column would be all "—": left out
     rows = []
     for phase in sorted(result.phases, key=lambda p: p.started_at):
         nested = phase.name.startswith("load:") and phase.name != "load:configure"
         seconds = summary["phases"][phase.name]["seconds"]
+        vram = f'<td class="num vram">{gib(phase.peak_vram_bytes, 3)}</td>' if cuda else ""
         rows.append(
             f'<tr class="{"nested" if nested else ""}" data-phase="{html.escape(phase.name)}">'
             f'<td class="phase-name">{"↳ " if nested else ""}{html.escape(phase.name)}</td>'
             f'<td class="num">{phase.started_at:.3f}</td><td class="num seconds">{seconds:.3f}</td>'
-            f'<td class="num">{gib(phase.peak_vram_bytes, 3)}</td><td class="num">{gib(phase.peak_rss_bytes, 3)}'
-            "</td></tr>"
+            f'{vram}<td class="num rss">{gib(phase.peak_rss_bytes, 3)}</td></tr>'
         )
+    vram_head = "<th>peak VRAM (GiB)</th>" if cuda else ""
     table = (
         '<table class="phase-table"><thead><tr><th>phase</th><th>start (s)</th><th>wall time (s)</th>'
-        "<th>peak VRAM (GiB)</th><th>peak RSS (GiB)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        f"{vram_head}<th>peak RSS (GiB)</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     output = html.escape(result.output)
     return f'<div class="result" data-output="{output}"><div class="facts">{fact_rows}</div>{table}</div>'
