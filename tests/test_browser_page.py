@@ -136,6 +136,15 @@ def test_one_progress_line_names_the_phase_and_status_is_per_visitor(browser, li
         phase, peak = row.get_attribute("data-phase"), float(row.locator("td.rss").inner_text())
         inside = [s[7] / GIB for s in samples if s[1] == phase]
         assert not inside or peak >= max(inside) - 0.0015, (phase, peak, max(inside))
+    # 10: the plot's phase labels do not sit on each other.
+    labels = tab.locator("#memory-plot text.phase-label").evaluate_all(
+        "ts => ts.map(t => { const r = t.getBoundingClientRect(); return {left: r.left, top: r.top, right: r.right, "
+        "bottom: r.bottom, text: t.textContent}; })"
+    )
+    stacked = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :] if overlap(a, b)]
+    assert labels and not stacked, [
+        [(x["text"], *(round(x[k]) for k in ("left", "right", "top"))) for x in p] for p in stacked
+    ]
     # 10: on the CPU the table has no all-"—" VRAM column.
     assert "VRAM" not in tab.inner_text("#result-panel .phase-table thead") and not tab.locator("td.vram").count()
     # 5: the page does not jump: Generate stays where it was, the status line stays one line with models resident.

@@ -14,6 +14,8 @@ from ltx_demo.types import GIB, GenerationResult, VramSample
 READOUT_INTERVAL_S = 0.5  # the engine samples every 0.25 s; the panel redraws twice a second
 PHASE_COLORS = ("#6366f1", "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6", "#ec4899")
 LOAD_COLOR = "#94a3b8"
+# Phase labels over the plot (10px bold): a generous width per character and a row a line apart, so none overlap.
+LABEL_CHAR, LABEL_ROW = 6.4, 13
 
 
 def gib(num_bytes: int | None, digits: int = 2) -> str:
@@ -121,13 +123,13 @@ def memory_plot_html(samples: Sequence[VramSample], cuda: bool) -> str:
             f'<line class="phase-boundary" data-phase="{html.escape(phase)}" x1="{x0:.1f}" x2="{x0:.1f}" '
             f'y1="{top}" y2="{top + plot_h}" stroke="{color}" stroke-width="1" stroke-opacity="0.7"/>'
         )
-        text_x = min(x0 + 2, width - right - 5.6 * len(phase))  # keep the last labels inside the plot
+        text_x = min(x0 + 2, width - right - LABEL_CHAR * len(phase))  # keep the last labels inside the plot
         row = next((r for r, end_x in enumerate(label_rows) if end_x < text_x), None)
         if row is not None and not phase.startswith("load:") and phase not in labelled:
             labelled.add(phase)
-            label_rows[row] = text_x + 5.6 * len(phase) + 4
+            label_rows[row] = text_x + LABEL_CHAR * len(phase) + 6
             parts.append(
-                f'<text x="{text_x:.1f}" y="{top - 4 - 10 * row}" class="phase-label" fill="{color}">'
+                f'<text x="{text_x:.1f}" y="{top - 4 - LABEL_ROW * row}" class="phase-label" fill="{color}">'
                 f"{html.escape(phase)}</text>"
             )
     value = 0.0
