@@ -23,7 +23,7 @@ import torch
 from ltx_demo import media, results, review
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
-from ltx_demo.pipeline import run_two_stage, run_windows
+from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import (
     default_text_encoder_quantization,
     text_encoder_unavailable_reason,
@@ -48,6 +48,7 @@ from ltx_demo.types import (
     TextEncoderQuantization,
     VramSample,
 )
+from ltx_demo.windowed_flow import run_windows
 from ltx_demo.windows import WindowPlan, plan_windows
 
 logger = logging.getLogger(__name__)
