@@ -348,101 +348,133 @@ def engine_from_args(args: argparse.Namespace, **options):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    match args.command:
-        case "generate":
-            request = request_from_args(args)
-            engine = engine_from_args(args)
-            result = engine.generate(request, on_progress=PhasePrinter(sys.stderr))
-            print(json.dumps(result.summary(), indent=2))
-        case "make-bundle":
-            from ltx_demo.synthetic import make_bundle
+def _generate(args: argparse.Namespace) -> None:
+    """One generation: the JSON summary on stdout, the phases on stderr as they start."""
+    request = request_from_args(args)
+    engine = engine_from_args(args)
+    result = engine.generate(request, on_progress=PhasePrinter(sys.stderr))
+    print(json.dumps(result.summary(), indent=2))
 
-            bundle = make_bundle(Path(args.out), scale=args.scale, seed=args.seed)
-            print(json.dumps(bundle.describe() | {"out": str(args.out)}, indent=2))
-        case "check-bundle":
-            from ltx_demo.checkpoints import check_bundle
 
-            bundle = resolve_from_args(args)
-            checks = check_bundle(bundle)
-            ok = not any(c.problems for c in checks)
-            print(
-                json.dumps(
-                    {
-                        "ok": ok,
-                        "bundle": bundle.describe(),
-                        "components": {c.name: {"tensors": c.tensors, "problems": list(c.problems)} for c in checks},
-                    },
-                    indent=2,
-                )
-            )
-            if not ok:
-                problems = [f"{c.name}: {p}" for c in checks for p in c.problems]
-                raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
-        case "bench":
-            from ltx_demo import bench
+def _make_bundle(args: argparse.Namespace) -> None:
+    """A synthetic bundle in the real LTX-2 formats (tiny for CPU and tests, full for GPU benchmarks)."""
+    from ltx_demo.synthetic import make_bundle
 
-            engine = engine_from_args(args)
-            configs = [
-                bench.BenchConfig(
-                    width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on"
-                )
-                for batched in args.batch_guidance.split(",")
-                for quantization in args.quantization.split(",")
-                for residency in args.residency.split(",")
-                for width, height in bench.parse_resolutions(args.resolutions)
-            ]
-            results = bench.run_bench(
-                engine,
-                configs,
-                args.runs,
-                args.image,
-                args.audio,
-                args.prompt,
-                args.drop_page_cache,
-                bench.command_line(args.argv),
-            )
-            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-            print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
-        case "forward-bench":
-            from ltx_demo import bench, forward_bench
-            from ltx_demo.engine import compute_dtype_for, pick_device
+    bundle = make_bundle(Path(args.out), scale=args.scale, seed=args.seed)
+    print(json.dumps(bundle.describe() | {"out": str(args.out)}, indent=2))
 
-            device = pick_device(args.device)
-            bundle = resolve_from_args(args)
-            entries = forward_bench.run_forward_bench(
-                bundle,
-                device,
-                compute_dtype(args.compute_dtype) if args.compute_dtype else compute_dtype_for(device),
-                forward_bench.parse_shapes(args.shapes),
-                [Quantization(q) for q in args.quantization.split(",")],
-                args.warmup,
-                args.repeats,
-                cuda_graphs=args.cuda_graphs,
-            )
-            facts = bench.machine_facts(device) | {
-                "date": datetime.date.today().isoformat(),
-                "command": bench.command_line(args.argv),
+
+def _check_bundle(args: argparse.Namespace) -> None:
+    """Keys, shapes and config metadata of every component, from the headers; exits non-zero on a problem."""
+    from ltx_demo.checkpoints import check_bundle
+
+    bundle = resolve_from_args(args)
+    checks = check_bundle(bundle)
+    ok = not any(c.problems for c in checks)
+    print(
+        json.dumps(
+            {
+                "ok": ok,
                 "bundle": bundle.describe(),
-            }
-            Path(args.out).write_text(json.dumps({"forward": [facts | e for e in entries]}, indent=2) + "\n")
-            print(json.dumps({"out": args.out, "forward": len(entries)}))
-        case "fidelity":
-            from ltx_demo import bench, fidelity
+                "components": {c.name: {"tensors": c.tensors, "problems": list(c.problems)} for c in checks},
+            },
+            indent=2,
+        )
+    )
+    if not ok:
+        problems = [f"{c.name}: {p}" for c in checks for p in c.problems]
+        raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
 
-            args.command_line = bench.command_line(args.argv)
-            setup = fidelity.Setup.from_args(args, resolve_from_args(args), compute_dtype(args.compute_dtype or "bf16"))
-            data = fidelity.run_fidelity(setup)
-            Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
-            Path(args.markdown).write_text(fidelity.render_markdown(data))
-            print(json.dumps(fidelity.summary(data, Path(args.out), Path(args.markdown))))
-        case "bench-report":
-            from ltx_demo import bench
 
-            for path in args.results:
-                data = bench.merge_into(Path(args.into), json.loads(Path(path).read_text()))
-            Path(args.markdown).write_text(bench.render_markdown(data))
-            print(json.dumps({"into": args.into, "markdown": args.markdown, "configs": len(data["configs"])}))
+def _bench(args: argparse.Namespace) -> None:
+    """Configurations x runs through the engine -> a results JSON."""
+    from ltx_demo import bench
+
+    engine = engine_from_args(args)
+    configs = [
+        bench.BenchConfig(
+            width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on"
+        )
+        for batched in args.batch_guidance.split(",")
+        for quantization in args.quantization.split(",")
+        for residency in args.residency.split(",")
+        for width, height in bench.parse_resolutions(args.resolutions)
+    ]
+    results = bench.run_bench(
+        engine,
+        configs,
+        args.runs,
+        args.image,
+        args.audio,
+        args.prompt,
+        args.drop_page_cache,
+        bench.command_line(args.argv),
+    )
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
+
+
+def _forward_bench(args: argparse.Namespace) -> None:
+    """One transformer forward per shape x quantization -> a results JSON."""
+    from ltx_demo import bench, forward_bench
+    from ltx_demo.engine import compute_dtype_for, pick_device
+
+    device = pick_device(args.device)
+    bundle = resolve_from_args(args)
+    entries = forward_bench.run_forward_bench(
+        bundle,
+        device,
+        compute_dtype(args.compute_dtype) if args.compute_dtype else compute_dtype_for(device),
+        forward_bench.parse_shapes(args.shapes),
+        [Quantization(q) for q in args.quantization.split(",")],
+        args.warmup,
+        args.repeats,
+        cuda_graphs=args.cuda_graphs,
+    )
+    facts = bench.machine_facts(device) | {
+        "date": datetime.date.today().isoformat(),
+        "command": bench.command_line(args.argv),
+        "bundle": bundle.describe(),
+    }
+    Path(args.out).write_text(json.dumps({"forward": [facts | e for e in entries]}, indent=2) + "\n")
+    print(json.dumps({"out": args.out, "forward": len(entries)}))
+
+
+def _fidelity(args: argparse.Namespace) -> None:
+    """Each speed-up against the reference flow -> docs/fidelity.json and .md."""
+    from ltx_demo import bench, fidelity
+
+    args.command_line = bench.command_line(args.argv)
+    setup = fidelity.Setup.from_args(args, resolve_from_args(args), compute_dtype(args.compute_dtype or "bf16"))
+    data = fidelity.run_fidelity(setup)
+    Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+    Path(args.markdown).write_text(fidelity.render_markdown(data))
+    print(json.dumps(fidelity.summary(data, Path(args.out), Path(args.markdown))))
+
+
+def _bench_report(args: argparse.Namespace) -> None:
+    """Merge results JSONs into docs/benchmarks.json and redraw the markdown table."""
+    from ltx_demo import bench
+
+    for path in args.results:
+        data = bench.merge_into(Path(args.into), json.loads(Path(path).read_text()))
+    Path(args.markdown).write_text(bench.render_markdown(data))
+    print(json.dumps({"into": args.into, "markdown": args.markdown, "configs": len(data["configs"])}))
+
+
+COMMANDS = {
+    "generate": _generate,
+    "make-bundle": _make_bundle,
+    "check-bundle": _check_bundle,
+    "bench": _bench,
+    "forward-bench": _forward_bench,
+    "fidelity": _fidelity,
+    "bench-report": _bench_report,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    COMMANDS[args.command](args)
     return 0
 
 
