@@ -442,13 +442,13 @@ def _forward_bench(args: argparse.Namespace) -> None:
 
 def _fidelity(args: argparse.Namespace) -> None:
     """Each speed-up against the reference flow -> docs/fidelity.json and .md."""
-    from ltx_demo import bench, fidelity
+    from ltx_demo import bench, fidelity, fidelity_report
 
     args.command_line = bench.command_line(args.argv)
     setup = fidelity.Setup.from_args(args, resolve_from_args(args), compute_dtype(args.compute_dtype or "bf16"))
     data = fidelity.run_fidelity(setup)
     Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
-    Path(args.markdown).write_text(fidelity.render_markdown(data))
+    Path(args.markdown).write_text(fidelity_report.render_markdown(data))
     print(json.dumps(fidelity.summary(data, Path(args.out), Path(args.markdown))))
 
 

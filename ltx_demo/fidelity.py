@@ -15,22 +15,31 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ltx_demo import engine as engine_module
-from ltx_demo import media, requests
-from ltx_demo import pipeline as flow_module
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.engine import Engine
+from ltx_demo.fidelity_switches import (
+    batched_guidance,
+    cuda_graphs,
+    fp8_processor,
+    fp8_scaled_mm,
+    gemma_dropped_parts,
+    lanczos_portrait,
+    lora_adapter,
+    lora_fused_in_place,
+    nf4_gemma,
+    patched,
+    soundfile_audio,
+    stg_on_existing_block,
+)
 from ltx_demo.quantization import stores_fp8, text_encoder_unavailable_reason, unavailable_reason
-from ltx_demo.residency import ModelConfig, free_device_memory
-from ltx_demo.residency.builds import ModelBuilder
-from ltx_demo.residency.modes import PerRequest
-from ltx_demo.residency.specs import spec
-from ltx_demo.types import Flow, GenerationRequest, LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.residency import free_device_memory
+from ltx_demo.types import Flow, GenerationRequest, Quantization, Residency, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -58,140 +67,6 @@ def compare(clip, reference) -> dict:
         out[f"{name}_latent_rel_l2"] = float(f"{relative_l2(x, y):.3g}")
         out[f"{name}_latent_max_abs"] = float(f"{(x.float() - y.float()).abs().max():.4g}")
     return out
-
-
-# -- the switches: one fast-flow change inside the reference flow -------------------------------------------------
-@contextlib.contextmanager
-def patched(owner, name: str, value) -> Iterator[None]:
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
-
-
-def _config_with(**fields) -> contextlib.AbstractContextManager:
-    """The reference's ModelConfig with some fields as the fast flow sets them (LoRA mode, Gemma quantization)."""
-    model_config = Engine._model_config
-
-    def changed(self, request):
-        config, reason = model_config(self, request)
-        return dataclasses.replace(config, **fields), reason
-
-    return patched(Engine, "_model_config", changed)
-
-
-def _guidance_with(change: Callable) -> contextlib.AbstractContextManager:
-    guidance = flow_module.stage_1_guidance
-
-    def changed(request, transformer):
-        return change(transformer, *guidance(request, transformer))
-
-    return patched(flow_module, "stage_1_guidance", changed)
-
-
-def batched_guidance(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    from ltx_demo.guidance import batched_guider_denoising_func
-
-    return _guidance_with(lambda _t, params, _func: (params, batched_guider_denoising_func))
-
-
-def stg_on_existing_block(_setup: Setup, notes: list[str]) -> contextlib.AbstractContextManager:
-    """STG on the transformer's last block where LTX-2.3's block 28 does not exist (a synthetic transformer)."""
-    from ltx_demo.guidance import _stg_blocks
-
-    def move(transformer, params, func):
-        blocks = _stg_blocks(transformer, params.stg_blocks)
-        note = f"STG blocks {params.stg_blocks} -> {blocks}" if blocks != params.stg_blocks else (
-            f"block {params.stg_blocks} exists in this transformer: the fast flow perturbs the same block"
-        )  # fmt: skip
-        if note not in notes:
-            notes.append(note)
-        return dataclasses.replace(params, stg_blocks=blocks), func
-
-    return _guidance_with(move)
-
-
-def gemma_dropped_parts(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    from ltx_demo.text_path import drop_unused_gemma_parts_
-
-    build = ModelBuilder._text_encoder
-
-    def dropping(self, ledger):
-        text_encoder = build(self, ledger)
-        drop_unused_gemma_parts_(text_encoder)
-        return text_encoder
-
-    return patched(ModelBuilder, "_text_encoder", dropping)
-
-
-def nf4_gemma(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    return _config_with(text_encoder_quantization=TextEncoderQuantization.NF4)
-
-
-def fp8_processor(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    return patched(ModelConfig, "fp8_processor", property(lambda self: stores_fp8(self.quantization)))
-
-
-def lora_adapter(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    return _config_with(lora_mode=LoraMode.ADAPTER)
-
-
-@contextlib.contextmanager
-def lora_fused_in_place(setup: Setup, notes: list[str]) -> Iterator[None]:
-    """What cold-start and host-cached do on CUDA: the LoRA fused into the one transformer after stage 1. On CUDA the
-    mode decides (sm_89+ for fp8 weights); elsewhere it is forced, the way the CUDA default runs it."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(lora_adapter(setup, notes))
-        if setup.device.type != "cuda":
-            notes.append("forced on this CPU (the modes fuse in place on CUDA only)")
-            stack.enter_context(patched(PerRequest, "fuses_in_place", lambda self: True))
-        yield
-
-
-def fp8_scaled_mm(_setup: Setup, notes: list[str]) -> contextlib.AbstractContextManager:
-    """fp8-cast's fp8 weights multiplied in fp8 (torch._scaled_mm) instead of upcast per forward; the reference flow
-    refuses the project's kernel, so its check is lifted for this row."""
-    notes.append("--quantization fp8-scaled-mm, the reference's refusal of it lifted for this row")
-    return patched(requests, "_check_reference", lambda _request: None)
-
-
-def cuda_graphs(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    """The transformer blocks replayed as CUDA graphs (the engine's cuda_graphs, which only the fast flow applies)."""
-    from ltx_demo.cuda_graphs import GraphedBlocks
-
-    build = ModelBuilder.build
-
-    def graphed(self, name, label, obtain, past_registry=False):
-        model = build(self, name, label, obtain, past_registry)
-        if spec(name).is_transformer and self._graph_key is not None and self.config.flow is Flow.REFERENCE:
-            GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
-        return model
-
-    return patched(ModelBuilder, "build", graphed)
-
-
-def soundfile_audio(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    """media.prepare_audio's segment (soundfile, resampled to 48 kHz) instead of ltx-pipelines' PyAV reader."""
-
-    def read(request: GenerationRequest, _device):
-        audio, note = media.prepare_audio(
-            request.audio_path, request.audio_start, request.num_frames / request.frame_rate
-        )
-        return torch.from_numpy(audio), media.OUTPUT_SAMPLE_RATE, note
-
-    return patched(flow_module, "reference_audio", read)
-
-
-def lanczos_portrait(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
-    """The portrait fitted to W x H with LANCZOS first (the stock's bilinear crop/resize then only halves it)."""
-    prepare = media.prepare_image
-
-    def prepare_fitted(path, width, height, fit, out_path):
-        return prepare(path, width, height, media.ImageFit.CROP if fit is None else fit, out_path)
-
-    return patched(media, "prepare_image", prepare_fitted)
 
 
 # -- the rows -------------------------------------------------------------------------------------------------------
@@ -480,87 +355,6 @@ def run_fidelity(setup: Setup) -> dict:
         "reference": {r.value: {"seconds": round(t.seconds, 3), "ran": t.ran} for r, t in references.items()},
         "rows": rows,
     }
-
-
-# -- docs/fidelity.md -----------------------------------------------------------------------------------------------
-def _cell(value: float | None, digits: str = ".3g") -> str:
-    return "-" if value is None else format(value, digits)
-
-
-def render_markdown(data: dict) -> str:
-    shape = data["shape"]
-    machine = data["machine"]
-    synthetic = data["bundle"].get("synthetic")
-    lines = [
-        "# Fidelity: what each speed-up costs against the reference flow",
-        "",
-        f"`{data['command']}`",
-        "",
-        f"{data['date']}; {machine['card']} ({machine['device']}, {machine['cpu_threads']} CPU threads), torch "
-        f"{machine['torch']}; bundle: {'synthetic ' + str(data['bundle'].get('scale')) if synthetic else 'real'} "
-        f"({data['bundle'].get('root')}); {shape['width']}x{shape['height']}x{shape['num_frames']}, "
-        f"{shape['steps']} steps, seed {shape['seed']}; quantization {data['quantization']}, compute "
-        f"{data['compute_dtype']}.",
-        "",
-        "Each row switches ONE speed-up of the fast flow on inside the reference flow (`--flow reference`, "
-        "which renders ltx-pipelines' A2VidPipelineTwoStage bit for bit: the sanity row) and compares with the "
-        "reference flow at the same residency, inputs and seed; the last row is the fast default request as a "
-        "whole. Relative L2 error of the video latent after stage 1 and after stage 2 (`DecodedClip.stage_latents`), "
-        "PSNR of the decoded frames (before the mp4). Seconds saved: the reference's elapsed seconds minus the "
-        "variant's, each configuration run once to warm and then timed "
-        f"({data['timed_runs']} timed run(s), the fastest), in a fresh engine per row: "
-        "persistent rows time warm models, cold-start rows a warm page cache and the kept-as-built states.",
-        "",
-        "Random (synthetic) weights can exaggerate or hide errors: a random transformer amplifies or damps a small "
-        "change unlike the trained one, and the tiny bundle's seconds are milliseconds of noise. The command runs "
-        "unchanged on a real bundle (`--bundle DIR`, or the four path flags as for `generate`).",
-        "",
-        "| speed-up | seconds saved | stage-1 latent rel. error | final latent rel. error | PSNR vs reference | "
-        "how it ran |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in data["rows"]:
-        if row["status"] != "measured":
-            lines.append(f"| {row['speedup']} | - | - | - | - | {row['status']}: {row['reason']} |")
-            continue
-        ran = row["ran"]
-        how = [row["residency"] if ran["flow"] != "stock" else "stock pipeline, builds per call"]
-        if row["key"] == "stock":
-            how.append("vs the reference flow, cold-start")
-        if row["key"] == "default":
-            how.append(f"text encoder {ran['text_encoder_quantization']}, LoRA {ran['stage_2_lora']}")
-        elif ran.get("stage_2_lora") and row["key"].startswith("lora"):
-            how.append(f"LoRA {ran['stage_2_lora']}")
-        if row["identical"]:
-            how.append("identical frames and latents")
-        psnr_cell = "inf (identical)" if row["identical"] else f"{row['psnr_db']:.2f} dB"
-        lines.append(
-            f"| {row['speedup']} | {row['seconds_saved']:+.3f} | {_cell(row.get('stage_1_latent_rel_l2'))} | "
-            f"{_cell(row.get('final_latent_rel_l2'))} | {psnr_cell} | {'; '.join(how + row['notes'])} |"
-        )
-    reference = "; ".join(f"{mode} {ref['seconds']} s" for mode, ref in data["reference"].items())
-    lines += [
-        "",
-        f"The reference flow took {reference} (timed, warm). int8 (optimum-quanto) has no row: it is not offered "
-        "(docs/fidelity-int8.md).",
-        "",
-    ]
-    busiest = max([*machine.get("load_average", [0]), *(r.get("load_average", 0) for r in data["rows"])])
-    if busiest > (machine.get("cpu_cores") or 1):
-        lines += [
-            f"The machine was shared: its 1-minute load average reached {busiest} on {machine['cpu_cores']} cores "
-            "(other processes), so the seconds above are mostly noise; the errors and PSNR do not depend on it.",
-            "",
-        ]
-    if data["compute_dtype"] == "bfloat16" and data["machine"]["device"].startswith("cpu"):
-        lines += [
-            "bf16 compute on the CPU: the stock pipeline's dtype, so the reference equals it. The CPU default "
-            "(float32, its row above) is not rounding but other noise: on the CPU `torch.randn` draws 16+ float32 "
-            "values with another (vectorised) algorithm than bf16 ones, so the same seed gives another sample "
-            "(docs/fidelity-differences.md measures float32 with the noise drawn in bf16: 41.6 dB).",
-            "",
-        ]
-    return "\n".join(lines)
 
 
 def summary(data: dict, out: Path, markdown: Path) -> dict:
