@@ -135,6 +135,17 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunFacts:
+    """What a run decided before it made its clip: the config it ran, why (auto), its windows, what was held."""
+
+    config: ModelConfig
+    residency_reason: str
+    windows: WindowPlan
+    resident_before: tuple[str, ...]
+    scaled_mm_calls_before: int
+
+
 class Engine:
     def __init__(
         self,
@@ -314,13 +325,20 @@ class Engine:
             telemetry.stop_sampling()
             self._current = None
             self._last = telemetry
-        elapsed = telemetry.now()
         self.models.record_peak(config, clip_shape(request), telemetry.peak_vram())
         output = Path(request.output_path) if request.output_path else new_result_path(self.output_dir, request.seed)
-        result = GenerationResult(
+        ran = RunFacts(config, residency_reason, windows, resident_before, scaled_mm_calls_before)
+        result = self._result(request, inputs, clip, telemetry, output, ran)
+        self._publish(partial, output, result, record)
+        on_progress(Progress("done"))
+        return result
+
+    def _result(self, request, inputs, clip, telemetry: RunTelemetry, output: Path, ran: RunFacts) -> GenerationResult:
+        """What the run made and how (the summary the CLI prints and the API returns)."""
+        return GenerationResult(
             output=str(output),
             request=request,
-            elapsed_seconds=elapsed,
+            elapsed_seconds=telemetry.now(),
             peak_vram_bytes=telemetry.peak_vram(),
             peak_rss_bytes=telemetry.peak_rss(),
             width=request.width,
@@ -330,27 +348,24 @@ class Engine:
             seed=request.seed,
             quantization=request.quantization,
             compute_dtype=str(self.compute_dtype).removeprefix("torch."),
-            residency=config.residency.value,
+            residency=ran.config.residency.value,
             device=self._device_name(),
             synthetic=self.bundle.synthetic,
             audio_note=clip.audio_note or inputs.audio_note,
             phases=telemetry.phases(),
             samples=telemetry.samples_snapshot(),
-            resident_before=resident_before,
+            resident_before=ran.resident_before,
             resident_after=self.models.resident(),
             bundle=self.bundle.describe(),
-            residency_reason=residency_reason,
-            text_encoder_quantization=config.text_encoder_quantization.value,
-            lora_mode=config.lora_mode.value,
+            residency_reason=ran.residency_reason,
+            text_encoder_quantization=ran.config.text_encoder_quantization.value,
+            lora_mode=ran.config.lora_mode.value,
             stage_2_lora=clip.stage_2_lora,
-            flow=config.flow.value,
+            flow=ran.config.flow.value,
             prompt_used=clip.prompt_used,
-            windows=tuple(windows.describe()) if len(windows.windows) > 1 else (),
-            counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - scaled_mm_calls_before},
+            windows=tuple(ran.windows.describe()) if len(ran.windows.windows) > 1 else (),
+            counters=telemetry.counters | {"fp8_scaled_mm_calls": ScaledMMCounter.calls - ran.scaled_mm_calls_before},
         )
-        self._publish(partial, output, result, record)
-        on_progress(Progress("done"))
-        return result
 
     def _provenance(
         self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None, windows: WindowPlan
