@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ltx_demo.cli import DEFAULT_PROMPT, add_bundle_flags, engine_from_args
+from ltx_demo.cli_flags import DEFAULT_PROMPT, add_bundle_flags, engine_from_args
 
 if TYPE_CHECKING:
     import gradio as gr

@@ -144,7 +144,7 @@ def test_the_reference_portrait_is_read_as_ltx_pipelines_reads_it(tmp_path):
 
 
 def test_the_cli_selects_the_reference_flow_and_the_compute_dtype():
-    from ltx_demo.cli import build_parser, request_from_args
+    from ltx_demo.cli_flags import build_parser, request_from_args
 
     args = build_parser().parse_args(["generate", "--flow", "reference", "--compute-dtype", "bf16"])
     assert request_from_args(args).flow == "reference" and args.compute_dtype == "bf16"

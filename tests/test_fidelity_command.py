@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from ltx_demo import cli, fidelity
+from ltx_demo import cli, cli_flags, fidelity
 from tests.conftest import ASSETS
 
 # The two rows run (the others are listed as refused or not run): both against the reference flow in cold-start.
@@ -51,6 +51,6 @@ def test_the_fidelity_command_writes_a_row_per_speed_up_and_the_stock_row_is_ide
 
 
 def test_fidelity_only_names_rows_it_knows(tiny_bundle):
-    args = cli.build_parser().parse_args(["fidelity", "--only", "stock,warp_drive", "--device", "cpu"])
+    args = cli_flags.build_parser().parse_args(["fidelity", "--only", "stock,warp_drive", "--device", "cpu"])
     with pytest.raises(ValueError, match="unknown rows warp_drive"):
-        fidelity.Setup.from_args(args, tiny_bundle, cli.compute_dtype("bf16"))
+        fidelity.Setup.from_args(args, tiny_bundle, cli_flags.compute_dtype("bf16"))

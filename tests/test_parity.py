@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ltx_demo import media
-from ltx_demo.cli import build_parser, request_from_args
+from ltx_demo.cli_flags import build_parser, request_from_args
 from ltx_demo.engine import Engine
 from ltx_demo.pipeline import decode_tiling
 from ltx_demo.requests import check_request

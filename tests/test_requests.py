@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from ltx_demo import cli, review
+from ltx_demo import cli, cli_flags, review
 from ltx_demo.requests import check_request, parse_request, whole_number
 from ltx_demo.types import (
     GenerationRequest,
@@ -158,8 +158,8 @@ def test_an_old_sidecar_with_string_values_loads_as_the_typed_request():
 
 # -- the paths into the engine ---------------------------------------------------------------------------------------
 def test_the_cli_builds_the_typed_request_and_refuses_a_bad_one(tiny_bundle, tmp_path, capsys):
-    args = cli.build_parser().parse_args(["generate", "--quantization", "bf16", "--lora-mode", "fused"])
-    request = cli.request_from_args(args)
+    args = cli_flags.build_parser().parse_args(["generate", "--quantization", "bf16", "--lora-mode", "fused"])
+    request = cli_flags.request_from_args(args)
     assert request.quantization is Quantization.BF16 and request.lora_mode is LoraMode.FUSED
     assert request.image_fit is ImageFit.CROP and request.text_encoder_quantization is None
     flags = ["--bundle", str(tiny_bundle.root), "--output-dir", str(tmp_path), "--device", "cpu"]
