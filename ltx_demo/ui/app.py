@@ -13,7 +13,14 @@ from pathlib import Path
 import gradio as gr
 
 from ltx_demo.types import GenerationResult, InvalidRequest
-from ltx_demo.ui.form import Preset, disabled_options_css, form_handler, request_from_form, small_portrait_note
+from ltx_demo.ui.form import (
+    Preset,
+    disabled_options_css,
+    form_handler,
+    record_pace,
+    request_from_form,
+    small_portrait_note,
+)
 from ltx_demo.ui.form_panel import FormDefaults, build_form
 from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
 from ltx_demo.ui.readouts import (
@@ -80,6 +87,7 @@ class RunHandlers:
         if blur := small_portrait_note(generation.image_path):
             gr.Warning(f"The portrait is {blur}.", title="Small portrait")
         result = run_job(self.controller, generation, request)
+        record_pace(result)  # the match note's rough time for the next long recording
         if "padded" in result.audio_note:  # the clip is longer than the audio: say so where it is seen
             gr.Warning(f"The audio is shorter than the video. Audio: {result.audio_note}.", title="Audio padded")
         return result.output, api_summary(result), result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import secrets
 import tempfile
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from ltx_demo.requests import (
     whole_number,
 )
 from ltx_demo.types import GenerationRequest, ImageFit, InvalidRequest, Quantization
+from ltx_demo.windows import plan_windows
 
 CUSTOM = "custom"
 RESOLUTIONS = (  # short labels: the seven fit in two rows of a half-width column
@@ -208,15 +210,62 @@ def resolve_resolution(choice: str, width: Any, height: Any) -> tuple[int, int]:
     return w, h
 
 
-def matched_frames(audio_path: str, audio_start: float, frame_rate: int, width: int, height: int) -> tuple[int, float]:
-    """'Match audio length': the largest legal frame count the audio from the offset covers, and that audio's length."""
+DEFAULT_OVERLAP = GenerationRequest.__dataclass_fields__["window_overlap_frames"].default
+DEFAULT_MAX_VIDEO_SECONDS = GenerationRequest.__dataclass_fields__["max_video_seconds"].default
+LAST_PACE: dict[str, Any] = {}  # the last finished run's seconds per frame (this process), for the match note
+
+
+def record_pace(result: Any) -> None:
+    """Keep the finished run's seconds per frame (its size and steps too): the match note's rough time."""
+    request = result.request
+    if request.num_frames > 0 and result.elapsed_seconds > 0:
+        LAST_PACE.update(
+            seconds_per_frame=result.elapsed_seconds / request.num_frames,
+            size=f"{request.width}×{request.height}",
+            steps=request.steps,
+        )
+
+
+def matched_frames(
+    audio_path: str,
+    audio_start: float,
+    frame_rate: int,
+    width: int,
+    height: int,
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
+) -> tuple[int, float]:
+    """'Match audio length': the frames the audio from the offset covers, and that audio's length. Up to one window
+    the largest legal clip (8k+1); longer, the whole audio (media.frames_for_audio, as the CLI's --whole-audio),
+    run in windows, cut to max_video_seconds."""
     total = media.audio_duration(audio_path)
     if total <= 0:
         raise InvalidRequest("the audio clip is empty (zero length): upload one with speech")
     remaining = total - float(audio_start or 0)
     if remaining <= 0:
         raise InvalidRequest(f"audio start {audio_start} s is at or past the clip's end: lower the start offset")
-    return min(media.frames_for_duration(remaining, frame_rate), max_frames_at(width, height)), remaining
+    window = max_frames_at(width, height)
+    frames = media.frames_for_audio(remaining, frame_rate, window)
+    if frames > window:
+        frames = min(frames, math.floor(max_video_seconds * frame_rate))
+    return frames, remaining
+
+
+def long_match_note(frames: int, covered: float, frame_rate: int, width: int, height: int) -> str:
+    """The match note for audio longer than one window: frames, windows, any cut, and a rough time."""
+    window = max_frames_at(width, height)
+    count = len(plan_windows(frames, window, DEFAULT_OVERLAP, 0).windows)
+    note = f"{covered:.1f} s of audio → {frames} frames in {count} windows of up to {window} frames"
+    if covered * frame_rate > frames + 0.5:
+        note += f" · ⚠ cut to the first {frames / frame_rate:.1f} s (at most {DEFAULT_MAX_VIDEO_SECONDS:g} s of video)"
+    if LAST_PACE:
+        seconds = LAST_PACE["seconds_per_frame"] * frames
+        note += (
+            f" · roughly {seconds:.0f} s at the last run's pace ({LAST_PACE['seconds_per_frame']:.2f} s per frame "
+            f"at {LAST_PACE['size']}, {LAST_PACE['steps']} steps)"
+        )
+    else:
+        note += " · no time estimate yet (one comes after the first run)"
+    return note + " · the slider shows one window"
 
 
 def fit_preview(image_path: str, width: int, height: int, fit: str) -> tuple[Image.Image, str]:
@@ -315,6 +364,8 @@ def sync_frames(
         frames, covered = matched_frames(audio, audio_start or 0.0, int(frame_rate), w, h)
     except InvalidRequest as exc:
         return gr.update(maximum=cap), f"⚠ {exc}"
+    if frames > cap:  # longer than one window: the request gets the whole count (request_from_form), in windows
+        return gr.update(value=cap, maximum=cap), long_match_note(frames, covered, int(frame_rate), w, h)
     note = f"audio from {audio_start or 0:.2f} s lasts {covered:.2f} s{limit}"
     return gr.update(value=frames, maximum=cap), note
 
