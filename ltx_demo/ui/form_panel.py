@@ -111,21 +111,48 @@ def build_form(defaults: FormDefaults) -> Form:
     """Sections 1 and 2 (portrait, voice, prompt; video and weights), inside the caller's column. The first view is
     computed here, not by page-load events: a load event's late reply could overwrite what a visitor has already
     changed (it is not ordered with the change events)."""
-    presets, first = defaults.presets, (defaults.presets[0] if defaults.presets else None)
-    first_resolution = first.resolution if first else DEFAULT_RESOLUTION
-    first_image, first_audio = (str(first.image), str(first.audio)) if first else (None, None)
-    first_preview, first_fit_note = preview_fit(first_image, first_resolution, 768, 512, ImageFit.CROP.value)
-    first_slider, first_match_note = sync_frames(first_audio, 0.0, FRAME_RATES[0], True, first_resolution, 768, 512)
-    first_frames = first_slider.get("value", 97)
-    guidance = GuidanceParams()
+    view = FirstView.of(defaults)
     c: dict[str, Any] = {}
     extras: dict[str, Any] = {}
+    _inputs_section(defaults, view, c, extras)
+    _video_section(view, c, extras)
+    _weights_section(defaults, c)
+    _advanced_section(defaults, c)
+    return Form(c, extras)
 
+
+@dataclass(frozen=True, slots=True)
+class FirstView:
+    """What the form shows before a visitor touches it: the first preset's inputs and the notes they give."""
+
+    image: str | None
+    audio: str | None
+    prompt: str
+    resolution: str
+    preview: Any
+    fit_note: str
+    frames: int
+    match_note: str
+
+    @classmethod
+    def of(cls, defaults: FormDefaults) -> FirstView:
+        first = defaults.presets[0] if defaults.presets else None
+        resolution = first.resolution if first else DEFAULT_RESOLUTION
+        image, audio = (str(first.image), str(first.audio)) if first else (None, None)
+        preview, fit_note = preview_fit(image, resolution, 768, 512, ImageFit.CROP.value)
+        slider, match_note = sync_frames(audio, 0.0, FRAME_RATES[0], True, resolution, 768, 512)
+        prompt = first.prompt if first else defaults.prompt
+        return cls(image, audio, prompt, resolution, preview, fit_note, slider.get("value", 97), match_note)
+
+
+def _inputs_section(defaults: FormDefaults, view: FirstView, c: dict, extras: dict) -> None:
+    """Section 1: portrait (and what the model sees), voice, prompt, the presets; the resolution and fit controls
+    are made here for the presets and rendered in section 2."""
     gr.Markdown("### 1 · Portrait, voice and prompt", elem_classes="section-title")
     with gr.Row():
         c["image"] = pass_unreadable_files_on(
             gr.Image(
-                value=first_image,
+                value=view.image,
                 type="filepath",
                 image_mode=None,
                 sources=["upload", "webcam", "clipboard"],
@@ -135,7 +162,7 @@ def build_form(defaults: FormDefaults) -> Form:
             )
         )
         extras["preview"] = gr.Image(
-            first_preview,
+            view.preview,
             label="What the model sees",
             interactive=False,
             elem_id="fit-preview",
@@ -143,18 +170,18 @@ def build_form(defaults: FormDefaults) -> Form:
             buttons=[],
             format="png",
         )
-    extras["fit_note"] = gr.Markdown(first_fit_note, elem_id="fit-note")
+    extras["fit_note"] = gr.Markdown(view.fit_note, elem_id="fit-note")
     c["audio"] = gr.Audio(
-        value=first_audio,
+        value=view.audio,
         type="filepath",
         format=None,
         sources=["upload", "microphone"],
         label="Voice (upload or record: WAV, MP3, FLAC, OGG, M4A)",
         elem_id="audio",
     )
-    extras["audio_note"] = gr.Markdown(describe_audio(first_audio), elem_id="audio-note")
+    extras["audio_note"] = gr.Markdown(describe_audio(view.audio), elem_id="audio-note")
     c["prompt"] = gr.Textbox(
-        first.prompt if first else defaults.prompt,
+        view.prompt,
         label="Prompt",
         lines=3,
         max_lines=4,
@@ -167,7 +194,7 @@ def build_form(defaults: FormDefaults) -> Form:
         )
     c["resolution"] = gr.Radio(
         RESOLUTIONS,
-        value=first_resolution,
+        value=view.resolution,
         label="Resolution (W × H; portrait when H > W)",
         elem_id="resolution",
         render=False,
@@ -180,7 +207,7 @@ def build_form(defaults: FormDefaults) -> Form:
         elem_id="image-fit",
         info="crop fills; pad keeps all",
     )
-    if presets:
+    if presets := defaults.presets:
         gr.Examples(
             [[str(p.image), str(p.audio), p.prompt, p.resolution, ImageFit.CROP.value] for p in presets],
             inputs=[c["image"], c["audio"], c["prompt"], c["resolution"], c["image_fit"]],
@@ -190,6 +217,9 @@ def build_form(defaults: FormDefaults) -> Form:
             elem_id="presets",
         )
 
+
+def _video_section(view: FirstView, c: dict, extras: dict) -> None:
+    """Section 2: resolution, fit, frame rate, frames (matched to the audio), seed and steps."""
     gr.Markdown("### 2 · Video", elem_classes="section-title")
     c["resolution"].render()
     with gr.Row(visible=False) as extras["custom_row"]:
@@ -209,11 +239,11 @@ def build_form(defaults: FormDefaults) -> Form:
         )
         c["audio_start"] = gr.Number(0.0, label="Audio start offset (s)", minimum=0, step=0.1, elem_id="audio-start")
     c["num_frames"] = gr.Slider(
-        9, MAX_FRAMES, value=first_frames, step=8, label="Frames (8k+1)", interactive=True, elem_id="frames"
+        9, MAX_FRAMES, value=view.frames, step=8, label="Frames (8k+1)", interactive=True, elem_id="frames"
     )
     with gr.Row():
-        extras["duration_note"] = gr.Markdown(describe_frames(first_frames, FRAME_RATES[0]), elem_id="duration-note")
-        extras["match_note"] = gr.Markdown(first_match_note, elem_id="match-note")
+        extras["duration_note"] = gr.Markdown(describe_frames(view.frames, FRAME_RATES[0]), elem_id="duration-note")
+        extras["match_note"] = gr.Markdown(view.match_note, elem_id="match-note")
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(
             DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed", scale=1
@@ -228,6 +258,10 @@ def build_form(defaults: FormDefaults) -> Form:
             elem_id="steps",
             scale=2,
         )
+
+
+def _weights_section(defaults: FormDefaults, c: dict) -> None:
+    """Transformer weights and residency (what cannot run here is greyed out)."""
     blocked = " Greyed out: cannot run here (see Advanced)." if defaults.unavailable else ""
     with gr.Row():
         c["quantization"] = gr.Radio(
@@ -244,6 +278,11 @@ def build_form(defaults: FormDefaults) -> Form:
             elem_id="residency",
             info="where the models wait between runs",
         )
+
+
+def _advanced_section(defaults: FormDefaults, c: dict) -> None:
+    """The accordion: VRAM budget, guidance, LoRA strength, flow, decoder tiling, enhancement, audio max duration."""
+    guidance = GuidanceParams()
     with gr.Accordion("Advanced: VRAM budget, guidance, notes", open=False):
         c["vram_budget_gib"] = gr.Number(
             value=0,
@@ -288,4 +327,3 @@ def build_form(defaults: FormDefaults) -> Form:
         notes += [RESIDENCY_NOTES.get(r.value, r.value) for r in Residency]
         notes += [f"{name} cannot run here: {reason}." for name, reason in defaults.unavailable.items()]
         gr.Markdown("\n".join(f"- {note}" for note in notes), elem_id="option-notes")
-    return Form(c, extras)
