@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -18,16 +17,12 @@ import torch
 
 from ltx_demo.checkpoints import resolve_bundle
 from ltx_demo.engine import Engine
+from ltx_demo.fidelity import psnr
 from ltx_demo.stock_pipeline import run_stock_a2v
 from ltx_demo.types import GenerationRequest, Quantization
 
 IMAGE, AUDIO = "assets/astronaut.png", "assets/speech_hello.wav"
 PROMPT = "A woman astronaut speaks calmly to the camera."
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.double() - b.double()) ** 2).mean().item()
-    return math.inf if mse == 0 else round(10 * math.log10(255.0**2 / mse), 2)
 
 
 def compare(clip, stock) -> dict:
@@ -36,7 +31,7 @@ def compare(clip, stock) -> dict:
     ]
     return {
         "identical_frames": bool(torch.equal(clip.frames, stock.frames)),
-        "psnr_db": psnr(clip.frames, stock.frames),
+        "psnr_db": round(psnr(clip.frames, stock.frames), 2),
         "max_abs_pixel": int((clip.frames.int() - stock.frames.int()).abs().max()),
         "stage_1_latent_max_abs": latents[0] if latents else None,
         "final_latent_max_abs": latents[1] if len(latents) > 1 else None,

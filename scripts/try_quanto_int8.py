@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import tempfile
 import time
@@ -28,6 +27,7 @@ import torch
 
 from ltx_demo.checkpoints import Bundle, embedded_bundle
 from ltx_demo.engine import Engine
+from ltx_demo.fidelity import psnr
 from ltx_demo.types import GenerationRequest, Quantization, Residency
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -39,11 +39,6 @@ def decoded(path: str) -> torch.Tensor:
 
     with av.open(path) as container:
         return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)])
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.double() - b.double()) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def aliased_modules(velocity: torch.nn.Module) -> list[str]:

@@ -4,8 +4,6 @@ docs/fidelity-differences.md. Both sides compute in bf16, the stock pipeline's d
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import soundfile
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 from ltx_demo.engine import Engine
+from ltx_demo.fidelity import psnr
 from ltx_demo.stock_pipeline import run_stock_a2v
 from ltx_demo.types import GenerationRequest, InvalidRequest, Quantization
 from tests.conftest import ASSETS
@@ -28,11 +27,6 @@ FAST_MIN_PSNR_DB, FAST_MAX_STAGE_1, FAST_MAX_FINAL = 36.0, 1.5, 0.5
 
 def request(**fields) -> GenerationRequest:
     return GenerationRequest(**(dict(image_path=IMAGE, audio_path=AUDIO, prompt=PROMPT) | SHAPE | fields))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.double() - b.double()) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")
