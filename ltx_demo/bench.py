@@ -11,6 +11,8 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ import av
 import numpy as np
 
 from ltx_demo.engine import Engine
-from ltx_demo.residency import MODEL_SPECS
+from ltx_demo.residency import MODEL_SPECS, free_device_memory
+from ltx_demo.roofline import render_roofline
 from ltx_demo.types import GenerationRequest, to_gib
 
 logger = logging.getLogger(__name__)
@@ -168,7 +171,10 @@ def run_bench(
     prompt: str,
     drop_cache: bool,
     command: str,
+    baseline_runs: int = 0,
 ) -> dict:
+    """Every configuration `runs` times through the engine; then, with `baseline_runs`, ltx-pipelines' own
+    A2VidPipelineTwoStage at each shape in the same process (the `x stock` column of the table)."""
     facts = machine_facts(engine.device)
     today = datetime.date.today().isoformat()
     results = []
@@ -197,7 +203,66 @@ def run_bench(
         entry["identical_outputs"] = len(hashes) == 1 if hashes else None
         results.append(entry)
         print(json.dumps(entry), file=sys.stderr, flush=True)  # progress for a long run; stdout is the result
-    return {"configs": results}
+    baselines = []
+    shapes = {(c.width, c.height, c.num_frames, c.steps, c.seed): c for c in configs}
+    for config in shapes.values() if baseline_runs else ():
+        baselines.append(run_stock_baseline(engine, config, baseline_runs, image, audio, prompt, command))
+        print(json.dumps(baselines[-1]), file=sys.stderr, flush=True)
+    return {"configs": results, "baseline": baselines}
+
+
+def run_stock_baseline(
+    engine: Engine, config: BenchConfig, runs: int, image: str, audio: str, prompt: str, command: str
+) -> dict:
+    """ltx-pipelines' A2VidPipelineTwoStage (fp8_cast, as its CLI builds it: every model per call) at `config`'s
+    shape on the engine's bundle and device, `runs` times, after the engine let go of everything it held."""
+    import torch
+
+    from ltx_demo import media
+    from ltx_demo.stock_pipeline import run_stock_a2v
+    from ltx_demo.types import Quantization
+
+    engine.models.release_all()
+    free_device_memory(engine.device)
+    entry = {
+        "resolution": config.resolution,
+        "num_frames": config.num_frames,
+        "steps": config.steps,
+        "seed": config.seed,
+        "quantization": "fp8-cast",
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "bundle": engine.bundle.describe(),
+        **machine_facts(engine.device),
+        "runs": [],
+    }
+    cuda = engine.device.type == "cuda"
+    for _ in range(runs):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(engine.device)
+        started = time.perf_counter()
+        stock = run_stock_a2v(
+            engine.bundle, image=image, audio=audio, prompt=prompt, width=config.width, height=config.height,
+            num_frames=config.num_frames, steps=config.steps, seed=config.seed, quantization=Quantization.FP8_CAST,
+            device=engine.device,
+        )  # fmt: skip
+        if cuda:
+            torch.cuda.synchronize(engine.device)
+        elapsed = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            mp4 = Path(tmp) / "stock.mp4"
+            media.write_mp4(stock.frames.numpy(), stock.audio.numpy(), stock.sample_rate, 24, mp4)
+            digest = output_hash(str(mp4))
+        entry["runs"].append({
+            "elapsed_seconds": round(elapsed, 3),
+            "peak_vram_gib": to_gib(torch.cuda.max_memory_allocated(engine.device)) if cuda else None,
+            "output_hash": digest,
+        })  # fmt: skip
+        del stock
+        free_device_memory(engine.device)
+        logger.info("stock %s: %.1f s", config.resolution, elapsed)
+    entry["identical_outputs"] = len({r["output_hash"] for r in entry["runs"]}) == 1
+    return entry
 
 
 def merge_into(benchmarks: Path, new: dict) -> dict:
@@ -232,6 +297,17 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
             page_cache(c),
         )
 
+    if new.get("baseline"):
+
+        def baseline_key(b: dict) -> tuple:
+            return (b["resolution"], b["num_frames"], b["steps"], b.get("card"), b["command"])
+
+        fresh = {baseline_key(b) for b in new["baseline"]}
+        data["baseline"] = [b for b in data.get("baseline", []) if baseline_key(b) not in fresh] + new["baseline"]
+    if new.get("roofline"):
+        fresh = {(r["resolution"], r["num_frames"], r.get("card")) for r in new["roofline"]}
+        kept = [r for r in data.get("roofline", []) if (r["resolution"], r["num_frames"], r.get("card")) not in fresh]
+        data["roofline"] = kept + new["roofline"]
     replaced = {key(c) for c in new.get("configs", [])}
     data["configs"] = [c for c in data["configs"] if key(c) not in replaced] + new.get("configs", [])
     benchmarks.write_text(json.dumps(data, indent=2) + "\n")
@@ -258,8 +334,9 @@ def render_markdown(data: dict) -> str:
         "Elapsed: the first run (it builds the models) and the mean of the later runs (persistent: models resident).",
         "",
         "| resolution | frames | steps | quantization | residency | variant | card | bundle | runs | first s | later s "
-        "| peak VRAM GiB | device peak GiB | resident GiB | identical outputs | seed elapsed s | seed peak GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak VRAM GiB | device peak GiB | resident GiB | identical outputs | x stock (same run) | seed elapsed s "
+        "| seed peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"persistent": 0, "cold-start": 1, "host-cached": 2, "auto": 3}
     data = {
@@ -286,6 +363,7 @@ def render_markdown(data: dict) -> str:
             f"| {c.get('card')} | {scale} | {len(c['runs'])} | {first} | {later} "
             f"| {_mean([r['peak_vram_gib'] for r in runs])} | {_mean([r['device_peak_gib'] for r in runs])} "
             f"| {_mean([r['resident_gib'] for r in runs])} | {c.get('identical_outputs')} "
+            f"| {stock_ratio(data.get('baseline', []), c, later)} "
             f"| {seed[0] if seed[0] is not None else '-'} | {seed[1] if seed[1] is not None else '-'} |"
         )
     lines += ["", "Per-phase seconds (mean over runs; load = every model build, first run only when persistent):", ""]
@@ -307,15 +385,60 @@ def render_markdown(data: dict) -> str:
             f"{f', page cache {page_cache(c)}' if page_cache(c) else ''} ({c.get('card')}) "
             f"| {load} | " + " | ".join(str(x) for x in cells) + " |"
         )
+    lines += render_baseline_table(data.get("baseline", []))
     lines += render_forward_table(data.get("forward", []))
+    lines += render_roofline(data)
     if data.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
-    measured = data["configs"] + data.get("forward", [])
+    measured = data["configs"] + data.get("forward", []) + data.get("baseline", [])
     commands = sorted({c["command"] for c in measured})
     lines += ["", "Commands:", ""] + [
         f"- `{cmd}` ({', '.join(sorted({c['date'] for c in measured if c['command'] == cmd}))})" for cmd in commands
     ]
     return "\n".join(lines) + "\n"
+
+
+def _same_run(baseline: dict, config: dict) -> bool:
+    keys = ("resolution", "num_frames", "steps", "card", "command")
+    return all(baseline.get(k) == config.get(k) for k in keys)
+
+
+def _later_seconds(runs: list[dict]) -> float | None:
+    """The mean of the runs after the first (the first builds or warms), or the one run."""
+    later = runs[1:] or runs
+    return _mean([r.get("elapsed_seconds") for r in later])
+
+
+def stock_ratio(baselines: list[dict], config: dict, later) -> str:
+    """How many times faster than A2VidPipelineTwoStage timed in the same bench command (later runs each)."""
+    stock = next((b for b in baselines if _same_run(b, config)), None)
+    if stock is None or not isinstance(later, float | int) or not later:
+        return "-"
+    stock_seconds = _later_seconds(stock["runs"])
+    return f"{stock_seconds / later:.2f}x" if stock_seconds else "-"
+
+
+def render_baseline_table(baselines: list[dict]) -> list[str]:
+    """ltx-pipelines' A2VidPipelineTwoStage timed by `bench --baseline stock`, in the same process as the rows."""
+    if not baselines:
+        return []
+    lines = [
+        "",
+        "ltx-pipelines' own `A2VidPipelineTwoStage` (fp8_cast; it builds every model per call), timed by the same "
+        "`bench` command on the same bundle and card (`--baseline-runs`); `x stock` above divides its later runs' "
+        "mean by a row's:",
+        "",
+        "| resolution | frames | steps | card | runs | first s | later s | peak VRAM GiB | identical outputs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in baselines:
+        runs = b["runs"]
+        lines.append(
+            f"| {b['resolution']} | {b['num_frames']} | {b['steps']} | {b.get('card')} | {len(runs)} "
+            f"| {runs[0]['elapsed_seconds']} | {_later_seconds(runs) if len(runs) > 1 else '-'} "
+            f"| {_mean([r['peak_vram_gib'] for r in runs])} | {b.get('identical_outputs')} |"
+        )
+    return lines
 
 
 def render_forward_table(forward: list[dict]) -> list[str]:

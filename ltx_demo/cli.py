@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ltx_demo.cli_flags import build_parser, compute_dtype, engine_from_args, request_from_args, resolve_from_args
-from ltx_demo.types import (
-    Progress,
-    Quantization,
-)
+from ltx_demo.types import AttentionBackend, CudaGraphs, Progress, Quantization
 
 
 class PhasePrinter:
@@ -104,6 +101,7 @@ def _bench(args: argparse.Namespace) -> None:
         args.prompt,
         args.drop_page_cache,
         bench.command_line(args.argv),
+        baseline_runs=args.baseline_runs if args.baseline == "stock" else 0,
     )
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({"out": args.out, "configs": len(results["configs"])}))
@@ -124,7 +122,10 @@ def _forward_bench(args: argparse.Namespace) -> None:
         [Quantization(q) for q in args.quantization.split(",")],
         args.warmup,
         args.repeats,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=CudaGraphs(args.cuda_graphs) is CudaGraphs.ON,
+        attentions=tuple(AttentionBackend(a) for a in args.attentions.split(",")),
+        compile_blocks=args.compile_blocks,
+        profile=args.profile,
     )
     facts = bench.machine_facts(device) | {
         "date": datetime.date.today().isoformat(),
@@ -147,6 +148,20 @@ def _fidelity(args: argparse.Namespace) -> None:
     print(json.dumps(fidelity.summary(data, Path(args.out), Path(args.markdown))))
 
 
+def _roofline(args: argparse.Namespace) -> None:
+    """FLOPs per stage at one shape -> a results JSON that bench-report merges (the roofline table)."""
+    from ltx_demo import bench, roofline
+    from ltx_demo.engine import compute_dtype_for, pick_device
+
+    device = pick_device(args.device)
+    bundle = resolve_from_args(args)
+    dtype = compute_dtype(args.compute_dtype) if args.compute_dtype else compute_dtype_for(device)
+    entry = roofline.measure_flops(bundle, device, dtype, args.width, args.height, args.num_frames)
+    facts = bench.machine_facts(device) | {"date": datetime.date.today().isoformat(), "bundle": bundle.describe()}
+    Path(args.out).write_text(json.dumps({"roofline": [facts | entry]}, indent=2) + "\n")
+    print(json.dumps(entry))
+
+
 def _bench_report(args: argparse.Namespace) -> None:
     """Merge results JSONs into docs/benchmarks.json and redraw the markdown table."""
     from ltx_demo import bench
@@ -163,6 +178,7 @@ COMMANDS = {
     "check-bundle": _check_bundle,
     "bench": _bench,
     "forward-bench": _forward_bench,
+    "roofline": _roofline,
     "fidelity": _fidelity,
     "bench-report": _bench_report,
 }

@@ -10,6 +10,8 @@ from pathlib import Path
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES
 from ltx_demo.types import (
+    AttentionBackend,
+    CudaGraphs,
     DecodeTiling,
     Flow,
     ImageFit,
@@ -49,9 +51,25 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--cuda-graphs",
+        nargs="?",
+        const=CudaGraphs.ON.value,
+        default=CudaGraphs.AUTO.value,
+        choices=[c.value for c in CudaGraphs],
+        help="replay the transformer blocks as CUDA graphs: less host time per step, ~1.3 GiB more held; auto: on "
+        "in persistent mode on CUDA (per-request modes would capture again for every request); a bare --cuda-graphs "
+        "means on",
+    )
+    group.add_argument(
+        "--attention",
+        default=AttentionBackend.AUTO.value,
+        choices=[a.value for a in AttentionBackend],
+        help="the fast flow's attention kernel: ltx-core's (sdpa, xformers, flash-attention-3) or PyTorch SDPA with "
+        f"one backend first; auto: {attention_auto_help()}",
+    )
+    group.add_argument(
+        "--compile-blocks",
         action="store_true",
-        help="replay the transformer blocks as CUDA graphs: less host time per step, ~1.3 GiB more held; pays off in "
-        "persistent mode (per-request modes capture again for every request)",
+        help="torch.compile each transformer block (CUDA; the first request compiles, tens of seconds)",
     )
     group.add_argument(
         "--cold-start-cache-dir",
@@ -198,7 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--audio", default=str(DEFAULT_AUDIO))
     bench.add_argument("--prompt", default=DEFAULT_PROMPT)
     bench.add_argument("--drop-page-cache", action="store_true", help="before each cold-start run (needs root)")
+    bench.add_argument(
+        "--baseline",
+        choices=["stock", "none"],
+        default="stock",
+        help="stock: also time ltx-pipelines' A2VidPipelineTwoStage (fp8_cast) at each shape, in this run",
+    )
+    bench.add_argument("--baseline-runs", type=int, default=2, help="stock pipeline calls per shape")
     bench.add_argument("--out", required=True)
+    roofline = sub.add_parser("roofline", help="FLOPs of stage 1, stage 2 and the decode at one shape (JSON)")
+    add_bundle_flags(roofline)
+    roofline.add_argument("--width", type=int, default=768)
+    roofline.add_argument("--height", type=int, default=512)
+    roofline.add_argument("--num-frames", type=int, default=97)
+    roofline.add_argument("--out", required=True)
     forward = sub.add_parser("forward-bench", help="one transformer forward per shape x quantization vs bf16")
     add_bundle_flags(forward)
     forward.add_argument(
@@ -207,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage pixel shapes WxHxF[/passes]: 1248, 4x1248, 2496 and 4992 video tokens by default",
     )
     forward.add_argument("--quantization", default="bf16,fp8-cast,fp8-scaled-mm", help="comma-separated")
+    forward.add_argument(
+        "--attentions", default="sdpa", help="comma-separated attention backends, each timed (see --attention)"
+    )
+    forward.add_argument("--profile", action="store_true", help="record where each forward's GPU time goes")
     forward.add_argument("--warmup", type=int, default=2)
     forward.add_argument("--repeats", type=int, default=5)
     forward.add_argument("--out", required=True)
@@ -312,7 +347,15 @@ def engine_from_args(args: argparse.Namespace, **options):
         resolve_from_args(args),
         Path(args.output_dir),
         args.device,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=CudaGraphs(args.cuda_graphs),
         cold_start_cache_dir=None if folder.lower() == "off" else Path(folder).expanduser(),
+        attention=AttentionBackend(args.attention),
+        compile_blocks=args.compile_blocks,
         **options,
     )
+
+
+def attention_auto_help() -> str:
+    from ltx_demo.attention import AUTO_ON_CUDA
+
+    return f"{AUTO_ON_CUDA.value} on CUDA, sdpa elsewhere"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ltx_demo import media, results, review
+from ltx_demo.attention import unavailable_reason as attention_unavailable
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.pipeline import run_two_stage
@@ -35,6 +36,8 @@ from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
     GIB,
+    AttentionBackend,
+    CudaGraphs,
     Flow,
     GenerationCancelled,
     GenerationRequest,
@@ -153,9 +156,11 @@ class Engine:
         output_dir: Path,
         device: str | None = None,
         keep_outputs: KeepPolicy | None = None,
-        cuda_graphs: bool = False,
+        cuda_graphs: CudaGraphs | bool = CudaGraphs.AUTO,
         cold_start_cache_dir: Path | None = None,
         compute_dtype: torch.dtype | None = None,  # None: bf16 on CUDA, float32 on CPU (compute_dtype_for)
+        attention: AttentionBackend = AttentionBackend.AUTO,
+        compile_blocks: bool = False,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -163,8 +168,17 @@ class Engine:
         self.pins = Pins()  # results on someone's screen: never pruned
         self.device = pick_device(device)
         self.compute_dtype = compute_dtype or compute_dtype_for(self.device)
+        reason = attention_unavailable(attention, self.device)
+        if reason:
+            raise ValueError(reason)
         self.models = ModelManager(
-            bundle, self.device, self.compute_dtype, cuda_graphs=cuda_graphs, cold_start_cache_dir=cold_start_cache_dir
+            bundle,
+            self.device,
+            self.compute_dtype,
+            cuda_graphs=cuda_graphs,
+            cold_start_cache_dir=cold_start_cache_dir,
+            attention=attention,
+            compile_blocks=compile_blocks,
         )
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()

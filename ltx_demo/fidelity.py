@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from ltx_demo import engine as engine_module
+from ltx_demo.attention import unavailable_reason as attention_unavailable
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.engine import Engine
 from ltx_demo.fidelity_switches import (
+    attention_kernel,
     batched_guidance,
     cuda_graphs,
     fp8_processor,
@@ -39,7 +41,15 @@ from ltx_demo.fidelity_switches import (
 )
 from ltx_demo.quantization import stores_fp8, text_encoder_unavailable_reason, unavailable_reason
 from ltx_demo.residency import free_device_memory
-from ltx_demo.types import Flow, GenerationRequest, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import (
+    AttentionBackend,
+    CudaGraphs,
+    Flow,
+    GenerationRequest,
+    Quantization,
+    Residency,
+    TextEncoderQuantization,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +106,10 @@ def _graphs_unavailable(setup: Setup) -> str | None:
     return None
 
 
+def _attention_unavailable(backend: AttentionBackend) -> Callable[[Setup], str | None]:
+    return lambda setup: attention_unavailable(backend, setup.device)
+
+
 def _float32_unavailable(setup: Setup) -> str | None:
     if setup.device.type == "cuda":
         return "the CUDA default computes in bf16, the reference's dtype: nothing to measure"
@@ -132,6 +146,10 @@ ROWS = (
     Row("fp8_scaled_mm", "fp8-scaled-mm (fp8 GEMMs)", switch=fp8_scaled_mm, unavailable=_scaled_mm_unavailable,
         quantization=Quantization.FP8_SCALED_MM),
     Row("cuda_graphs", "CUDA graphs", switch=cuda_graphs, unavailable=_graphs_unavailable, cuda_graphs=True),
+    *(Row(f"attention_{backend.name.lower()}", f"attention on {backend} (--attention {backend})",
+          switch=attention_kernel(backend), unavailable=_attention_unavailable(backend))
+      for backend in (AttentionBackend.SDPA_FLASH, AttentionBackend.SDPA_CUDNN, AttentionBackend.SDPA_EFFICIENT,
+                      AttentionBackend.XFORMERS)),
     Row("soundfile_audio", "audio read with soundfile + resampled to 48 kHz", switch=soundfile_audio),
     Row("lanczos_portrait", "portrait pre-fitted to WxH with LANCZOS", switch=lanczos_portrait),
     Row("stg_block", "STG moved onto an existing block (synthetic bundles only)", switch=stg_on_existing_block),
@@ -155,7 +173,7 @@ class Setup:
     audio: str
     prompt: str
     cold_start_cache_dir: Path | None = None
-    cuda_graphs: bool = False  # the default row's engine (as generate --cuda-graphs would build it)
+    cuda_graphs: CudaGraphs = CudaGraphs.AUTO  # the default row's engine (as generate --cuda-graphs would build it)
     timed_runs: int = 1  # after one warm run; the fastest is reported (other processes only ever add time)
     only: tuple[str, ...] = ROW_KEYS
     command: str = ""
@@ -182,7 +200,7 @@ class Setup:
             audio=args.audio,
             prompt=args.prompt,
             cold_start_cache_dir=None if folder.lower() == "off" else Path(folder).expanduser(),
-            cuda_graphs=args.cuda_graphs,
+            cuda_graphs=CudaGraphs(args.cuda_graphs),
             timed_runs=args.timed_runs,
             only=only,
             command=getattr(args, "command_line", ""),
@@ -204,7 +222,7 @@ def _engine(setup: Setup, row: Row, work_dir: Path) -> Engine:
         setup.bundle,
         work_dir / "outputs",
         str(setup.device),
-        cuda_graphs=row.cuda_graphs or (row.kind == "fast" and setup.cuda_graphs),
+        cuda_graphs=CudaGraphs.ON if row.cuda_graphs else setup.cuda_graphs if row.kind == "fast" else CudaGraphs.OFF,
         cold_start_cache_dir=setup.cold_start_cache_dir,
         compute_dtype=row.compute_dtype or setup.compute_dtype,
     )

@@ -12,13 +12,14 @@ import torch
 
 from ltx_demo import media, requests
 from ltx_demo import pipeline as flow_module
+from ltx_demo.attention import use_attention_
 from ltx_demo.engine import Engine
 from ltx_demo.quantization import stores_fp8
-from ltx_demo.residency import ModelConfig
+from ltx_demo.residency import ModelConfig, ModelManager
 from ltx_demo.residency.builds import ModelBuilder
 from ltx_demo.residency.modes import PerRequest
 from ltx_demo.residency.specs import spec
-from ltx_demo.types import Flow, GenerationRequest, LoraMode, TextEncoderQuantization
+from ltx_demo.types import AttentionBackend, Flow, GenerationRequest, LoraMode, TextEncoderQuantization
 
 if TYPE_CHECKING:
     from ltx_demo.fidelity import Setup
@@ -121,7 +122,8 @@ def fp8_scaled_mm(_setup: Setup, notes: list[str]) -> contextlib.AbstractContext
     return patched(requests, "_check_reference", lambda _request: None)
 
 
-def cuda_graphs(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def cuda_graphs(_setup: Setup, _notes: list[str]) -> Iterator[None]:
     """The transformer blocks replayed as CUDA graphs (the engine's cuda_graphs, which only the fast flow applies)."""
     from ltx_demo.cuda_graphs import GraphedBlocks
 
@@ -133,7 +135,29 @@ def cuda_graphs(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextM
             GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
         return model
 
-    return patched(ModelBuilder, "build", graphed)
+    with patched(ModelBuilder, "build", graphed), patched(ModelManager, "graphs_for", _graphs_on_cuda):
+        yield
+
+
+def _graphs_on_cuda(manager: ModelManager, _config) -> bool:
+    return manager.device.type == "cuda"
+
+
+def attention_kernel(backend: AttentionBackend) -> Callable[[Setup, list[str]], contextlib.AbstractContextManager]:
+    """A switch: the reference's transformer attention on `backend` (what --attention sets in the fast flow)."""
+
+    def switch(_setup: Setup, notes: list[str]) -> contextlib.AbstractContextManager:
+        build = ModelBuilder.build
+
+        def with_attention(self, name, label, obtain, past_registry=False):
+            model = build(self, name, label, obtain, past_registry)
+            if spec(name).is_transformer and self.config.flow is Flow.REFERENCE:
+                notes.append(f"{use_attention_(model, backend)} attention modules on {backend}")
+            return model
+
+        return patched(ModelBuilder, "build", with_attention)
+
+    return switch
 
 
 def soundfile_audio(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:

@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ltx_demo.attention import attention_of
+from ltx_demo.attention import unavailable_reason as attention_unavailable
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.residency import ModelConfig, ModelManager
-from ltx_demo.types import Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import AttentionBackend, Quantization, Residency, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -144,45 +146,114 @@ def run_forward_bench(
     warmup: int = 2,
     repeats: int = 5,
     cuda_graphs: bool = False,
+    attentions: tuple[AttentionBackend, ...] = (AttentionBackend.SDPA,),
+    compile_blocks: bool = False,
+    profile: bool = False,
 ) -> list[dict]:
-    """bf16 first (the reference for errors and ratios), then each fp8 mode, one transformer on the device at a
-    time. Returns one entry per (shape, quantization)."""
+    """bf16 first (the reference for errors and ratios: its first attention backend), then each fp8 mode, one
+    transformer on the device at a time; every shape under every attention backend. Returns one entry per
+    (shape, quantization, attention); a backend that cannot run here gets an entry saying why."""
     order = sorted(quantizations, key=lambda q: q is not Quantization.BF16)
-    residency = ModelManager(bundle, device, compute_dtype, cuda_graphs=cuda_graphs)
-    reference: dict[str, torch.Tensor] = {}
-    reference_seconds: dict[str, float] = {}
+    residency = ModelManager(bundle, device, compute_dtype, cuda_graphs=cuda_graphs, compile_blocks=compile_blocks,
+                             attention=AttentionBackend.SDPA)  # fmt: skip
+    reference: dict[str, tuple[torch.Tensor, float]] = {}
     entries = []
     for quantization in order:
         residency.configure(
             ModelConfig(quantization, Residency.PERSISTENT, 1.0, text_encoder_quantization=TextEncoderQuantization.BF16)
         )
         with residency.stage_transformer(1) as stage:
-            transformer = stage.model
             for shape in shapes:
-                inputs = stage_inputs(transformer, shape)
-                seconds, fp8_calls = time_forward(transformer, inputs, warmup, repeats)
-                with torch.inference_mode():
-                    video = transformer(**inputs)[0].float().cpu()
-                median = statistics.median(seconds)
-                entry = {
-                    "shape": shape.label,
-                    "batch": shape.batch,
-                    "video_tokens": int(inputs["video"].latent.shape[1]),
-                    "audio_tokens": int(inputs["audio"].latent.shape[1]),
-                    "quantization": quantization.value,
-                    "seconds": round(median, 5),
-                    "runs": [round(s, 5) for s in seconds],
-                    "fp8_gemm_calls_per_forward": fp8_calls,
-                    "cuda_graphs": residency.cuda_graphs,
-                }
-                if quantization is Quantization.BF16:
-                    reference[shape.label], reference_seconds[shape.label] = video, median
-                if shape.label in reference:
-                    expected = reference[shape.label]
-                    entry["ratio_to_bf16"] = round(median / reference_seconds[shape.label], 3)
-                    entry["relative_error_vs_bf16"] = float((video - expected).norm() / expected.norm())
-                logger.info("forward %s %s: %.4f s", shape.label, quantization.value, median)
-                entries.append(entry)
-                del inputs, video
+                inputs = stage_inputs(stage.model, shape)
+                for backend in attentions:
+                    common = {"shape": shape.label, "batch": shape.batch, "quantization": quantization.value,
+                              "attention": backend.value, "cuda_graphs": residency.cuda_graphs,
+                              "compile_blocks": compile_blocks}  # fmt: skip
+                    reason = attention_unavailable(backend, device)
+                    if reason:
+                        entries.append(common | {"refused": reason})
+                        continue
+                    with attention_of(stage.model, backend):
+                        entry = _measure(stage.model, inputs, warmup, repeats, profile) | common
+                    video = entry.pop("output")
+                    key = shape.label
+                    if key not in reference and quantization is Quantization.BF16:
+                        reference[key] = (video, entry["seconds"])
+                    if key in reference:
+                        expected, seconds = reference[key]
+                        entry["ratio_to_bf16"] = round(entry["seconds"] / seconds, 3)
+                        entry["relative_error_vs_bf16"] = float((video - expected).norm() / expected.norm())
+                    logger.info("forward %s %s %s: %.4f s", shape.label, quantization.value, backend, entry["seconds"])
+                    entries.append(entry)
+                    del video
+                del inputs
         residency.release_all()
     return entries
+
+
+def _measure(transformer: torch.nn.Module, inputs: dict, warmup: int, repeats: int, profile: bool) -> dict:
+    """One configuration: timed forwards, the output, the FLOPs of one forward (eager only), a kernel profile."""
+    seconds, fp8_calls = time_forward(transformer, inputs, warmup, repeats)
+    graphed = transformer.velocity_model.__dict__.get("_process_transformer_blocks") is not None
+    with torch.inference_mode():
+        video = transformer(**inputs)[0].float().cpu()
+    median = statistics.median(seconds)
+    entry = {
+        "video_tokens": int(inputs["video"].latent.shape[1]),
+        "audio_tokens": int(inputs["audio"].latent.shape[1]),
+        "seconds": round(median, 5),
+        "runs": [round(s, 5) for s in seconds],
+        "fp8_gemm_calls_per_forward": fp8_calls,
+        "output": video,
+    }
+    if not graphed:  # a replayed graph dispatches no operators to count
+        flops = count_flops(transformer, inputs)
+        entry["flops_per_forward"] = flops
+        entry["achieved_tflops"] = round(flops / median / 1e12, 1)
+    if profile:
+        entry["profile"] = kernel_profile(transformer, inputs)
+    return entry
+
+
+def count_flops(transformer: torch.nn.Module, inputs: dict) -> int:
+    """FLOPs of one forward as torch.utils.flop_counter counts them (matmuls, attention, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        transformer(**inputs)
+    return int(counter.get_total_flops())
+
+
+KERNEL_KINDS = (
+    ("matmul", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_")),
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("triton", ("triton",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+
+
+def kernel_profile(transformer: torch.nn.Module, inputs: dict, top: int = 12) -> dict:
+    """Where one forward's GPU time goes: milliseconds per kernel kind and the top kernels (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = inputs["video"].latent.device
+    if device.type != "cuda":
+        return {}
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        transformer(**inputs)
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.device_time_total > 0]
+    by_kind: dict[str, float] = {}
+    for event in kernels:
+        kind = kernel_kind(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + event.device_time_total / 1000
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    return {
+        "gpu_ms": round(sum(by_kind.values()), 2),
+        "by_kind_ms": {k: round(v, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top": [(e.key[:90], round(e.device_time_total / 1000, 3), e.count) for e in kernels[:top]],
+    }

@@ -302,8 +302,9 @@ def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs
 
 # x264 options for the mp4: crf 18 keeps lip detail for review; rc-lookahead=0 because with the lookahead (mb-tree)
 # on, identical frames encoded in the engine came out as different bitstreams in about half of the runs, even
-# with threads=1 (measured here, 64x64 clips); without it 12 of 12 encodes were identical.
-X264_OPTIONS = {"crf": "18", "x264-params": "rc-lookahead=0"}
+# with threads=1 (measured here, 64x64 clips); without it 12 of 12 encodes were identical. Preset veryfast: a third
+# of medium's time for ~0.7 dB (docs/benchmarks.md, "Writing the mp4").
+X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "rc-lookahead=0"}
 
 
 def write_mp4(

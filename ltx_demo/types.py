@@ -51,6 +51,27 @@ class DecodeTiling(enum.StrEnum):
     OFF = "off"
 
 
+class AttentionBackend(enum.StrEnum):
+    """Which kernel the fast flow's transformer attention runs (ltx_demo/attention.py): ltx-core's own choices, or
+    PyTorch SDPA pinned to one of its backends. The reference flow keeps ltx-core's default."""
+
+    AUTO = "auto"  # the measured fastest that runs here (attention.resolve)
+    SDPA = "sdpa"  # PyTorch picks among its backends (ltx-core's PytorchAttention)
+    SDPA_FLASH = "sdpa-flash"
+    SDPA_CUDNN = "sdpa-cudnn"
+    SDPA_EFFICIENT = "sdpa-efficient"
+    XFORMERS = "xformers"  # ltx-core's XFormersAttention (pip install xformers)
+    FLASH_ATTENTION_3 = "flash-attention-3"  # ltx-core's FlashAttention3 (flash_attn_interface)
+
+
+class CudaGraphs(enum.StrEnum):
+    """Replay the transformer blocks as CUDA graphs (cuda_graphs.py): auto = on where they pay and fit."""
+
+    AUTO = "auto"  # on for persistent residency on CUDA (per-request modes would capture again every request)
+    ON = "on"
+    OFF = "off"
+
+
 class ImageFit(enum.StrEnum):
     CROP = "crop"
     PAD = "pad"

@@ -44,7 +44,10 @@ for c in data.get("configs", []):
           [(r.get("elapsed_seconds"), r.get("peak_vram_gib"), r.get("resident_gib"), r.get("oom")) for r in c["runs"]],
           "identical:", c["identical_outputs"])
 for f in data.get("forward", []):
-    print(f["card"], f["shape"], f["video_tokens"], f["quantization"], f["seconds"], f.get("ratio_to_bf16"),
-          f.get("relative_error_vs_bf16"), f["fp8_gemm_calls_per_forward"])
+    print(f["card"], f["shape"], f["quantization"], f.get("attention"), f.get("refused") or f["seconds"],
+          f.get("ratio_to_bf16"), f.get("relative_error_vs_bf16"), f.get("achieved_tflops"),
+          (f.get("profile") or {}).get("by_kind_ms"))
+for b in data.get("baseline", []):
+    print("stock", b["resolution"], [(r["elapsed_seconds"], r["peak_vram_gib"]) for r in b["runs"]])
 PY
 exit $rc

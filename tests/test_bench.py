@@ -65,8 +65,13 @@ def test_bench_runs_a_configuration_and_reports_identical_outputs(tiny_bundle, t
     args = ["bench", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--output-dir", str(tmp_path / "mp4")]
     args += ["--resolutions", "64x64", "--num-frames", "9", "--steps", "2", "--runs", "2", "--quantization", "bf16"]
     args += ["--residency", residency, "--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out)]
+    args += ["--baseline-runs", "1"]  # --baseline stock is the default: A2VidPipelineTwoStage timed in the same run
     assert main(args) == 0
-    (config,) = json.loads(out.read_text())["configs"]
+    results = json.loads(out.read_text())
+    (config,) = results["configs"]
+    (stock,) = results["baseline"]
+    assert stock["resolution"] == "64x64" and stock["command"] == config["command"] and len(stock["runs"]) == 1
+    assert stock["runs"][0]["elapsed_seconds"] > 0 and len(stock["runs"][0]["output_hash"]) == 64
     assert config["resolution"] == "64x64" and config["residency"] == residency and len(config["runs"]) == 2
     first, second = config["runs"]
     assert config["identical_outputs"] is True and first["output_hash"] == second["output_hash"]
@@ -75,7 +80,20 @@ def test_bench_runs_a_configuration_and_reports_identical_outputs(tiny_bundle, t
 
     into, markdown = tmp_path / "benchmarks.json", tmp_path / "benchmarks.md"
     assert main(["bench-report", str(out), "--into", str(into), "--markdown", str(markdown)]) == 0
-    assert "| 64x64 | 9 | 2 | bf16 | persistent |" in markdown.read_text()
+    roofline = tmp_path / "roofline.json"
+    args = ["roofline", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--width", "64", "--height", "64"]
+    assert main([*args, "--num-frames", "9", "--out", str(roofline)]) == 0
+    (flops,) = json.loads(roofline.read_text())["roofline"]
+    assert flops["stage_1_flops_per_call"] > 0 and flops["stage_2_flops_per_call"] > 0 and flops["decode_flops"] > 0
+    assert main(["bench-report", str(roofline), "--into", str(into), "--markdown", str(markdown)]) == 0
+    table = markdown.read_text()
+    assert "## Roofline" in table
+    stage_1 = flops["stage_1_flops_per_call"] * second["counters"]["stage_1_transformer_calls"]
+    assert f"| cpu | 64x64x9 | bf16, {config['variant']} | stage_1 | {stage_1:.3g} |" in table
+    assert "| 64x64 | 9 | 2 | bf16 | persistent |" in table
+    expected = round(stock["runs"][0]["elapsed_seconds"], 2) / round(second["elapsed_seconds"], 2)
+    assert f"| True | {expected:.2f}x |" in table  # x stock (same run): the stock pipeline's seconds / the row's
+    assert "own `A2VidPipelineTwoStage`" in table and "| 64x64 | 9 | 2 | cpu |" in table
     capsys.readouterr()
 
 
@@ -83,7 +101,7 @@ def test_bench_cold_start_reads_the_models_it_kept_after_the_first_run(tiny_bund
     out, kept = tmp_path / "bench.json", tmp_path / "kept"
     args = ["bench", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--output-dir", str(tmp_path / "mp4")]
     args += ["--resolutions", "64x64", "--num-frames", "9", "--steps", "2", "--runs", "2", "--quantization"]
-    args += ["fp8-cast", "--residency", "cold-start", "--cold-start-cache-dir", str(kept)]
+    args += ["fp8-cast", "--residency", "cold-start", "--cold-start-cache-dir", str(kept), "--baseline", "none"]
     args += ["--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out)]
     assert main(args) == 0
     (config,) = json.loads(out.read_text())["configs"]

@@ -13,6 +13,7 @@ from typing import assert_never
 
 import torch
 
+from ltx_demo.attention import use_attention_
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
 from ltx_demo.cuda_graphs import GraphedBlocks
 from ltx_demo.quantization import policy_for, swap_in_linear4bit_
@@ -20,7 +21,7 @@ from ltx_demo.residency import kept
 from ltx_demo.residency.lora_adapter import load_lora_pairs
 from ltx_demo.residency.specs import ModelConfig, spec, stage_ledgers
 from ltx_demo.text_path import drop_unused_gemma_parts_, store_linears_in_fp8_
-from ltx_demo.types import Flow, TextEncoderQuantization
+from ltx_demo.types import AttentionBackend, Flow, TextEncoderQuantization
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,16 @@ class ModelBuilder:
         on_loading: Callable[[str | None], None],
         graph_key: Callable[[], tuple] | None = None,  # None: no CUDA graphs
         registry: kept.PinnedStateDictRegistry | None = None,
+        attention: AttentionBackend = AttentionBackend.SDPA,  # resolved (attention.resolve)
+        compile_blocks: bool = False,
     ) -> None:
         self.bundle, self.config, self.device, self.dtype = bundle, config, device, dtype
         self.counts = counts
         self.registry = registry
         self.on_loading = on_loading
         self._graph_key = graph_key
+        self._attention = attention
+        self._compile_blocks = compile_blocks
         self.ledgers = stage_ledgers(bundle, config, device, dtype, registry)
 
     def build(self, name: str, label: str, obtain: Callable[[Callable[[], torch.nn.Module]], torch.nn.Module],
@@ -148,13 +153,24 @@ class ModelBuilder:
             # the reference in bf16 keeps what ModelLedger built (a quantized build leaves the checkpoint's dtypes)
             if self.config.flow is Flow.FAST or self.dtype != torch.bfloat16:
                 _cast_unquantized_(model, self.dtype)
-            if self._graph_key is not None and self.config.flow is Flow.FAST:  # the reference: ltx-core's forward
-                GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
+            if self.config.flow is Flow.FAST:  # the reference keeps ltx-core's forward and attention
+                self._speed_up_transformer(model)
         model.requires_grad_(False)
         self.counts.builds[name] += 1
         if loads_before is None or sum(self.registry.loads.values()) > loads_before:
             self.counts.disk_reads[name] += 1
         return model
+
+    def _speed_up_transformer(self, model: torch.nn.Module) -> None:
+        """The fast flow's kernels: the attention backend, compiled blocks, CUDA graphs around the blocks."""
+        if self._attention is not AttentionBackend.SDPA:
+            logger.info("transformer: %d attention modules on %s", use_attention_(model, self._attention),
+                        self._attention)  # fmt: skip
+        if self._compile_blocks:
+            for block in model.velocity_model.transformer_blocks:
+                block.compile()
+        if self._graph_key is not None:
+            GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
 
     def _fresh(self, name: str, ledger) -> torch.nn.Module:
         match name:

@@ -23,7 +23,7 @@ from ltx_demo.residency.kept import DiskKept
 from ltx_demo.residency.modes import CONCRETE_MODES, MODES, Mode
 from ltx_demo.residency.specs import MODEL_NAMES, ModelConfig, flow_models, spec
 from ltx_demo.residency.stage2_lora import DistilledLora, Stage2Lora
-from ltx_demo.types import LoraMode
+from ltx_demo.types import AttentionBackend, CudaGraphs, Flow, LoraMode, Residency
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,21 @@ class ModelManager:
         bundle: Bundle,
         device: torch.device,
         compute_dtype: torch.dtype,
-        cuda_graphs: bool = False,
+        cuda_graphs: CudaGraphs | bool = CudaGraphs.AUTO,
         cold_start_cache_dir: Path | None = None,
+        attention: AttentionBackend = AttentionBackend.AUTO,
+        compile_blocks: bool = False,
     ) -> None:
+        from ltx_demo import attention as attention_kernels
+
         self.bundle = bundle
         self.device = device
         self.compute_dtype = compute_dtype
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"  # replay the transformer blocks (cuda_graphs.py)
+        if isinstance(cuda_graphs, bool):
+            cuda_graphs = CudaGraphs.ON if cuda_graphs else CudaGraphs.OFF
+        self.cuda_graphs_setting = cuda_graphs  # replay the transformer blocks (cuda_graphs.py); graphs_for decides
+        self.attention = attention_kernels.resolve(attention, device)  # the fast flow's transformer attention
+        self.compile_blocks = compile_blocks and device.type == "cuda"  # torch.compile each transformer block
         self.counts = BuildCounts()
         self._disk = DiskKept(cold_start_cache_dir)
         self._loading_listeners: list[Callable[[str | None], None]] = []
@@ -146,6 +154,27 @@ class ModelManager:
         """Disk reads into the host cache per sd_ops name (each should be 1 however many requests ran)."""
         return self._mode.host_cache_loads() if self._mode else {}
 
+    def graphs_for(self, config: ModelConfig) -> bool:
+        """Whether the fast flow's transformer replays CUDA graphs under `config`: auto turns them on for persistent
+        residency (the models and their graphs stay; per-request modes would capture again for every request)."""
+        if self.device.type != "cuda" or config.flow is not Flow.FAST:
+            return False
+        match self.cuda_graphs_setting:
+            case CudaGraphs.ON:
+                return True
+            case CudaGraphs.OFF:
+                return False
+            case CudaGraphs.AUTO:
+                return config.residency is Residency.PERSISTENT
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the current config replays graphs (before any config: whether --cuda-graphs on was asked)."""
+        config = self.config
+        if config is None:
+            return self.device.type == "cuda" and self.cuda_graphs_setting is CudaGraphs.ON
+        return self.graphs_for(config)
+
     # -- configuration ---------------------------------------------------------------------------------------------
     def configure(self, config: ModelConfig) -> None:
         """Switch quantization/residency/LoRA; what the old config held is released before anything new is built."""
@@ -171,7 +200,9 @@ class ModelManager:
                     "dtype": self.compute_dtype,
                     "counts": self.counts,
                     "on_loading": self._set_loading,
-                    "graph_key": self._lora.graph_key if self.cuda_graphs else None,
+                    "graph_key": self._lora.graph_key if self.graphs_for(config) else None,
+                    "attention": self.attention,
+                    "compile_blocks": self.compile_blocks,
                 }
                 self._mode = MODES[config.residency](config, builder_args, self._disk)
             self._refresh_status()
