@@ -51,6 +51,8 @@ def _generate(args: argparse.Namespace) -> None:
         return
     request = request_from_args(args)
     engine = engine_from_args(args)
+    for _ in range(args.warm_runs):
+        engine.generate(request)
     result = engine.generate(request, on_progress=PhasePrinter(sys.stderr))
     print(json.dumps(result.summary(), indent=2))
 

@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cpu:N), the same frames as --guidance-split N on one process; rank 0 writes the result",
     )
     add_gpus_flag(generate, "with --parallel: the processes, one per GPU ('0,1', 'all') or 'cpu:2' (CPU, gloo)")
+    generate.add_argument(
+        "--warm-runs",
+        type=int,
+        default=0,
+        help="run the request this many times first (models built, kernels warm; their results are saved too): the "
+        "printed summary is the run after them (benchmarks)",
+    )
     make = sub.add_parser("make-bundle", help="write a synthetic bundle in the real LTX-2 formats")
     make.add_argument("--scale", choices=["tiny", "full"], default="tiny")
     make.add_argument("--out", required=True)

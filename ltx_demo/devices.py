@@ -85,9 +85,12 @@ class ProcessDevices:
         return f"GPU {self.gpus[index]}" if self.cuda else f"CPU process {index}"
 
     def child_environment(self, index: int) -> dict[str, str]:
-        """What process `index` sets before it imports torch: its one GPU (or none) and NVLink multicast off."""
+        """What process `index` sets before it imports torch: its one GPU (or none; then its share of the cores) and
+        NVLink multicast off."""
         env = dict(MULTICAST_OFF)
         env["CUDA_VISIBLE_DEVICES"] = self.gpus[index] if self.cuda else ""
+        if not self.cuda and "OMP_NUM_THREADS" not in os.environ:  # CPU processes share the cores, not each all
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.cpu_processes))
         return env
 
     def describe(self) -> str:
