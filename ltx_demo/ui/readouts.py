@@ -217,7 +217,7 @@ def status_html(status: dict, job_line: str) -> str:
         f'<div class="status-line"><span class="pill pill-{pill}">{state}</span>'
         f'<span class="status-item">device: {device}</span>'
         f'<span class="status-item resident" title="{html.escape(resident_text)}">{html.escape(resident_text)}</span>'
-        f'<span class="status-item job">{html.escape(job_line)}</span>{workers_html(status.get("workers"))}</div>'
+        f'<span class="status-item job">{html.escape(job_line)}</span></div>{workers_html(status.get("workers"))}'
     )
 
 
