@@ -64,7 +64,7 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_gpus_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--gpus", default=None, help=f"{what} (devices.ProcessDevices)")
+    parser.add_argument("--gpus", default=None, help=what)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
