@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ltx_demo.cli_flags import DEFAULT_PROMPT, add_bundle_flags, engine_from_args
+from ltx_demo.cli_flags import DEFAULT_PROMPT, add_bundle_flags, add_gpus_flag, engine_from_args
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="log more")
     add_bundle_flags(parser)
+    add_gpus_flag(
+        parser,
+        "one engine process (worker) per GPU: 'all', '0,1', or 'cpu:N' for N CPU workers; as many jobs run at once "
+        "as there are workers, the other visitors see their queue position (default: one engine in this process)",
+    )
     return parser
 
 
@@ -87,7 +92,7 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
         keep = KeepPolicy.parse(args.keep_outputs)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    engine = engine_from_args(args, keep_outputs=keep)
+    engine = engine_for(args, keep)
     logger.info("engine on %s, bundle %s", engine.device, engine.bundle.describe())
     logger.info("output folder %s: %s", Path(args.output_dir).resolve(), keep.describe())
     if not keep.unlimited:
@@ -99,10 +104,33 @@ def create_app(args: argparse.Namespace) -> tuple[Engine, gr.Blocks]:
         default_prompt=DEFAULT_PROMPT,
         preload=args.preload,
     )
-    # The GPU event itself has concurrency_limit=1 (ui/jobs.py); the queue shows everyone else their position.
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    # The GPU events run as many at once as there are engines (ui/jobs.py GPU_JOB takes this default); the queue shows
+    # everyone else their position.
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=getattr(engine, "workers", 1))
     demo.delete_cache = GRADIO_CACHE_CLEANUP  # read at launch: Gradio's own copies must not fill the disk either
     return engine, demo
+
+
+def engine_for(args: argparse.Namespace, keep):
+    """One Engine in this process (no --gpus, or one device), or a WorkerPool of one engine process per device."""
+    if not args.gpus:
+        return engine_from_args(args, keep_outputs=keep)
+    from ltx_demo.devices import ProcessDevices, visible_gpu_ids
+    from ltx_demo.types import InvalidRequest
+
+    try:
+        devices = ProcessDevices.parse(args.gpus)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if devices.count == 1:  # the one-engine path, on that device
+        visible = visible_gpu_ids()
+        gpu = devices.gpus[0] if devices.cuda else None
+        args.device = "cpu" if gpu is None else f"cuda:{visible.index(gpu) if gpu in visible else gpu}"
+        return engine_from_args(args, keep_outputs=keep)
+    from ltx_demo.cli_flags import resolve_from_args
+    from ltx_demo.workers import WorkerPool
+
+    return WorkerPool(args, devices, resolve_from_args(args), keep)
 
 
 def file_access(args: argparse.Namespace, engine: Engine | None) -> tuple[list[str], list[str]]:
@@ -161,6 +189,9 @@ def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True, eng
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ltx_demo.devices import disable_nvlink_multicast
+
+    disable_nvlink_multicast()  # in this process and so in every one it starts
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,

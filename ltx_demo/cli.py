@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -42,10 +43,35 @@ class PhasePrinter:
 
 def _generate(args: argparse.Namespace) -> None:
     """One generation: the JSON summary on stdout, the phases on stderr as they start."""
+    if args.parallel or args.gpus:
+        _generate_parallel(args)
+        return
     request = request_from_args(args)
     engine = engine_from_args(args)
+    for _ in range(args.warm_runs):
+        engine.generate(request)
     result = engine.generate(request, on_progress=PhasePrinter(sys.stderr))
     print(json.dumps(result.summary(), indent=2))
+
+
+def _generate_parallel(args: argparse.Namespace) -> None:
+    """`--parallel guidance --gpus ...`: one request over several processes (guidance_parallel)."""
+    from ltx_demo.devices import ProcessDevices
+    from ltx_demo.guidance_parallel import run_guidance_parallel
+    from ltx_demo.requests import check_request
+    from ltx_demo.types import InvalidRequest, Parallel
+
+    if not (args.parallel and args.gpus):
+        raise InvalidRequest("generate: --parallel guidance and --gpus go together (the app's --gpus starts workers)")
+    assert Parallel(args.parallel) is Parallel.GUIDANCE
+    try:
+        devices = ProcessDevices.parse(args.gpus)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    check_request(dataclasses.replace(request_from_args(args), guidance_split=devices.count))  # before any process
+    printer = PhasePrinter(sys.stderr)
+    summary = run_guidance_parallel(args, devices, on_line=lambda phase: printer(Progress(phase)))
+    print(json.dumps(summary, indent=2))
 
 
 def _make_bundle(args: argparse.Namespace) -> None:
@@ -190,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ltx_demo.devices import disable_nvlink_multicast
+
+    disable_nvlink_multicast()  # before anything starts NCCL or a child process
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command recorded beside benchmark results
     logging.basicConfig(

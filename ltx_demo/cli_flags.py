@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ltx_demo.checkpoints import cache_dir
-from ltx_demo.requests import FRAME_RATES
+from ltx_demo.requests import FRAME_RATES, GUIDANCE_SPLITS
 from ltx_demo.types import (
     AttentionBackend,
     CudaGraphs,
@@ -16,6 +16,7 @@ from ltx_demo.types import (
     Flow,
     ImageFit,
     LoraMode,
+    Parallel,
     Quantization,
     Residency,
     TextEncoderQuantization,
@@ -80,6 +81,10 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_gpus_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--gpus", default=None, help=what)
+
+
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=str(DEFAULT_IMAGE), help="the portrait (PNG, JPEG, WebP)")
     parser.add_argument(
@@ -133,6 +138,14 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         dest="batch_guidance",
         action="store_false",
         help="run stage 1's guidance passes one after another (ltx-pipelines' way) instead of as one batch",
+    )
+    parser.add_argument(
+        "--guidance-split",
+        type=int,
+        choices=list(GUIDANCE_SPLITS),
+        default=None,
+        help="stage 1's guidance passes in this many batched calls per step, one after another on this process: the "
+        "same grouping --parallel guidance runs one group per rank, with the same frames (default: 1, one call)",
     )
     parser.add_argument(
         "--flow",
@@ -196,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_bundle_flags(generate)
     add_generation_flags(generate)
+    generate.add_argument(
+        "--parallel",
+        choices=[p.value for p in Parallel],
+        default=None,
+        help="guidance: stage 1's guidance passes split across the --gpus processes (2 or 4; NCCL on GPUs, gloo on "
+        "cpu:N), the same frames as --guidance-split N on one process; rank 0 writes the result",
+    )
+    add_gpus_flag(generate, "with --parallel: the processes, one per GPU ('0,1', 'all') or 'cpu:2' (CPU, gloo)")
+    generate.add_argument(
+        "--warm-runs",
+        type=int,
+        default=0,
+        help="run the request this many times first (models built, kernels warm; their results are saved too): the "
+        "printed summary is the run after them (benchmarks)",
+    )
     make = sub.add_parser("make-bundle", help="write a synthetic bundle in the real LTX-2 formats")
     make.add_argument("--scale", choices=["tiny", "full"], default="tiny")
     make.add_argument("--out", required=True)
@@ -295,6 +323,7 @@ def request_from_args(args: argparse.Namespace):
         image_fit=args.image_fit,
         distilled_lora_strength=args.distilled_lora_strength,
         batch_guidance=args.batch_guidance,
+        guidance_split=args.guidance_split or 1,
         output_path=args.output,
         text_encoder_quantization=args.text_encoder_quantization,
         lora_mode=args.lora_mode,

@@ -1,12 +1,14 @@
-"""Stage 1's guidance: the guider parameters per flow, and the guidance passes batched into one transformer call."""
+"""Stage 1's guidance: the guider parameters per flow, and the guidance passes batched into one transformer call (or
+split into groups, one call each, run by one process or by one rank each: --parallel guidance)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import torch
 
-from ltx_demo.types import Flow, GenerationRequest
+from ltx_demo.types import Flow, GenerationRequest, InvalidRequest
 
 
 def _stg_blocks(transformer: torch.nn.Module, wanted: list[int]) -> list[int]:
@@ -35,8 +37,9 @@ def stage_1_guidance(request: GenerationRequest, transformer: torch.nn.Module):
         modality_scale=request.guidance.modality_scale,
         stg_blocks=params.stg_blocks if reference else _stg_blocks(transformer, params.stg_blocks),
     )
-    batched = request.batch_guidance and not reference
-    return params, batched_guider_denoising_func if batched else multi_modal_guider_denoising_func
+    if request.batch_guidance and not reference:
+        return params, partial(batched_guider_denoising_func, groups=request.guidance_split)
+    return params, multi_modal_guider_denoising_func
 
 
 def batched_modality(modalities: list) -> object:
@@ -55,9 +58,69 @@ def batched_modality(modalities: list) -> object:
     )
 
 
-def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_context, transformer):
+PASS_ORDER = ("positive", "negative", "perturbed", "isolated")  # ltx-pipelines' order; the groups keep it
+
+
+def split_passes(names: tuple[str, ...], groups: int) -> tuple[tuple[str, ...], ...]:
+    """`names` (in PASS_ORDER) cut into `groups` contiguous groups, sizes as equal as possible, the first ones larger:
+    4 passes in 2 groups -> (positive, negative), (perturbed, isolated); in 4 -> one each. A group may be empty."""
+    base, extra = divmod(len(names), groups)
+    cut, start = [], 0
+    for index in range(groups):
+        size = base + (1 if index < extra else 0)
+        cut.append(tuple(names[start : start + size]))
+        start += size
+    return tuple(cut)
+
+
+class PassExchange:
+    """Who runs which group of guidance passes, and how each group's predictions reach every process.
+
+    One process (no torch.distributed process group): it runs every group, one transformer call each, in order.
+    Under a process group (ltx_demo.guidance_parallel starts one, gloo on CPU, NCCL on GPUs) of as many ranks as
+    groups: rank r runs group r only, then each group is broadcast from its rank, so every rank holds every pass's
+    prediction, bit for bit what its owner computed, and combines them as the one process does."""
+
+    def __init__(self, groups: int) -> None:
+        import torch.distributed as dist
+
+        self.groups = groups
+        self.rank: int | None = None  # None: this process runs every group
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            if world != groups:
+                raise InvalidRequest(
+                    f"guidance split {groups} under a process group of {world}: each rank runs one group, so the "
+                    f"split must equal the number of processes ({world})"
+                )
+            self.rank = dist.get_rank()
+
+    def runs(self, group: int) -> bool:
+        return self.rank is None or self.rank == group
+
+    def share(self, outputs: dict[int, torch.Tensor | None], like: torch.Tensor, sizes: list[int]) -> None:
+        """Fill in `outputs` (group -> predictions of its passes, stacked) with every other rank's groups."""
+        if self.rank is None:
+            return
+        import torch.distributed as dist
+
+        for group, size in enumerate(sizes):
+            if not size:
+                continue
+            mine = outputs.get(group)
+            if group == self.rank and mine is not None:
+                tensor = mine.contiguous()
+            else:
+                tensor = torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=like.device)
+            dist.broadcast(tensor, src=group)
+            outputs[group] = tensor
+
+
+def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_context, transformer, groups: int = 1):
     """ltx-pipelines' multi_modal_guider_denoising_func with its up to four passes (positive, CFG negative,
-    STG-perturbed, isolated modality) run as ONE batched transformer call per step instead of one after another.
+    STG-perturbed, isolated modality) run as ONE batched transformer call per step instead of one after another, or,
+    with `groups` > 1, as that many batched calls of contiguous passes (split_passes), each run by its own rank when
+    a process group of `groups` ranks is up (PassExchange), else one after another here.
 
     ltx-core's perturbations are per batch item (BatchedPerturbationConfig), so each pass keeps its own. At stage 1's
     1248 tokens (768x512x97) one pass leaves a GPU far from full; four in a batch cost little more than one. The
@@ -72,6 +135,7 @@ def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_conte
     from ltx_pipelines.utils.helpers import modality_from_latent_state
 
     last: dict[str, torch.Tensor | None] = {"video": None, "audio": None}
+    exchange = PassExchange(groups)
 
     def step(video_state, audio_state, sigmas, step_index):
         skip_video, skip_audio = video_guider.should_skip_step(step_index), audio_guider.should_skip_step(step_index)
@@ -107,13 +171,25 @@ def batched_guider_denoising_func(video_guider, audio_guider, v_context, a_conte
             ]
             passes["isolated"] = (pos_video, pos_audio, PerturbationConfig(perturbations=isolated))
 
-        videos, audios, configs = zip(*passes.values(), strict=True)
-        out_video, out_audio = transformer(
-            video=batched_modality(list(videos)),
-            audio=batched_modality(list(audios)),
-            perturbations=BatchedPerturbationConfig(perturbations=list(configs)),
-        )
-        outputs = {name: (out_video[i : i + 1], out_audio[i : i + 1]) for i, name in enumerate(passes)}
+        cut = split_passes(tuple(passes), groups)
+        videos: dict[int, torch.Tensor | None] = {}
+        audios: dict[int, torch.Tensor | None] = {}
+        for index, group in enumerate(cut):  # this process's groups first, all of them, before any exchange
+            if group and exchange.runs(index):
+                group_video, group_audio, configs = zip(*(passes[name] for name in group), strict=True)
+                videos[index], audios[index] = transformer(
+                    video=batched_modality(list(group_video)),
+                    audio=batched_modality(list(group_audio)),
+                    perturbations=BatchedPerturbationConfig(perturbations=list(configs)),
+                )
+        sizes = [len(group) for group in cut]
+        exchange.share(videos, pos_video.latent, sizes)
+        exchange.share(audios, pos_audio.latent, sizes)
+        outputs = {
+            name: (videos[index][i : i + 1], audios[index][i : i + 1])
+            for index, group in enumerate(cut)
+            for i, name in enumerate(group)
+        }
         none = (0.0, 0.0)
         denoised_video, denoised_audio = outputs["positive"]
         parts = [outputs.get(name, none) for name in ("negative", "perturbed", "isolated")]

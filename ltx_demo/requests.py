@@ -30,6 +30,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1
 FRAME_RATES = (24, 25, 30)
+GUIDANCE_SPLITS = (1, 2, 4)  # stage 1's (up to) four passes in 1, 2 or 4 calls per step
 MAX_VIDEO_SECONDS = 600.0  # the ceiling on max_video_seconds: the decoded frames are held in host memory
 
 # The whole-number fields, by the name their messages use.
@@ -44,6 +45,7 @@ WHOLE_NUMBERS = {
     "decode_tile_frames": "decode tile length",
     "window_frames": "window length",
     "window_overlap_frames": "window overlap",
+    "guidance_split": "guidance split",
 }
 MODES = {
     "quantization": Quantization,
@@ -128,6 +130,7 @@ def check_request(source: Fields, device: DeviceLimits | None = None) -> Generat
     _check_windows(request)
     _check_tiling(request)
     _check_reference(request)
+    _check_guidance_split(request)
     if device is not None:
         _check_device(request, device)
     return request
@@ -332,6 +335,18 @@ def _check_reference(request: GenerationRequest) -> None:
         raise InvalidRequest(
             "the reference flow runs the bf16 Gemma as ltx-pipelines builds it: leave the text encoder "
             f"quantization unset or bf16, not {request.text_encoder_quantization}"
+        )
+
+
+def _check_guidance_split(request: GenerationRequest) -> None:
+    """The split cuts the batched passes of the fast flow; ltx-pipelines' one-by-one passes have nothing to cut."""
+    split = request.guidance_split
+    if split not in GUIDANCE_SPLITS:
+        raise InvalidRequest(f"guidance split {split} must be one of {', '.join(map(str, GUIDANCE_SPLITS))}")
+    if split > 1 and (request.flow is Flow.REFERENCE or not request.batch_guidance):
+        raise InvalidRequest(
+            f"guidance split {split} cuts the fast flow's batched guidance into groups: it needs batched guidance "
+            "(drop --no-batch-guidance) and the fast flow"
         )
 
 

@@ -24,6 +24,18 @@ def device_sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def nvml_handle(pynvml, index: int):
+    """NVML's handle for torch's device `index`. NVML numbers every GPU of the machine and ignores
+    CUDA_VISIBLE_DEVICES, so a worker that sees only GPU 1 (as its cuda:0) is matched by the GPU's UUID."""
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    if uuid:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        except Exception:
+            logger.debug("NVML does not know GPU %s by its UUID; using index %d", uuid, index)
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
 class DeviceMemory:
     """Reads process allocator stats (torch.cuda) and whole-device usage (NVML) for one device."""
 
@@ -37,7 +49,7 @@ class DeviceMemory:
 
                 pynvml.nvmlInit()
                 index = device.index if device.index is not None else torch.cuda.current_device()
-                self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                self._nvml_handle = nvml_handle(pynvml, index)
             except Exception as exc:
                 logger.warning("NVML unavailable (%s): device-wide memory will not be shown", exc)
 

@@ -72,6 +72,12 @@ class CudaGraphs(enum.StrEnum):
     OFF = "off"
 
 
+class Parallel(enum.StrEnum):
+    """How `generate` spreads one request over the devices --gpus names (the app's --gpus starts one worker each)."""
+
+    GUIDANCE = "guidance"  # stage 1's guidance passes split across 2 or 4 ranks (torch.distributed)
+
+
 class ImageFit(enum.StrEnum):
     CROP = "crop"
     PAD = "pad"
@@ -123,6 +129,9 @@ class GenerationRequest:
     decode_tile_pixels: int | None = None  # spatial tile size for the default tiling (None: 512)
     decode_tile_frames: int | None = None  # temporal tile size for the default tiling (None: 64)
     batch_guidance: bool = True  # stage 1's guidance passes as one batched transformer call per step
+    # Stage 1's passes in this many batched calls per step (1, 2 or 4): one process runs them one after another,
+    # `--parallel guidance` runs one per rank; the same split gives the same frames either way.
+    guidance_split: int = 1
     # Long recordings (num_frames over one window): consecutive windows, each continuing the one before in latent space.
     window_frames: int | None = None  # most frames per window (8k+1); None: the frame cap at this size (257 at 768x512)
     window_overlap_frames: int = 16  # frames each window after the first continues from (8 per latent frame)

@@ -105,16 +105,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(bundle_root: Path, output_dir: Path) -> LiveApp:
-    """The real app (same flags, engine, UI and queue as `python app.py`), served from a thread of this process so a
-    test can compare what the page showed with what the engine recorded."""
+def start_app(bundle_root: Path, output_dir: Path, *extra: str) -> LiveApp:
+    """The real app (same flags, engine, UI and queue as `python app.py`, plus `extra` flags), served from a thread of
+    this process so a test can compare what the page showed with what the engine recorded."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import app
 
     port = free_port()
     kept = output_dir.with_name(f"{output_dir.name}-kept")  # cold-start's kept models: not in the user's cache
     flags = ["--bundle", str(bundle_root), "--port", str(port), "--output-dir", str(output_dir)]
-    args = app.build_parser().parse_args([*flags, "--cold-start-cache-dir", str(kept)])
+    args = app.build_parser().parse_args([*flags, "--cold-start-cache-dir", str(kept), *extra])
     engine, demo = app.create_app(args)
     app.launch(demo, args, block=False)
     return LiveApp(f"http://127.0.0.1:{port}/", engine, demo, output_dir)

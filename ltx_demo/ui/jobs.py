@@ -29,9 +29,10 @@ from ltx_demo.ui.progress import PhaseClock, overall, progress_line_html
 
 logger = logging.getLogger(__name__)
 
-# Every event that runs the pipeline shares one queue of one: jobs never overlap on the device, a second click while
-# one is pending is dropped.
-GPU_JOB = dict(concurrency_limit=1, concurrency_id="gpu", trigger_mode="once")
+# Every event that runs the pipeline shares one queue ("gpu") as wide as the queue's default concurrency: app.py sets
+# it to the number of engines (1, or one worker per GPU with --gpus), so jobs never share a device; a second click
+# while one is pending is dropped.
+GPU_JOB = dict(concurrency_limit="default", concurrency_id="gpu", trigger_mode="once")
 
 
 class EngineLike(Protocol):
@@ -86,10 +87,12 @@ class DemoController:
     def __init__(self, engine: EngineLike, negative_prompt: str) -> None:
         self.engine = engine
         self.negative_prompt = negative_prompt
-        self._device = threading.Lock()  # gradio's queue runs one job; this also fences the startup preload
+        self.slots = max(1, int(getattr(engine, "workers", 1)))  # engines that run a job each (workers.WorkerPool)
+        # As many jobs as engines (gradio's queue admits as many); this also fences the startup preload.
+        self._device = threading.BoundedSemaphore(self.slots)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
-        self._running: _Job | None = None
+        self._running: list[_Job] = []
         self._outcomes: dict[str, str] = {}  # by session
         self._phases_by_shape: dict[tuple, dict[str, float]] = {}  # the last run of a shape: seconds per phase
 
@@ -134,11 +137,12 @@ class DemoController:
                     raise GenerationCancelled("cancelled before it started")
                 job.started = job.phase_started = time.perf_counter()
                 with self._lock:
-                    self._running = job
+                    self._running.append(job)
                 result = self.engine.generate(request, lambda p: self._progress(job, p), job.cancel.is_set)
             finally:
                 with self._lock:
-                    self._running = None
+                    if job in self._running:
+                        self._running.remove(job)
                 self._device.release()
         except GenerationCancelled as exc:
             text = str(exc)
@@ -197,20 +201,27 @@ class DemoController:
         """This visitor's progress line: their running job (phase, steps, overall bar and ETA), that another
         visitor's job has the device, or their own last outcome."""
         with self._lock:
-            job, mine = self._running, self._jobs.get(session)
-            if job is not None and job is mine:
-                text, fraction = self._describe(job, time.perf_counter(), loading)
+            mine = self._jobs.get(session)
+            if mine is not None and mine in self._running:
+                text, fraction = self._describe(mine, time.perf_counter(), loading)
                 return progress_line_html(text, fraction, "running")
+            others = list(self._running)
+        job = others[-1] if others else None
         if mine is not None:
             holder = f"another visitor's run ({job.phase})" if job else "the startup preload or a stopping job"
+            if self.slots > 1:
+                return progress_line_html(f"waiting for a device: {len(others)} of {self.slots} busy", None, "waiting")
             return progress_line_html(f"waiting for the device: {holder} has it", None, "waiting")
         if job is not None:
+            if self.slots > 1:
+                text = f"other visitors' runs have {len(others)} of {self.slots} devices ({job.phase})"
+                return progress_line_html(text, None, "busy")
             return progress_line_html(f"another visitor's run has the device ({job.phase})", None, "busy")
         return progress_line_html(self._outcomes.get(session, "ready"), None, "idle")
 
     def job_line(self) -> str:
         with self._lock:
-            waiting = len(self._jobs) - (1 if self._running else 0)
+            waiting = len(self._jobs) - len(self._running)
             return f"{waiting} waiting for the device" if waiting > 0 else ""
 
 

@@ -217,8 +217,35 @@ def status_html(status: dict, job_line: str) -> str:
         f'<div class="status-line"><span class="pill pill-{pill}">{state}</span>'
         f'<span class="status-item">device: {device}</span>'
         f'<span class="status-item resident" title="{html.escape(resident_text)}">{html.escape(resident_text)}</span>'
-        f'<span class="status-item job">{html.escape(job_line)}</span></div>'
+        f'<span class="status-item job">{html.escape(job_line)}</span></div>{workers_html(status.get("workers"))}'
     )
+
+
+def workers_html(workers: Sequence[dict] | None) -> str:
+    """One line per worker (app.py --gpus): its device, idle or running, its memory now; "" for one engine."""
+    if not workers:
+        return ""
+    lines = []
+    for worker in workers:
+        memory = worker.get("memory") or {}  # a VramSample's fields, as a dict (the /status API returns it)
+        if memory.get("device_used_bytes") is not None:
+            used = f"{gib(memory['device_used_bytes'])} / {gib(memory['device_total_bytes'])} GiB used"
+        elif memory.get("allocated_bytes") is not None:
+            used = f"{gib(memory['allocated_bytes'])} GiB allocated"
+        elif memory.get("rss_bytes") is not None:
+            used = f"RSS {gib(memory['rss_bytes'])} GiB"
+        else:
+            used = "memory —"
+        state = worker["state"] + (f" {worker['phase']}" if worker.get("phase") else "")
+        if worker.get("step"):
+            state += f" step {worker['step'][0]}/{worker['step'][1]}"
+        if worker.get("loading"):
+            state += f", loading {worker['loading']}"
+        lines.append(
+            f'<div class="worker-line" data-state="{html.escape(worker["state"])}">worker {worker["index"]} '
+            f"({html.escape(worker['label'])}): {html.escape(state)} · {used}</div>"
+        )
+    return f'<div class="status-workers">{"".join(lines)}</div>'
 
 
 def result_html(result: GenerationResult) -> str:
