@@ -15,8 +15,9 @@ from ltx_demo.types import AttentionBackend
 if TYPE_CHECKING:
     import torch
 
-# auto on CUDA: the fastest measured on the H200 at the stage shapes (docs/benchmarks.md, attention rows).
-AUTO_ON_CUDA = AttentionBackend.SDPA_CUDNN
+# auto on CUDA: plain SDPA. On the H200 (docs/device/forward-bench-*-h200.json) no pinned backend beat it: within 1%
+# with CUDA graphs; eager, cuDNN first was up to 1.46x slower under fp8 and efficient first 1.1-1.6x slower.
+AUTO_ON_CUDA = AttentionBackend.SDPA
 SDPA_ORDER = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")  # torch's own default order
 PINNED = {
     AttentionBackend.SDPA_FLASH: "FLASH_ATTENTION",
