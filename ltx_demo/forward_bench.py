@@ -224,9 +224,9 @@ def count_flops(transformer: torch.nn.Module, inputs: dict) -> int:
     return int(counter.get_total_flops())
 
 
-KERNEL_KINDS = (
-    ("matmul", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_")),
+KERNEL_KINDS = (  # attention first: cuDNN's attention kernels carry sm90_ in their names too
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("matmul", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "scaled_mm", "sm90_")),
     ("triton", ("triton",)),
 )
 
