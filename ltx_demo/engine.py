@@ -26,6 +26,7 @@ from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.pipeline import run_two_stage
 from ltx_demo.quantization import (
+    default_quantization,
     default_text_encoder_quantization,
     text_encoder_unavailable_reason,
     unavailable_reason,
@@ -208,6 +209,9 @@ class Engine:
     def default_text_encoder_quantization(self) -> str:
         return default_text_encoder_quantization(self.device).value
 
+    def default_quantization(self, flow: str = Flow.FAST.value) -> str:
+        return default_quantization(self.device, Flow(flow)).value
+
     def status(self) -> dict:
         """What the page polls: a snapshot, never waiting for the job (a model build takes seconds)."""
         models = self.models.status()
@@ -230,9 +234,10 @@ class Engine:
         return self.memory.sample(0.0, "idle")
 
     def preload(
-        self, quantization: str = "fp8-cast", lora_strength: float = 1.0, text_encoder_quantization: str | None = None
+        self, quantization: str | None = None, lora_strength: float = 1.0, text_encoder_quantization: str | None = None
     ) -> None:
-        """Persistent mode: build every model now, so the first request pays no load."""
+        """Persistent mode: build every model now, so the first request pays no load (None: the default quantization)."""
+        quantization = quantization or self.default_quantization()
         text_encoder = TextEncoderQuantization(text_encoder_quantization or self.default_text_encoder_quantization())
         self.models.configure(
             ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength, LoraMode.ADAPTER, text_encoder)

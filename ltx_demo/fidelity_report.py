@@ -49,7 +49,10 @@ def render_markdown(data: dict) -> str:
         if row["key"] == "stock":
             how.append("vs the reference flow, cold-start")
         if row["key"] == "default":
-            how.append(f"text encoder {ran['text_encoder_quantization']}, LoRA {ran['stage_2_lora']}")
+            how.append(
+                f"{ran['quantization']}, text encoder {ran['text_encoder_quantization']}, LoRA {ran['stage_2_lora']}"
+                + (", CUDA graphs" if ran.get("cuda_graphs") else "")
+            )
         elif ran.get("stage_2_lora") and row["key"].startswith("lora"):
             how.append(f"LoRA {ran['stage_2_lora']}")
         if row["identical"]:

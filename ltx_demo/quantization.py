@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, assert_never
 
-from ltx_demo.types import LoraMode, Quantization, TextEncoderQuantization
+from ltx_demo.types import Flow, LoraMode, Quantization, TextEncoderQuantization
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +73,15 @@ def unavailable_reason(
             return None
         case _:
             assert_never(quantization)
+
+
+def default_quantization(device: torch.device, flow: Flow = Flow.FAST) -> Quantization:
+    """What a request that names no quantization runs: fp8-scaled-mm where fp8 tensor cores run it (the fastest:
+    0.80x bf16's forward on the H200, its cost in docs/fidelity.md's fp8_scaled_mm row), fp8-cast elsewhere; the
+    reference flow always fp8-cast (A2VidPipelineTwoStage's policy)."""
+    if flow is Flow.FAST and unavailable_reason(Quantization.FP8_SCALED_MM, device) is None:
+        return Quantization.FP8_SCALED_MM
+    return Quantization.FP8_CAST
 
 
 def fp8_weight_names(model: torch.nn.Module) -> set[str]:

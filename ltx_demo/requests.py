@@ -58,6 +58,7 @@ MODES = {
 }
 PATHS = ("image_path", "audio_path", "output_path")
 OPTIONAL = (
+    "quantization",
     "text_encoder_quantization",
     "vram_budget_gib",
     "audio_max_duration",
@@ -93,6 +94,8 @@ class DeviceLimits(Protocol):
 
     def unavailable(self, quantization: Quantization, lora_mode: LoraMode) -> str | None: ...
 
+    def default_quantization(self, flow: Flow) -> Quantization: ...
+
     def text_encoder_unavailable(self, text_encoder_quantization: TextEncoderQuantization) -> str | None: ...
 
     def enhancement_unavailable(self) -> str | None: ...
@@ -103,7 +106,8 @@ Fields = GenerationRequest | Mapping[str, Any]
 
 def check_request(source: Fields, device: DeviceLimits | None = None) -> GenerationRequest:
     """The typed request (see parse_request) if every field holds a value the engine runs, else InvalidRequest; with
-    `device`, also the choices that cannot run there (None: those needing no device, e.g. the UI's fit preview)."""
+    `device`, also the choices that cannot run there, and the device's default quantization filled in (None: the
+    checks needing no device, e.g. the UI's fit preview)."""
     request = parse_request(source)
     _check_prompts(request)
     _check_shape(request)
@@ -132,7 +136,7 @@ def check_request(source: Fields, device: DeviceLimits | None = None) -> Generat
     _check_reference(request)
     _check_guidance_split(request)
     if device is not None:
-        _check_device(request, device)
+        request = _check_device(request, device)
     return request
 
 
@@ -350,7 +354,10 @@ def _check_guidance_split(request: GenerationRequest) -> None:
         )
 
 
-def _check_device(request: GenerationRequest, device: DeviceLimits) -> None:
+def _check_device(request: GenerationRequest, device: DeviceLimits) -> GenerationRequest:
+    """The choices that cannot run on the device refused; the request with the device's quantization filled in."""
+    if request.quantization is None:
+        request = dataclasses.replace(request, quantization=Quantization(device.default_quantization(request.flow)))
     if request.enhance_prompt and (reason := device.enhancement_unavailable()):
         raise InvalidRequest(f"enhance prompt: {reason}")
     if request.text_encoder_quantization is not None:
@@ -361,3 +368,4 @@ def _check_device(request: GenerationRequest, device: DeviceLimits) -> None:
     reason = device.unavailable(request.quantization, lora_mode)
     if reason:
         raise InvalidRequest(f"quantization {request.quantization} cannot run here: {reason}")
+    return request

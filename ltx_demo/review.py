@@ -307,6 +307,15 @@ def find_take(entries: tuple[HistoryEntry, ...], base: HistoryEntry, **overrides
     return next((e for e in entries if e.video != base.video and e.provenance and take_key(e) == wanted), None)
 
 
+def flow_take_overrides(entry: HistoryEntry) -> dict[str, str]:
+    """What the reference compare changes: the other flow. The reference runs A2VidPipelineTwoStage's own policies,
+    so a fast take's fp8-scaled-mm becomes fp8-cast there (the same fp8 weights, multiplied the way ltx-core does)."""
+    flow = other_flow(entry.value("flow"))
+    if flow == "reference" and entry.value("quantization") == "fp8-scaled-mm":
+        return {"flow": flow, "quantization": "fp8-cast"}
+    return {"flow": flow}
+
+
 def other_flow(flow: str | None) -> str:
     """The flow the reference compare runs: the reference for a fast-flow result (or an older one), else fast."""
     return "fast" if flow == "reference" else "reference"

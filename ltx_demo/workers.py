@@ -25,6 +25,7 @@ from ltx_demo import results
 from ltx_demo.devices import ProcessDevices, enter_child
 from ltx_demo.results import KeepPolicy, Pins
 from ltx_demo.types import (
+    Flow,
     GenerationCancelled,
     GenerationFailed,
     GenerationRequest,
@@ -342,7 +343,10 @@ class WorkerPool:
     def default_text_encoder_quantization(self) -> str:
         return self._workers[0].info["default_text_encoder_quantization"]
 
-    def preload(self, quantization: str = "fp8-cast") -> None:
+    def default_quantization(self, flow: str = Flow.FAST.value) -> str:
+        return self._workers[0].info["default_quantization"][str(flow)]
+
+    def preload(self, quantization: str | None = None) -> None:
         """Every worker builds its models (persistent); returns once all have (or have failed: logged)."""
         with self._lock:
             workers = list(self._workers)
@@ -459,5 +463,6 @@ def _capabilities(engine, spec: WorkerSpec) -> dict:
         },
         "enhancement_unavailable": engine.enhancement_unavailable(),
         "default_text_encoder_quantization": engine.default_text_encoder_quantization(),
+        "default_quantization": {f.value: engine.default_quantization(f.value) for f in Flow},
         "environment": {name: os.environ.get(name) for name in spec.environment},
     }

@@ -180,3 +180,15 @@ def test_cuda_graphs_in_the_engine_match_eager_and_follow_the_adapter(tiny_bundl
             graphed = engine.models.held("transformer").velocity_model._process_transformer_blocks
             assert graphed.captures >= 2 and graphed.replays > graphed.captures
     assert all(np.array_equal(frames[False][0], f) for f in (*frames[False], *frames[True]))
+
+
+def test_a_request_naming_no_quantization_runs_fp8_scaled_mm_on_hopper(tiny_bundle, small_request, tmp_path):
+    """The default on Ada/Hopper is the fastest choice, fp8-scaled-mm; the reference flow keeps fp8-cast; the result
+    (and so its sidecar and "reproduce") records what ran."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8-scaled-mm needs sm_89+")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    assert engine.default_quantization() == "fp8-scaled-mm" and engine.default_quantization("reference") == "fp8-cast"
+    result = engine.generate(small_request(quantization=None, width=128, height=128, num_frames=17))
+    assert result.summary()["quantization"] == "fp8-scaled-mm" and result.request.quantization == "fp8-scaled-mm"
+    assert result.summary()["counters"].get("fp8_scaled_mm_calls", 0) > 0

@@ -12,6 +12,7 @@ import pytest
 from ltx_demo import cli, cli_flags, review
 from ltx_demo.requests import check_request, parse_request, whole_number
 from ltx_demo.types import (
+    Flow,
     GenerationRequest,
     GuidanceParams,
     ImageFit,
@@ -116,6 +117,10 @@ class Device:
     def text_encoder_unavailable(self, text_encoder_quantization: TextEncoderQuantization) -> str | None:
         return "needs CUDA" if text_encoder_quantization is self.text_encoder else None
 
+    def default_quantization(self, flow: Flow) -> Quantization:
+        fastest = Quantization.FP8_CAST if self.quantization is Quantization.FP8_SCALED_MM else Quantization.FP8_SCALED_MM
+        return fastest if flow is Flow.FAST else Quantization.FP8_CAST
+
 
 def test_what_the_device_cannot_run_is_refused_only_when_the_device_is_given():
     scaled_mm = GOOD | dict(quantization="fp8-scaled-mm", lora_mode="fused")
@@ -128,6 +133,17 @@ def test_what_the_device_cannot_run_is_refused_only_when_the_device_is_given():
     with pytest.raises(InvalidRequest, match="text encoder quantization nf4: needs CUDA"):
         check_request(nf4, Device(text_encoder=TextEncoderQuantization.NF4))
     check_request(GOOD, Device(text_encoder=TextEncoderQuantization.NF4))  # None: the device's own default
+
+
+def test_a_request_naming_no_quantization_gets_the_devices_default():
+    """None in the request: the device fills in its fastest for the fast flow, fp8-cast for the reference flow; the
+    result (and its sidecar) then records what ran, so a reproduce runs the same."""
+    assert check_request(GOOD).quantization is None  # no device: left unset
+    assert check_request(GOOD, Device()).quantization is Quantization.FP8_SCALED_MM
+    assert check_request(GOOD, Device(quantization=Quantization.FP8_SCALED_MM)).quantization is Quantization.FP8_CAST
+    reference = GOOD | dict(flow="reference")
+    assert check_request(reference, Device()).quantization is Quantization.FP8_CAST
+    assert check_request(GOOD | dict(quantization="bf16"), Device()).quantization is Quantization.BF16
 
 
 def test_the_sidecar_json_is_the_same_text_with_enums_as_with_strings():

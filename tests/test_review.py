@@ -258,6 +258,20 @@ def test_find_take_matches_the_same_request_with_the_other_weights(tmp_path):
     assert review.find_take((other_seed, fp8), fp8, quantization="bf16") is None
 
 
+def test_the_reference_take_of_an_fp8_scaled_mm_result_runs_the_stock_fp8_cast(tmp_path):
+    """The fast default on Hopper is fp8-scaled-mm, which the reference flow refuses: its take runs fp8-cast, the
+    policy A2VidPipelineTwoStage has for the same fp8 weights; other quantizations and the way back stay as made."""
+
+    def entry(**request) -> review.HistoryEntry:
+        return review.HistoryEntry(tmp_path / "a.mp4", tmp_path / "a.json", 0.0, request, {}, {})
+
+    fast = entry(flow="fast", quantization="fp8-scaled-mm")
+    assert review.flow_take_overrides(fast) == {"flow": "reference", "quantization": "fp8-cast"}
+    assert review.flow_take_overrides(entry(flow="fast", quantization="bf16")) == {"flow": "reference"}
+    assert review.flow_take_overrides(entry(flow="reference", quantization="fp8-cast")) == {"flow": "fast"}
+    assert review.flow_take_overrides(entry(quantization="fp8-cast")) == {"flow": "reference"}  # older: no flow
+
+
 def test_waveform_has_the_requested_bins(made):
     peaks = ab_pair.waveform(made.output, 17 / 24, bins=100)
     assert len(peaks) == 100 and all(lo <= hi for lo, hi in peaks) and max(hi for _, hi in peaks) > 0.01

@@ -103,7 +103,7 @@ class DemoController:
 
     def default_quantization(self) -> str:
         blocked = self.unavailable()
-        preferred = [Quantization.FP8_CAST.value, *(q.value for q in Quantization)]
+        preferred = [self.engine.default_quantization(), *(q.value for q in Quantization)]
         return next(name for name in preferred if name not in blocked)
 
     # -- preload ---------------------------------------------------------------------------------------------------

@@ -285,8 +285,8 @@ class ReviewPanel:
         """One click: the same request through the reference flow (ltx-pipelines' A2VidPipelineTwoStage exactly), or
         through the fast flow for a reference result, then A/B them: what the speed-ups change, at the same seed."""
         entry = self.entry_or_error(path)
-        flow = review.other_flow(entry.value("flow"))
-        return self._take_and_compare(entry, request, f"The {flow} flow's take", flow=flow)
+        overrides = review.flow_take_overrides(entry)
+        return self._take_and_compare(entry, request, f"The {overrides['flow']} flow's take", **overrides)
 
     def _take_and_compare(self, entry: review.HistoryEntry, request: gr.Request, what: str, **overrides):
         """`entry` with `overrides` (reused from the history when it was made already), then the A/B view."""
