@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ltx_demo.cli_flags import build_parser, compute_dtype, engine_from_args, request_from_args, resolve_from_args
-from ltx_demo.types import AttentionBackend, CudaGraphs, Progress, Quantization
+from ltx_demo.types import AttentionBackend, CudaGraphs, GenerationRequest, Progress, Quantization
 
 
 class PhasePrinter:
@@ -104,20 +104,38 @@ def _check_bundle(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: the bundle has {len(problems)} problem(s); first: {problems[0]}")
 
 
+def bench_configs(args: argparse.Namespace, default_quantization: str):
+    """The bench's configurations (every combination of its lists), each marked when it runs what a request naming
+    no options gets on this device (`--quantization default`, persistent, batched guidance, the engine's auto
+    choices, the default steps)."""
+    from ltx_demo import bench
+
+    steps_default = next(f.default for f in dataclasses.fields(GenerationRequest) if f.name == "steps")
+    engine_defaults = (
+        CudaGraphs(args.cuda_graphs) is CudaGraphs.AUTO
+        and AttentionBackend(args.attention) is AttentionBackend.AUTO
+        and not args.compile_blocks
+        and args.steps == steps_default
+    )
+    return [
+        bench.BenchConfig(
+            width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on",
+            default_settings=engine_defaults
+            and (quantization, residency, batched) == (default_quantization, "persistent", "on"),
+        )
+        for batched in args.batch_guidance.split(",")
+        for quantization in (default_quantization if q == "default" else q for q in args.quantization.split(","))
+        for residency in args.residency.split(",")
+        for width, height in bench.parse_resolutions(args.resolutions)
+    ]
+
+
 def _bench(args: argparse.Namespace) -> None:
     """Configurations x runs through the engine -> a results JSON."""
     from ltx_demo import bench
 
     engine = engine_from_args(args)
-    configs = [
-        bench.BenchConfig(
-            width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on"
-        )
-        for batched in args.batch_guidance.split(",")
-        for quantization in args.quantization.split(",")
-        for residency in args.residency.split(",")
-        for width, height in bench.parse_resolutions(args.resolutions)
-    ]
+    configs = bench_configs(args, engine.default_quantization())
     results = bench.run_bench(
         engine,
         configs,

@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from ltx_demo.bench_runs import finished, later_runs, later_seconds
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.forward_bench import ForwardShape, count_flops, stage_inputs
 from ltx_demo.residency import ModelConfig, ModelManager
@@ -66,7 +67,8 @@ def measure_flops(bundle: Bundle, device: torch.device, compute_dtype: torch.dty
 
 
 def _row_for(configs: list[dict], roofline: dict) -> dict | None:
-    """The fastest persistent benchmark row on the roofline's card and shape (its later runs' mean)."""
+    """The benchmark row the roofline reads on its card and shape: the default settings' (its later runs' mean),
+    else the fastest persistent row."""
     candidates = [
         c
         for c in configs
@@ -74,14 +76,10 @@ def _row_for(configs: list[dict], roofline: dict) -> dict | None:
         and c["num_frames"] == roofline["num_frames"]
         and c.get("card") == roofline.get("card")
         and c["residency"] == "persistent"
-        and len([r for r in c["runs"] if not r.get("oom")]) > 1
+        and len(finished(c["runs"])) > 1
     ]
-
-    def later(c: dict) -> float:
-        runs = [r for r in c["runs"] if not r.get("oom")][1:]
-        return sum(r["elapsed_seconds"] for r in runs) / len(runs)
-
-    return min(candidates, key=later, default=None)
+    defaults = [c for c in candidates if c.get("default_settings")]
+    return min(defaults or candidates, key=lambda c: later_seconds(c["runs"]), default=None)
 
 
 def render_roofline(data: dict) -> list[str]:
@@ -105,7 +103,7 @@ def render_roofline(data: dict) -> list[str]:
         row = _row_for(data.get("configs", []), roofline)
         if row is None:
             continue
-        runs = [r for r in row["runs"] if not r.get("oom")][1:]
+        runs = later_runs(row["runs"])
         peaks = PEAK_TFLOPS.get(roofline.get("card"), {})
         counters = runs[0].get("counters", {})
         work = {

@@ -3,26 +3,11 @@
 # `python -m ltx_demo bench` (or forward-bench) with the arguments given, writing results under $OUT. Usage:
 #   scripts/device_bench.sh bench|forward-bench NAME [args...]
 #   e.g. scripts/device_bench.sh bench seed-768 --resolutions 768x512;  scripts/device_bench.sh forward-bench fwd
-# The bundle (~72 GiB) is more than the one-GPU machine's 64 GiB disk, so it lives in a RAM-backed tmpfs; a
-# cold-start run there reads from RAM, so its page cache cannot be dropped (the results say "warm").
+# The bundle: scripts/device_env.sh's ensure_full_bundle (a tmpfs; cold-start's page cache stays warm there).
 set -uo pipefail
 command=$1; name=$2; shift 2
-OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT"
-if [ ! -d /tmp/site/ltx_core ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail "$OUT/pip.log"; exit 1; }
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-BUNDLE=/mnt/ltx-full/bundle
-if [ ! -f "$BUNDLE/bundle.json" ]; then
-  mkdir -p /mnt/ltx-full && (mountpoint -q /mnt/ltx-full || mount -t tmpfs -o size=90G tmpfs /mnt/ltx-full) || exit 1
-  df -h /mnt/ltx-full /tmp / | tee "$OUT/disk-$name.txt"
-  /usr/bin/time -v python3 -m ltx_demo make-bundle --scale full --out "$BUNDLE" >"$OUT/make-bundle.json" \
-    2>"$OUT/make-bundle.log" || { tail -20 "$OUT/make-bundle.log"; exit 1; }
-  grep -E "Elapsed|Maximum resident" "$OUT/make-bundle.log"
-  python3 -m ltx_demo check-bundle --bundle "$BUNDLE" >"$OUT/check-bundle.json" 2>&1; echo "check-bundle rc=$?"
-fi
+. scripts/device_env.sh
+ensure_full_bundle
 if [ "${CHECKPOINT_ON_DISK:-0}" = 1 ] && [ ! -L "$BUNDLE/ltx-checkpoint.safetensors" ]; then
   # The checkpoint (46 GiB) to the machine's disk, the rest stays in the tmpfs: host-cached's pinned cache then
   # fits beside it in RAM, and cold-start reads of the transformer come from disk (the page cache can be dropped).

@@ -2,16 +2,10 @@
 # The GPU check, run on the device machine from the repo root: installs the carried wheels, runs every gpu-marked
 # test, then one small CUDA generate per quantization and residency; what it measures lands under $OUT.
 # Usage: scripts/device_check.sh [pytest -k expression]   (with one, only the selected tests and no generates)
-# Carry: .whl (ltx-core, ltx-pipelines, transformers 4.57.x, huggingface-hub, tokenizers, av, soundfile, cffi,
-# pycparser, nvidia-ml-py, bitsandbytes).
+# Carry: .whl (scripts/device_env.sh lists the wheels).
 set -uo pipefail
-OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT"
-if [ ! -d /tmp/site/ltx_core ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >/tmp/pip.log 2>&1 || { echo "wheel install failed"; tail /tmp/pip.log; exit 1; }
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 LTX_DEMO_CACHE=/tmp/ltx-demo-cache OUT
+. scripts/device_env.sh
+export LTX_DEMO_CACHE=/tmp/ltx-demo-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, ltx_core; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"

@@ -9,8 +9,7 @@ SHAPES=384x256x97/4,768x512x97
 ATTN=sdpa,sdpa-flash,sdpa-cudnn,sdpa-efficient
 bash scripts/device_bench.sh forward-bench levers --shapes $SHAPES --quantization bf16,fp8-cast,fp8-scaled-mm \
   --attentions $ATTN --profile --warmup 1 --repeats 3
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-BUNDLE=/mnt/ltx-full/bundle
+. scripts/device_env.sh
 python3 -m ltx_demo roofline --bundle $BUNDLE --out $OUT/roofline.json 2>$OUT/roofline.log | tail -1
 python3 scripts/encode_presets.py --out $OUT/encode-presets.json 2>&1 | tail -5
 bash scripts/device_bench.sh forward-bench graphs --shapes $SHAPES --quantization fp8-cast,fp8-scaled-mm,bf16 \

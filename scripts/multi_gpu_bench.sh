@@ -8,21 +8,8 @@
 # Written by reading, checked on the CPU only (scripts/multi_gpu_bench.py throughput --gpus cpu:2, tiny bundle).
 set -uo pipefail
 what=${1:-all}
-OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT"
-if [ ! -d /tmp/site/ltx_core ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail "$OUT/pip.log"; exit 1; }
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-# NVLink multicast stays off (the project sets these itself too: ltx_demo/devices.py).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-BUNDLE=/mnt/ltx-full/bundle
-if [ ! -f "$BUNDLE/bundle.json" ]; then  # ~72 GiB: a RAM-backed tmpfs, as scripts/device_bench.sh makes it
-  mkdir -p /mnt/ltx-full && (mountpoint -q /mnt/ltx-full || mount -t tmpfs -o size=90G tmpfs /mnt/ltx-full) || exit 1
-  python3 -m ltx_demo make-bundle --scale full --out "$BUNDLE" >"$OUT/make-bundle.json" 2>"$OUT/make-bundle.log" \
-    || { tail -20 "$OUT/make-bundle.log"; exit 1; }
-fi
+. scripts/device_env.sh
+ensure_full_bundle
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 SHAPE=(--width 768 --height 512 --num-frames 97 --steps 30 --seed 42)
 rc=0

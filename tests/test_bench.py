@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ltx_demo.cli import main
+from ltx_demo.cli import bench_configs, main
+from ltx_demo.cli_flags import build_parser
 
 from .conftest import ASSETS
 
@@ -94,7 +95,26 @@ def test_bench_runs_a_configuration_and_reports_identical_outputs(tiny_bundle, t
     expected = round(stock["runs"][0]["elapsed_seconds"], 2) / round(second["elapsed_seconds"], 2)
     assert f"| True | {expected:.2f}x |" in table  # x stock (same run): the stock pipeline's seconds / the row's
     assert "own `A2VidPipelineTwoStage`" in table and "| 64x64 | 9 | 2 | cpu |" in table
+    assert config["default_settings"] is False and "| persistent | " + config["variant"] + " | no |" in table
     capsys.readouterr()
+
+
+def test_bench_marks_the_configurations_that_run_the_default_settings():
+    """Only `--quantization default` (or the device's default named), persistent, batched guidance, the engine's
+    auto choices and the default steps count as what a user gets with no flags."""
+    parser = build_parser()
+    base = ["bench", "--resolutions", "768x512,1280x768", "--out", "x.json", "--residency", "persistent,cold-start"]
+    configs = bench_configs(parser.parse_args(base), "fp8-scaled-mm")
+    assert {c.quantization for c in configs} == {"fp8-scaled-mm"}  # "default" resolved to the device's
+    assert [(c.resolution, c.residency) for c in configs if c.default_settings] == [
+        ("768x512", "persistent"),
+        ("1280x768", "persistent"),
+    ]
+    for changed in (["--steps", "8"], ["--cuda-graphs", "off"], ["--attention", "xformers"], ["--compile-blocks"],
+                    ["--batch-guidance", "off"], ["--quantization", "fp8-cast"]):  # fmt: skip
+        assert not any(c.default_settings for c in bench_configs(parser.parse_args(base + changed), "fp8-scaled-mm"))
+    named = bench_configs(parser.parse_args(base + ["--quantization", "fp8-cast,bf16"]), "fp8-cast")
+    assert [c.quantization for c in named if c.default_settings] == ["fp8-cast", "fp8-cast"]
 
 
 def test_bench_cold_start_reads_the_models_it_kept_after_the_first_run(tiny_bundle, tmp_path, capsys):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One device session of checks after a change to the defaults (issues 13, 14, 16), in parts that each fit one device
+# call (< 10 min, the full-scale bundle made by the first and reused while the machine stays warm). Usage:
+#   bash scripts/device_round.sh bench     # 768x512 + 1280x768 persistent x3 and the stock pipeline, same command
+#   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
+#   bash scripts/device_round.sh checks    # pytest -m gpu; fidelity rows on the GPU; reference vs stock at 97/30
+# Results under $OUT (JSON + logs).
+set -uo pipefail
+part=$1
+. scripts/device_env.sh
+ensure_full_bundle
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+quiet() { grep -v -E "^INFO|it/s\]|^\s*$"; }
+case $part in
+  bench)
+    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default.json" \
+      --resolutions 768x512,1280x768 --runs 3 --residency persistent --baseline-runs 1 2> >(quiet >"$OUT/bench-default.log")
+    echo "bench rc=$?"
+    ;;
+  modes)
+    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-modes.json" \
+      --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none \
+      2> >(quiet >"$OUT/bench-modes.log")
+    echo "modes rc=$?"
+    python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
+    echo "roofline rc=$?"
+    timeout 240 python3 scripts/long_recording_bench.py --bundle "$BUNDLE" --seconds 30 --out "$OUT/long-30s.json" \
+      2> >(quiet >"$OUT/long-30s.log")
+    echo "long rc=$?"
+    ;;
+  checks)
+    export LTX_DEMO_CACHE=/tmp/ltx-demo-cache
+    python3 -m pytest -m gpu tests/ -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -8
+    timeout 240 python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
+      --only fp8_scaled_mm,cuda_graphs,default --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
+      2> >(quiet >"$OUT/fidelity-h200.log")
+    echo "fidelity rc=$?"
+    timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
+      --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
+    echo "fidelity-97 rc=$?"
+    ;;
+esac
+ls -la "$OUT"
