@@ -24,7 +24,7 @@ def test_generate_help_says_the_defaults():
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
-def test_generate_prints_its_phases_on_stderr_as_they_start(tmp_path):
+def test_generate_prints_its_phases_and_their_steps_on_stderr_as_they_start(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "ltx_demo", "generate", "--width", "64", "--height", "64", "--num-frames", "9",
          "--steps", "3", "--quantization", "bf16", "--output-dir", str(tmp_path / "out"),
@@ -39,4 +39,8 @@ def test_generate_prints_its_phases_on_stderr_as_they_start(tmp_path):
     stage_1 = lines[lines.index("stage_1") : lines.index("upsample")]
     assert [line for line in stage_1 if "step" in line] == [f"  stage_1 step {k}/3" for k in (1, 2, 3)], stage_1
     assert "  loading transformer" in stage_1
+    decode = lines[lines.index("decode") : lines.index("encode_mp4")]
+    assert [line for line in decode if "chunk" in line] == ["  decode chunk 1/1"], decode
+    encode = lines[lines.index("encode_mp4") : lines.index("done")]
+    assert [line for line in encode if "frame" in line] == [f"  encode_mp4 frame {k}/9" for k in range(1, 10)], encode
     assert summary["num_frames"] == 9 and set(EVERY_PHASE) <= set(summary["phases"])
