@@ -5,6 +5,7 @@ that wait for something to act on, a narrow window, a tiny portrait)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -238,4 +239,27 @@ def test_a_tiny_portrait_is_used_with_a_warning(browser, live_app, tmp_path):
     tab.wait_for_selector("#audio-note :text('audio clip is empty')")
     (audio,), (note,) = boxes(tab, "#audio"), boxes(tab, "#audio-note")
     assert 0 <= note["top"] - audio["bottom"] < 40, (audio, note)
+    context.close()
+
+
+def test_a_bad_clip_takes_the_length_note_with_it(browser, live_app, tmp_path):
+    context, tab = new_tab(browser, live_app)
+    # The first preset's clip is matched: 105 frames.
+    wait_until(
+        lambda: "105 frames = 4.38 s" in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note")
+    )
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1), dtype=np.float32), 16_000)
+    upload_audio(tab, empty)
+    tab.wait_for_selector("#audio-note :text('audio clip is empty')")
+    # 15: the note under the slider no longer claims the old clip's length; it says what to fix.
+    wait_until(
+        lambda: "no video length" in tab.inner_text("#duration-note"),
+        lambda: f"duration note after a bad clip: {tab.inner_text('#duration-note')!r}",
+    )
+    assert "105 frames" not in tab.inner_text("#duration-note") and "fix the audio" in tab.inner_text("#duration-note")
+    upload_audio(tab, ASSETS / "speech_weather.wav")
+    wait_until(lambda: "frames = " in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note"))
+    frames = re.search(r"(\d+) frames = ", tab.inner_text("#duration-note")).group(1)
+    wait_until(lambda: tab.input_value("#frames input[type=number]") == frames, "the slider and the note disagree")
     context.close()

@@ -17,11 +17,11 @@ from ltx_demo.ui.form import (
     Preset,
     disabled_options_css,
     form_handler,
-    record_pace,
     request_from_form,
     small_portrait_note,
 )
 from ltx_demo.ui.form_panel import FormDefaults, build_form
+from ltx_demo.ui.frames import record_pace
 from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
 from ltx_demo.ui.readouts import (
     READOUT_INTERVAL_S,
