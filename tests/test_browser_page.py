@@ -16,7 +16,7 @@ from PIL import Image
 
 from ltx_demo.types import GIB
 from tests.conftest import EVERY_PHASE
-from tests.test_browser import fill_small_run, toasts, upload_audio, upload_portrait, wait_until
+from tests.test_browser import fill_small_run, set_number, toasts, upload_audio, upload_portrait, wait_until
 from tests.test_ui import ASSETS, SMALL
 
 pytestmark = pytest.mark.browser
@@ -262,4 +262,32 @@ def test_a_bad_clip_takes_the_length_note_with_it(browser, live_app, tmp_path):
     wait_until(lambda: "frames = " in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note"))
     frames = re.search(r"(\d+) frames = ", tab.inner_text("#duration-note")).group(1)
     wait_until(lambda: tab.input_value("#frames input[type=number]") == frames, "the slider and the note disagree")
+    context.close()
+
+
+def test_decode_and_encoding_show_their_steps_in_the_one_bar(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    fill_small_run(tab, steps=1)
+    for elem_id, value in (("width", 384), ("height", 384), ("frames", 193)):
+        set_number(tab, elem_id, value)
+    wait_until(lambda: "193 frames" in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note"))
+    wait_until(lambda: "crop to 384×384" in tab.inner_text("#fit-note"), lambda: tab.inner_text("#fit-note"))
+    tab.click("#generate")
+    seen = []
+    deadline = time.monotonic() + 180
+    while not tab.locator("#result-video video[src]").count():
+        assert time.monotonic() < deadline, f"no video; toasts: {toasts(tab)!r}"
+        state, text, fraction = progress(tab)
+        if state == "running":
+            seen.append((text, fraction))
+        time.sleep(0.05)
+    # 15: decode reports the decoder's chunks and encode_mp4 the frames written, each with the bar and an ETA.
+    decode = [(t, f) for t, f in seen if t.startswith("decode · chunk ")]
+    encode = [(t, f) for t, f in seen if t.startswith("encode_mp4 · frame ")]
+    assert decode and encode, sorted({t.split(" · ")[0] for t, _ in seen})
+    assert all(re.search(r"chunk \d/[3-9] ", t) for t, _ in decode), decode
+    assert all(re.search(r"frame \d+/193 ", t) and "ETA ~" in t for t, _ in encode), encode
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions), fractions
+    assert max(f for _, f in decode) < min(f for _, f in encode) < 1.0
     context.close()
