@@ -265,6 +265,48 @@ def test_a_bad_clip_takes_the_length_note_with_it(browser, live_app, tmp_path):
     context.close()
 
 
+CANCEL_WATCH_JS = """() => {
+    // When (performance.now()) the page first showed each thing, seen by the DOM's own mutation callbacks.
+    const seen = window.__seen = {clicked: performance.now()};
+    const mark = (key) => { if (!(key in seen)) seen[key] = performance.now(); };
+    const look = () => {
+        const toasts = [...document.querySelectorAll('.toast-body')];
+        if (toasts.some((t) => t.innerText.includes('Cancelling:'))) mark('toast');
+        const pill = document.querySelector('#status-line .pill');
+        if (pill && pill.innerText.trim() === 'idle') mark('status_idle');
+        const line = document.querySelector('#progress-line .progress-line');
+        if (line && line.dataset.state === 'idle') mark('line_idle');
+    };
+    new MutationObserver(look).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                       attributes: true});
+    look();
+}"""
+
+
+def test_cancel_is_said_before_the_page_says_idle_and_said_once(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    fill_small_run(tab, steps=100)
+    tab.wait_for_timeout(1000)
+    tab.click("#generate")
+    wait_until(lambda: progress(tab)[1].startswith("stage_1 · step"), lambda: progress(tab)[1], timeout_s=60)
+    assert tab.inner_text("#status-line .pill") != "idle"
+    tab.evaluate(CANCEL_WATCH_JS)
+    tab.click("#cancel")
+    wait_until(lambda: tab.evaluate("Object.keys(window.__seen).length") == 4, lambda: tab.evaluate("window.__seen"))
+    seen = tab.evaluate("window.__seen")
+    # 15: the toast comes first (or with the idle status), never after the page already says the run is over.
+    assert seen["toast"] <= seen["status_idle"] and seen["toast"] <= seen["line_idle"], seen
+    said = toasts(tab)
+    assert "Cancelling: stops after the current step (stage_1); nothing will be written." in said, said
+    # 15: the outcome says "cancelled" once, not "cancelled (cancelled at ...)".
+    state, text, _ = progress(tab)
+    assert state == "idle" and re.fullmatch(r"cancelled at stage_1 step \d+/100", text), text
+    for shown in (text, *said.split("\n")):
+        assert shown.lower().count("cancel") <= 1, shown
+    assert not live_app.engine.status()["busy"]
+    context.close()
+
+
 def test_decode_and_encoding_show_their_steps_in_the_one_bar(browser, live_app):
     context, tab = new_tab(browser, live_app)
     fill_small_run(tab, steps=1)

@@ -108,8 +108,7 @@ class RunHandlers:
 
     def cancel(self, request: gr.Request) -> str:
         """Cancel this session's job: it stops between steps and frees what it built."""
-        message = self.controller.cancel(session_of(request))
-        gr.Info(message)
+        self.controller.cancel(session_of(request), announce=lambda message: gr.Info(message, title="Cancel"))
         return self.controller.progress_html(session_of(request))
 
     def readouts(self, last_key: tuple, request: gr.Request):

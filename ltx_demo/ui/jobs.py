@@ -177,13 +177,19 @@ class DemoController:
         with self._lock:
             return session in self._jobs
 
-    def cancel(self, session: str) -> str:
+    def cancel(self, session: str, announce: Callable[[str], None] = lambda _message: None) -> str:
+        """Stop this visitor's job between steps. `announce` gets the message first, before the flag is set: the
+        job cannot stop (and the status line say idle) before the visitor has been told."""
         with self._lock:
             job = self._jobs.get(session)
         if job is None:
-            return "Nothing of yours is running."
+            message = "Nothing of yours is running."
+            announce(message)
+            return message
+        message = f"Cancelling: stops after the current step ({job.phase}); nothing will be written."
+        announce(message)
         job.cancel.set()
-        return f"Cancelling: stops after the current step ({job.phase})."
+        return message
 
     # -- readouts --------------------------------------------------------------------------------------------------
     def _describe(self, job: _Job, now: float, loading: str | None) -> tuple[str, float]:
