@@ -4,6 +4,7 @@ as they start while stdout keeps the one JSON object."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from tests.test_ui import ROOT
 
 
 def test_generate_help_says_the_defaults():
+    # Wide enough that argparse does not break a default path at a hyphen (a checkout in /work/wt-ui did).
+    wide = os.environ | {"COLUMNS": "400"}
     shown = subprocess.run(
-        [sys.executable, "-m", "ltx_demo", "generate", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout
+        [sys.executable, "-m", "ltx_demo", "generate", "--help"], capture_output=True, text=True, check=True, cwd=ROOT,
+        env=wide,
+    ).stdout  # fmt: skip
     text = " ".join(shown.split())  # argparse wraps to the terminal width
     for flag, default in (("--width", 768), ("--height", 512), ("--num-frames", 97), ("--steps", 30), ("--seed", 42)):
         assert re.search(rf"{flag} \S+ .*?\(default: {default}\)", text), flag
