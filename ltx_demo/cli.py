@@ -18,7 +18,7 @@ from ltx_demo.types import AttentionBackend, CudaGraphs, GenerationRequest, Prog
 
 class PhasePrinter:
     """The CLI's progress on stderr: one line as each phase starts (its model loads indented under it), and each
-    denoising step as it ends; stdout keeps the one JSON object."""
+    step as it ends (denoising steps, the decoder's chunks, the frames encoded); stdout keeps the one JSON object."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream, self.started = stream, time.perf_counter()
@@ -35,7 +35,7 @@ class PhasePrinter:
         if progress.step and progress.total_steps and step > self.step:
             self.step = step
             window = f" ({progress.message})" if progress.window else ""
-            self._line(f"  {progress.phase} step {progress.step}/{progress.total_steps}{window}")
+            self._line(f"  {progress.phase} {progress.unit} {progress.step}/{progress.total_steps}{window}")
 
     def _line(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started:6.1f} s] {text}", file=self.stream, flush=True)

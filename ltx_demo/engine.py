@@ -329,7 +329,11 @@ class Engine:
                 record = self._provenance(request, config, clip.prompt_used, windows)
                 frames, audio = clip.frames.numpy(), clip.audio.numpy()
                 metadata = review.mp4_metadata(record)
-                media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata)
+
+                def encoded(done: int, total: int) -> None:
+                    on_progress(Progress("encode_mp4", done, total, unit="frame"))
+
+                media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata, encoded)
             if cancelled():  # a cancel that came while encoding still means: no result
                 raise GenerationCancelled("cancelled while the video was encoded")
         except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -305,6 +306,7 @@ def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs
 # with threads=1 (measured here, 64x64 clips); without it 12 of 12 encodes were identical. Preset veryfast: a third
 # of medium's time for ~0.7 dB (docs/benchmarks.md, "Writing the mp4").
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "rc-lookahead=0"}
+MP4_PROGRESS_STEPS = 20  # encoding progress reports per file (the CLI prints a line for each)
 
 
 def write_mp4(
@@ -314,16 +316,24 @@ def write_mp4(
     frame_rate: int,
     path: Path,
     metadata: dict[str, str] | None = None,
+    on_frames: Callable[[int, int], None] | None = None,
 ) -> None:
     """H.264 (yuv420p) + AAC stereo mp4 through PyAV. frames: uint8 (n, h, w, 3); audio: float32 (2, samples);
-    metadata: container tags (e.g. the provenance JSON under "comment")."""
+    metadata: container tags (e.g. the provenance JSON under "comment"); on_frames(done, total): the frames encoded
+    so far, at most MP4_PROGRESS_STEPS times and once more when the file is closed (done == total)."""
+    report = on_frames or (lambda _done, _total: None)
+    total = len(frames)
+    every = max(1, math.ceil(total / MP4_PROGRESS_STEPS))
+    report(0, total)
     with av.open(str(path), mode="w") as container:
         container.metadata.update(metadata or {})
         video = container.add_stream("libx264", rate=frame_rate, options=X264_OPTIONS)
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         sound = container.add_stream("aac", rate=sample_rate, layout="stereo")
-        for frame in frames:
+        for done, frame in enumerate(frames, 1):
             container.mux(video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            if done % every == 0 and done < total:
+                report(done, total)
         container.mux(video.encode())
         pcm = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32), format="fltp", layout="stereo")
         pcm.sample_rate = sample_rate
@@ -332,3 +342,4 @@ def write_mp4(
         pcm.pts, pcm.time_base = 0, Fraction(1, sample_rate)
         container.mux(sound.encode(pcm))
         container.mux(sound.encode(None))
+    report(total, total)

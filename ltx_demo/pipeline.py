@@ -135,6 +135,18 @@ def decode_tiling(request: GenerationRequest):
     return TilingConfig(spatial_config=spatial, temporal_config=temporal)
 
 
+def decode_chunk_count(video_latent: torch.Tensor, decoder, tiling) -> int:
+    """How many chunks ltx-core's decode_video yields for this latent: one per temporal tile (its own split of the
+    latent's frames), or one without temporal tiling. The decode's progress counts them."""
+    from ltx_core.model.video_vae.video_vae import split_temporal_latents
+
+    if tiling is None or tiling.temporal_config is None:
+        return 1
+    scale, config = decoder.video_downscale_factors.time, tiling.temporal_config
+    split = split_temporal_latents(config.tile_size_in_frames // scale, config.tile_overlap_in_frames // scale)
+    return len(split(video_latent.shape[2]).starts)
+
+
 def run_two_stage(
     request: GenerationRequest,
     inputs: PreparedInputs,
@@ -370,5 +382,12 @@ class TwoStageFlow:
         with self.telemetry.phase("decode"):
             with self._use("video_decoder") as decoder:
                 tiling = decode_tiling(self.request)
-                chunks = [c.to("cpu") for c in vae_decode_video(video_latent, decoder, tiling, self.generator)]
+                total = decode_chunk_count(video_latent, decoder, tiling)
+                self.on_progress(Progress("decode", 0, total, unit="chunk"))
+                chunks = []
+                for chunk in vae_decode_video(video_latent, decoder, tiling, self.generator):
+                    chunks.append(chunk.to("cpu"))
+                    self.on_progress(Progress("decode", len(chunks), max(total, len(chunks)), unit="chunk"))
+                    if len(chunks) < total and self.cancelled():
+                        raise GenerationCancelled(f"cancelled at decode chunk {len(chunks)}/{total}")
             return torch.cat(chunks, dim=0)

@@ -169,6 +169,7 @@ class Progress:
     window: int | None = None  # 1-based, in a request of several windows
     windows: int | None = None
     eta_seconds: float | None = None  # for the whole request, once a denoising step has been timed
+    unit: str = "step"  # what step/total count: denoising steps, the decoder's chunks, the frames encoded
 
 
 @dataclass(frozen=True, slots=True)

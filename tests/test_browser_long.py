@@ -42,9 +42,18 @@ def test_the_match_note_for_long_audio(tmp_path):
     audio = str(long_recording(tmp_path / "long.wav", SECONDS))
     frames, covered = form.matched_frames(audio, 0.0, 24, 64, 64)
     assert (frames, covered) == (600, pytest.approx(SECONDS))
-    slider, note = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64)
+    slider, note, length = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64)
     assert slider["maximum"] == 257 and slider["value"] == 257  # the slider still stops at one window
     assert "25.0 s of audio → 600 frames in 3 windows of up to 257 frames" in note
+    assert length == "**600 frames = 25.00 s** at 24 fps · 3 windows"  # the video asked for, not the slider's
+    # The window fields: the count follows the window length; a bad one is named with the engine's own message.
+    slider, note, length = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64, 257, 97, 16, 60)
+    assert "600 frames in 7 windows of up to 97 frames" in note and slider["value"] == 97 and "7 windows" in length
+    assert "window length 20 frames is not 8k+1" in form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64, 257, 20)[1]
+    overlap = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64, 257, 97, 12)[1]
+    assert "window overlap 12 frames must be a multiple of 8" in overlap
+    slider, note, length = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64, 257, 0, 16, 5)  # at most 5 s
+    assert (slider["value"], length) == (113, "**113 frames = 4.71 s** at 24 fps") and "⚠ cut to the first 4.71" in note
     long_audio = str(long_recording(tmp_path / "longer.wav", 70.0))
     assert form.matched_frames(long_audio, 0.0, 24, 64, 64)[0] == 1440  # max_video_seconds 60
     assert "cut to the first 60.0 s" in form.sync_frames(long_audio, 0.0, 24, True, "custom", 64, 64)[1]
@@ -55,7 +64,13 @@ def test_the_match_note_for_long_audio(tmp_path):
     values |= {"quantization": "bf16", "residency": "persistent", "flow": "fast", "decode_tiling": "default"}
     values |= {"cfg_scale": 3.0, "stg_scale": 1.0, "rescale_scale": 0.7, "modality_scale": 3.0}
     values |= {"distilled_lora_strength": 1.0, "enhance_prompt": False}
+    values |= {"window_frames": 0, "window_overlap_frames": 16, "max_video_seconds": 60}
     assert form.request_from_form(values).num_frames == 600
+    request = form.request_from_form(
+        values | {"window_frames": 97.0, "window_overlap_frames": 24.0, "max_video_seconds": 20}
+    )
+    assert (request.num_frames, request.window_frames, request.window_overlap_frames) == (480, 97, 24)
+    assert request.max_video_seconds == 20
 
 
 @pytest.mark.browser
@@ -93,3 +108,33 @@ def test_match_audio_length_runs_a_long_recording_in_windows(page, live_app, tmp
         lambda: f"match note: {page.inner_text('#match-note')!r}",
         timeout_s=30,
     )
+
+
+@pytest.mark.browser
+def test_the_window_length_on_the_page_changes_the_window_count(page, tmp_path):
+    audio = long_recording(tmp_path / "long.wav", SECONDS)
+    fill_inputs_for_a_custom_size(page)
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    choose(page, "frame-rate", "24")
+    upload_audio(page, audio)
+    page.locator("#match-audio input[type=checkbox]").check()
+    note = lambda: page.inner_text("#match-note")  # noqa: E731
+    wait_until(lambda: "600 frames in 3 windows of up to 257 frames" in note(), note, timeout_s=30)
+    # The window fields wait in a closed accordion, out of the main form's way.
+    assert page.locator("#window-frames").is_hidden()
+    page.click("#long-recordings button:has-text('Long recordings')")
+    set_number(page, "window-frames", 97)
+    wait_until(lambda: "600 frames in 7 windows of up to 97 frames" in note(), note, timeout_s=30)
+    assert "**" not in page.inner_text("#duration-note") and "600 frames = 25.00 s" in page.inner_text("#duration-note")
+    assert "7 windows" in page.inner_text("#duration-note")
+    # A window length the engine would refuse is named with the engine's own message, before any run.
+    set_number(page, "window-frames", 20)
+    wait_until(lambda: "window length 20 frames is not 8k+1" in note(), note, timeout_s=30)
+    set_number(page, "window-frames", 97)
+    set_number(page, "max-video-seconds", 10)
+    wait_until(lambda: "240 frames in 3 windows of up to 97 frames" in note(), note, timeout_s=30)
+    assert "cut to the first 10.0 s" in note()
+    # With the frames set by hand the note says where a longer video comes from.
+    page.locator("#match-audio input[type=checkbox]").uncheck()
+    wait_until(lambda: "longer videos: Match audio length" in note(), note, timeout_s=30)

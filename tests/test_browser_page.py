@@ -5,6 +5,7 @@ that wait for something to act on, a narrow window, a tiny portrait)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from ltx_demo.types import GIB
 from tests.conftest import EVERY_PHASE
-from tests.test_browser import fill_small_run, toasts, upload_audio, upload_portrait, wait_until
+from tests.test_browser import fill_small_run, set_number, toasts, upload_audio, upload_portrait, wait_until
 from tests.test_ui import ASSETS, SMALL
 
 pytestmark = pytest.mark.browser
@@ -238,4 +239,97 @@ def test_a_tiny_portrait_is_used_with_a_warning(browser, live_app, tmp_path):
     tab.wait_for_selector("#audio-note :text('audio clip is empty')")
     (audio,), (note,) = boxes(tab, "#audio"), boxes(tab, "#audio-note")
     assert 0 <= note["top"] - audio["bottom"] < 40, (audio, note)
+    context.close()
+
+
+def test_a_bad_clip_takes_the_length_note_with_it(browser, live_app, tmp_path):
+    context, tab = new_tab(browser, live_app)
+    # The first preset's clip is matched: 105 frames.
+    wait_until(
+        lambda: "105 frames = 4.38 s" in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note")
+    )
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1), dtype=np.float32), 16_000)
+    upload_audio(tab, empty)
+    tab.wait_for_selector("#audio-note :text('audio clip is empty')")
+    # 15: the note under the slider no longer claims the old clip's length; it says what to fix.
+    wait_until(
+        lambda: "no video length" in tab.inner_text("#duration-note"),
+        lambda: f"duration note after a bad clip: {tab.inner_text('#duration-note')!r}",
+    )
+    assert "105 frames" not in tab.inner_text("#duration-note") and "fix the audio" in tab.inner_text("#duration-note")
+    upload_audio(tab, ASSETS / "speech_weather.wav")
+    wait_until(lambda: "frames = " in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note"))
+    frames = re.search(r"(\d+) frames = ", tab.inner_text("#duration-note")).group(1)
+    wait_until(lambda: tab.input_value("#frames input[type=number]") == frames, "the slider and the note disagree")
+    context.close()
+
+
+CANCEL_WATCH_JS = """() => {
+    // When (performance.now()) the page first showed each thing, seen by the DOM's own mutation callbacks.
+    const seen = window.__seen = {clicked: performance.now()};
+    const mark = (key) => { if (!(key in seen)) seen[key] = performance.now(); };
+    const look = () => {
+        const toasts = [...document.querySelectorAll('.toast-body')];
+        if (toasts.some((t) => t.innerText.includes('Cancelling:'))) mark('toast');
+        const pill = document.querySelector('#status-line .pill');
+        if (pill && pill.innerText.trim() === 'idle') mark('status_idle');
+        const line = document.querySelector('#progress-line .progress-line');
+        if (line && line.dataset.state === 'idle') mark('line_idle');
+    };
+    new MutationObserver(look).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                       attributes: true});
+    look();
+}"""
+
+
+def test_cancel_is_said_before_the_page_says_idle_and_said_once(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    fill_small_run(tab, steps=100)
+    tab.wait_for_timeout(1000)
+    tab.click("#generate")
+    wait_until(lambda: progress(tab)[1].startswith("stage_1 · step"), lambda: progress(tab)[1], timeout_s=60)
+    assert tab.inner_text("#status-line .pill") != "idle"
+    tab.evaluate(CANCEL_WATCH_JS)
+    tab.click("#cancel")
+    wait_until(lambda: tab.evaluate("Object.keys(window.__seen).length") == 4, lambda: tab.evaluate("window.__seen"))
+    seen = tab.evaluate("window.__seen")
+    # 15: the toast comes first (or with the idle status), never after the page already says the run is over.
+    assert seen["toast"] <= seen["status_idle"] and seen["toast"] <= seen["line_idle"], seen
+    said = toasts(tab)
+    assert "Cancelling: stops after the current step (stage_1); nothing will be written." in said, said
+    # 15: the outcome says "cancelled" once, not "cancelled (cancelled at ...)".
+    state, text, _ = progress(tab)
+    assert state == "idle" and re.fullmatch(r"cancelled at stage_1 step \d+/100", text), text
+    for shown in (text, *said.split("\n")):
+        assert shown.lower().count("cancel") <= 1, shown
+    assert not live_app.engine.status()["busy"]
+    context.close()
+
+
+def test_decode_and_encoding_show_their_steps_in_the_one_bar(browser, live_app):
+    context, tab = new_tab(browser, live_app)
+    fill_small_run(tab, steps=1)
+    for elem_id, value in (("width", 384), ("height", 384), ("frames", 193)):
+        set_number(tab, elem_id, value)
+    wait_until(lambda: "193 frames" in tab.inner_text("#duration-note"), lambda: tab.inner_text("#duration-note"))
+    wait_until(lambda: "crop to 384×384" in tab.inner_text("#fit-note"), lambda: tab.inner_text("#fit-note"))
+    tab.click("#generate")
+    seen = []
+    deadline = time.monotonic() + 180
+    while not tab.locator("#result-video video[src]").count():
+        assert time.monotonic() < deadline, f"no video; toasts: {toasts(tab)!r}"
+        state, text, fraction = progress(tab)
+        if state == "running":
+            seen.append((text, fraction))
+        time.sleep(0.05)
+    # 15: decode reports the decoder's chunks and encode_mp4 the frames written, each with the bar and an ETA.
+    decode = [(t, f) for t, f in seen if t.startswith("decode · chunk ")]
+    encode = [(t, f) for t, f in seen if t.startswith("encode_mp4 · frame ")]
+    assert decode and encode, sorted({t.split(" · ")[0] for t, _ in seen})
+    assert all(re.search(r"chunk \d/[3-9] ", t) for t, _ in decode), decode
+    assert all(re.search(r"frame \d+/193 ", t) and "ETA ~" in t for t, _ in encode), encode
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions), fractions
+    assert max(f for _, f in decode) < min(f for _, f in encode) < 1.0
     context.close()

@@ -4,6 +4,7 @@ as they start while stdout keeps the one JSON object."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,9 +14,12 @@ from tests.test_ui import ROOT
 
 
 def test_generate_help_says_the_defaults():
+    # Wide enough that argparse does not break a default path at a hyphen (a checkout in /work/wt-ui did).
+    wide = os.environ | {"COLUMNS": "400"}
     shown = subprocess.run(
-        [sys.executable, "-m", "ltx_demo", "generate", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout
+        [sys.executable, "-m", "ltx_demo", "generate", "--help"], capture_output=True, text=True, check=True, cwd=ROOT,
+        env=wide,
+    ).stdout  # fmt: skip
     text = " ".join(shown.split())  # argparse wraps to the terminal width
     for flag, default in (("--width", 768), ("--height", 512), ("--num-frames", 97), ("--steps", 30), ("--seed", 42)):
         assert re.search(rf"{flag} \S+ .*?\(default: {default}\)", text), flag
@@ -24,7 +28,7 @@ def test_generate_help_says_the_defaults():
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
-def test_generate_prints_its_phases_on_stderr_as_they_start(tmp_path):
+def test_generate_prints_its_phases_and_their_steps_on_stderr_as_they_start(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "ltx_demo", "generate", "--width", "64", "--height", "64", "--num-frames", "9",
          "--steps", "3", "--quantization", "bf16", "--output-dir", str(tmp_path / "out"),
@@ -39,4 +43,8 @@ def test_generate_prints_its_phases_on_stderr_as_they_start(tmp_path):
     stage_1 = lines[lines.index("stage_1") : lines.index("upsample")]
     assert [line for line in stage_1 if "step" in line] == [f"  stage_1 step {k}/3" for k in (1, 2, 3)], stage_1
     assert "  loading transformer" in stage_1
+    decode = lines[lines.index("decode") : lines.index("encode_mp4")]
+    assert [line for line in decode if "chunk" in line] == ["  decode chunk 1/1"], decode
+    encode = lines[lines.index("encode_mp4") : lines.index("done")]
+    assert [line for line in encode if "frame" in line] == [f"  encode_mp4 frame {k}/9" for k in range(1, 10)], encode
     assert summary["num_frames"] == 9 and set(EVERY_PHASE) <= set(summary["phases"])

@@ -107,6 +107,26 @@ def test_same_seed_is_deterministic_and_other_seeds_differ(engine, small_request
     assert f1.astype(np.float32).std(axis=(1, 2, 3)).min() > 5.0  # not near-constant frames
 
 
+def steps_of(progress, phase: str) -> list[tuple[int, int, str]]:
+    return [(p.step, p.total_steps, p.unit) for p in progress if p.phase == phase and p.step is not None]
+
+
+def test_progress_counts_the_decoders_chunks_and_the_frames_encoded(engine, small_request):
+    # 41 frames are 6 latent frames; tiles of 32 frames (4 latent, ltx-core's overlap of 3) give 3 temporal chunks.
+    progress = []
+    result = engine.generate(small_request(num_frames=41, decode_tile_frames=32), on_progress=progress.append)
+    decode = steps_of(progress, "decode")
+    assert decode == [(k, 3, "chunk") for k in range(4)], decode  # the count ltx-core's decoder yielded, from 0
+    mp4 = steps_of(progress, "encode_mp4")
+    assert mp4[0] == (0, 41, "frame") and mp4[-1] == (41, 41, "frame"), mp4
+    done = [step for step, *_ in mp4]
+    assert done == sorted(set(done)) and len(done) <= media.MP4_PROGRESS_STEPS + 2, done  # forward, bounded
+    assert all(unit == "step" for *_, unit in steps_of(progress, "stage_1") + steps_of(progress, "stage_2"))
+    phases = [p.phase for p in progress if not p.phase.startswith("load:")]
+    assert phases.index("decode") < phases.index("encode_mp4") < phases.index("done")
+    assert decode_mp4(result.output)[0].shape[0] == 41
+
+
 def test_conditioning_changes_the_frames(engine, small_request, tmp_path):
     base = frames_of(engine.generate(small_request()))
     other_audio = frames_of(engine.generate(small_request(audio_path=str(ASSETS / "speech_weather.wav"))))

@@ -153,9 +153,14 @@ def test_one_form_table_drives_generate_reuse_and_the_api(live_app, small_reques
     filled = {f.request_field.rpartition(".")[2] for f in FIELDS if f.request_field}
     guidance = {f.name for f in dataclasses.fields(GuidanceParams)}
     assert filled >= {"image_path", "audio_path", "prompt", "seed", "steps", "num_frames", *guidance}
+    assert filled >= {"window_frames", "window_overlap_frames", "max_video_seconds"}
     request = small_request(negative_prompt="blurry", guidance=GuidanceParams(cfg_scale=4.0), audio_start=0.5)
     again = request_from_form(dict(zip(NAMES, form_from_request(request, "default"), strict=True)))
     assert again == request
+    windowed = small_request(
+        num_frames=33, window_frames=17, window_overlap_frames=8, max_video_seconds=30.0, negative_prompt="x"
+    )
+    assert request_from_form(dict(zip(NAMES, form_from_request(windowed, "default"), strict=True))) == windowed
 
 
 # -- the API, headless ----------------------------------------------------------------------------------------------
@@ -279,3 +284,19 @@ def test_the_server_log_says_a_visitors_mistake_in_one_line(tmp_path):
     assert len(refused) == 2, log
     assert "Traceback" not in log, log
     assert "HTTP_422_UNPROCESSABLE_ENTITY" not in log, log
+
+
+def test_api_takes_the_window_fields_and_the_result_records_its_windows(client):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    files = dict(image=handle_file(str(ASSETS / "astronaut.png")), audio=handle_file(str(ASSETS / "speech_hello.wav")))
+    windowed = SMALL | {"num_frames": 33, "window_frames": 17, "window_overlap_frames": 8, "max_video_seconds": 30}
+    _video, summary = client.predict(prompt="A woman speaks.", api_name="/generate", **files, **windowed)
+    assert summary["num_frames"] == 33 and summary["request"]["window_frames"] == 17
+    assert (summary["request"]["window_overlap_frames"], summary["request"]["max_video_seconds"]) == (8, 30)
+    ran = summary["provenance"]["ran"]["windows"]
+    assert ran == summary["windows"] and [w["frames"] for w in ran] == [17, 17]
+    assert [w["overlap_frames"] for w in ran] == [0, 8] and [w["seed"] for w in ran] == [7, 8]
+    with pytest.raises(AppError, match=r"window length 20 frames is not 8k\+1"):
+        client.predict(prompt="A woman.", api_name="/generate", **files, **(windowed | {"window_frames": 20}))

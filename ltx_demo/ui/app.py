@@ -17,11 +17,11 @@ from ltx_demo.ui.form import (
     Preset,
     disabled_options_css,
     form_handler,
-    record_pace,
     request_from_form,
     small_portrait_note,
 )
 from ltx_demo.ui.form_panel import FormDefaults, build_form
+from ltx_demo.ui.frames import record_pace
 from ltx_demo.ui.jobs import GPU_JOB, DemoController, EngineLike, refuse, run_job, session_of
 from ltx_demo.ui.readouts import (
     READOUT_INTERVAL_S,
@@ -108,8 +108,7 @@ class RunHandlers:
 
     def cancel(self, request: gr.Request) -> str:
         """Cancel this session's job: it stops between steps and frees what it built."""
-        message = self.controller.cancel(session_of(request))
-        gr.Info(message)
+        self.controller.cancel(session_of(request), announce=lambda message: gr.Info(message, title="Cancel"))
         return self.controller.progress_html(session_of(request))
 
     def readouts(self, last_key: tuple, request: gr.Request):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import secrets
 import tempfile
 from collections.abc import Callable, Mapping
@@ -26,7 +25,14 @@ from ltx_demo.requests import (
     whole_number,
 )
 from ltx_demo.types import GenerationRequest, ImageFit, InvalidRequest, Quantization
-from ltx_demo.windows import plan_windows
+from ltx_demo.ui.frames import (
+    DEFAULT_MAX_VIDEO_SECONDS,
+    DEFAULT_OVERLAP,
+    WindowChoice,
+    length_note,
+    long_match_note,
+    matched_frames,
+)
 
 CUSTOM = "custom"
 RESOLUTIONS = (  # short labels: the seven fit in two rows of a half-width column
@@ -118,8 +124,13 @@ FIELDS: tuple[FormField, ...] = (
     field("enhance_prompt"),
     field("audio_max_duration", clean=lambda v: v or None, reuse=lambda r: r.audio_max_duration or 0),  # 0: whole
     field("decode_tiling"),
+    # Long recordings: a video longer than one window runs in windows of window_frames (0: the frame cap at the size).
+    field("window_frames", clean=lambda v: v or None, reuse=lambda r: r.window_frames or 0),
+    field("window_overlap_frames", clean=lambda v: DEFAULT_OVERLAP if v is None else v),
+    field("max_video_seconds", clean=lambda v: DEFAULT_MAX_VIDEO_SECONDS if v is None else v),
 )
 NAMES = tuple(f.name for f in FIELDS)
+WINDOW_FIELDS = ("window_frames", "window_overlap_frames", "max_video_seconds")
 
 
 def request_from_form(values: Mapping[str, Any]) -> GenerationRequest:
@@ -133,11 +144,18 @@ def request_from_form(values: Mapping[str, Any]) -> GenerationRequest:
     fields["width"], fields["height"] = resolve_resolution(values["resolution"], values["width"], values["height"])
     if values["match_audio"] and values["audio"]:
         try:
+            choice = WindowChoice.from_form(*(fields[name] for name in WINDOW_FIELDS))
             fields["num_frames"], _ = matched_frames(
-                values["audio"], fields["audio_start"], int(values["frame_rate"]), fields["width"], fields["height"]
+                values["audio"],
+                fields["audio_start"],
+                int(values["frame_rate"]),
+                fields["width"],
+                fields["height"],
+                choice.max_video_seconds,
+                choice.window_frames,
             )
         except InvalidRequest:
-            pass  # an unreadable or too-short clip: the engine's audio check names what to fix
+            pass  # an unreadable clip or a bad window field: the engine's check names what to fix
     if values["randomize_seed"]:
         fields["seed"] = secrets.randbelow(MAX_SEED + 1)
     return parse_request(fields | {"guidance": guidance})
@@ -208,64 +226,6 @@ def resolve_resolution(choice: str, width: Any, height: Any) -> tuple[int, int]:
     except ValueError:
         raise InvalidRequest(f"resolution {choice!r}: pick a preset or {CUSTOM!r} with a width and height") from None
     return w, h
-
-
-DEFAULT_OVERLAP = GenerationRequest.__dataclass_fields__["window_overlap_frames"].default
-DEFAULT_MAX_VIDEO_SECONDS = GenerationRequest.__dataclass_fields__["max_video_seconds"].default
-LAST_PACE: dict[str, Any] = {}  # the last finished run's seconds per frame (this process), for the match note
-
-
-def record_pace(result: Any) -> None:
-    """Keep the finished run's seconds per frame (its size and steps too): the match note's rough time."""
-    request = result.request
-    if request.num_frames > 0 and result.elapsed_seconds > 0:
-        LAST_PACE.update(
-            seconds_per_frame=result.elapsed_seconds / request.num_frames,
-            size=f"{request.width}×{request.height}",
-            steps=request.steps,
-        )
-
-
-def matched_frames(
-    audio_path: str,
-    audio_start: float,
-    frame_rate: int,
-    width: int,
-    height: int,
-    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
-) -> tuple[int, float]:
-    """'Match audio length': the frames the audio from the offset covers, and that audio's length. Up to one window
-    the largest legal clip (8k+1); longer, the whole audio (media.frames_for_audio, as the CLI's --whole-audio),
-    run in windows, cut to max_video_seconds."""
-    total = media.audio_duration(audio_path)
-    if total <= 0:
-        raise InvalidRequest("the audio clip is empty (zero length): upload one with speech")
-    remaining = total - float(audio_start or 0)
-    if remaining <= 0:
-        raise InvalidRequest(f"audio start {audio_start} s is at or past the clip's end: lower the start offset")
-    window = max_frames_at(width, height)
-    frames = media.frames_for_audio(remaining, frame_rate, window)
-    if frames > window:
-        frames = min(frames, math.floor(max_video_seconds * frame_rate))
-    return frames, remaining
-
-
-def long_match_note(frames: int, covered: float, frame_rate: int, width: int, height: int) -> str:
-    """The match note for audio longer than one window: frames, windows, any cut, and a rough time."""
-    window = max_frames_at(width, height)
-    count = len(plan_windows(frames, window, DEFAULT_OVERLAP, 0).windows)
-    note = f"{covered:.1f} s of audio → {frames} frames in {count} windows of up to {window} frames"
-    if covered * frame_rate > frames + 0.5:
-        note += f" · ⚠ cut to the first {frames / frame_rate:.1f} s (at most {DEFAULT_MAX_VIDEO_SECONDS:g} s of video)"
-    if LAST_PACE:
-        seconds = LAST_PACE["seconds_per_frame"] * frames
-        note += (
-            f" · roughly {seconds:.0f} s at the last run's pace ({LAST_PACE['seconds_per_frame']:.2f} s per frame "
-            f"at {LAST_PACE['size']}, {LAST_PACE['steps']} steps)"
-        )
-    else:
-        note += " · no time estimate yet (one comes after the first run)"
-    return note + " · the slider shows one window"
 
 
 def fit_preview(image_path: str, width: int, height: int, fit: str) -> tuple[Image.Image, str]:
@@ -347,27 +307,86 @@ def sync_frames(
     resolution: str,
     width: float | None,
     height: float | None,
+    num_frames: float | None = None,
+    window_frames: float | None = 0,
+    window_overlap_frames: float | None = DEFAULT_OVERLAP,
+    max_video_seconds: float | None = DEFAULT_MAX_VIDEO_SECONDS,
 ):
     """The frame slider's value while "match audio length" is on (never otherwise, so no reply can undo what a
-    visitor typed), its maximum at this size, and a note. The slider stays enabled: moving it unticks the box."""
-    try:
-        w, h = resolve_resolution(resolution, width, height)
-    except InvalidRequest:
-        w, h = 0, 0
+    visitor typed), its maximum at this size, the match note, and the length note under the slider: the video the
+    request will ask for, or what to fix when there is none. The slider stays enabled: moving it unticks the box."""
+    w, h = _size_or_zero(resolution, width, height)
     cap = max_frames_at(w, h)
     limit = f" · at most {cap} frames at {w}×{h}" if cap < MAX_FRAMES else ""
-    if not match_audio:
-        return gr.update(maximum=cap), f"frames set by hand{limit}"
-    if not audio:
-        return gr.update(maximum=cap), "upload audio to match its length"
     try:
-        frames, covered = matched_frames(audio, audio_start or 0.0, int(frame_rate), w, h)
+        choice = WindowChoice.from_form(window_frames, window_overlap_frames, max_video_seconds)
     except InvalidRequest as exc:
-        return gr.update(maximum=cap), f"⚠ {exc}"
-    if frames > cap:  # longer than one window: the request gets the whole count (request_from_form), in windows
-        return gr.update(value=cap, maximum=cap), long_match_note(frames, covered, int(frame_rate), w, h)
+        return gr.update(maximum=cap), f"⚠ {exc}", "**no video length**: fix the long-recording fields"
+    if not match_audio:
+        note = f"frames set by hand{limit} · longer videos: Match audio length (the whole audio, in windows)"
+        try:
+            if w and h and num_frames:
+                choice.check(int(num_frames), int(frame_rate), w, h)
+        except InvalidRequest as exc:
+            note = f"⚠ {exc}"
+        return gr.update(maximum=cap), note, _hand_set_note(num_frames, frame_rate, w, h, choice)
+    if not audio:
+        return gr.update(maximum=cap), "upload audio to match its length", "**no video length** until audio is in"
+    try:
+        frames, covered = matched_frames(
+            audio, audio_start or 0.0, int(frame_rate), w, h, choice.max_video_seconds, choice.window_frames
+        )
+    except InvalidRequest as exc:
+        return gr.update(maximum=cap), f"⚠ {exc}", "**no video length**: fix the audio (see above)"
+    length = length_note(frames, frame_rate, choice.count(frames, w, h))
+    try:
+        if w and h:
+            choice.check(frames, int(frame_rate), w, h)  # the engine's own window checks, said here
+    except InvalidRequest as exc:
+        return gr.update(value=min(frames, cap), maximum=cap), f"⚠ {exc}", length
+    window = choice.window_at(w, h)
+    if frames > window:  # longer than one window: the slider shows one, the request gets the whole count (windows)
+        note = long_match_note(frames, covered, int(frame_rate), w, h, choice)
+        return gr.update(value=window, maximum=cap), note, length
     note = f"audio from {audio_start or 0:.2f} s lasts {covered:.2f} s{limit}"
-    return gr.update(value=frames, maximum=cap), note
+    if round(covered * int(frame_rate)) > window:  # a long recording cut to one clip by the longest video allowed
+        note += f" · ⚠ cut to the first {frames / int(frame_rate):.2f} s (at most {choice.max_video_seconds:g} s)"
+    return gr.update(value=frames, maximum=cap), note, length
+
+
+def _size_or_zero(resolution: str, width: float | None, height: float | None) -> tuple[int, int]:
+    """The size asked for, or 0 x 0 while it is not one (the fit note says what to fix)."""
+    try:
+        return resolve_resolution(resolution, width, height)
+    except InvalidRequest:
+        return 0, 0
+
+
+def _hand_set_note(num_frames: float | None, frame_rate: int, width: int, height: int, choice: WindowChoice) -> str:
+    frames = int(num_frames or 0)
+    return length_note(frames, frame_rate, choice.count(frames, width, height) if frames else 1)
+
+
+def describe_frames(
+    num_frames: float,
+    frame_rate: int,
+    match_audio: bool = False,
+    resolution: str = DEFAULT_RESOLUTION,
+    width: float | None = 768,
+    height: float | None = 512,
+    window_frames: float | None = 0,
+    window_overlap_frames: float | None = DEFAULT_OVERLAP,
+):
+    """The length note as the slider moves by hand (no round trip to the audio); with "match audio length" on,
+    sync_frames writes it (the slider may show one window of a longer video)."""
+    if match_audio:
+        return gr.skip()
+    try:
+        choice = WindowChoice.from_form(window_frames, window_overlap_frames, None)
+    except InvalidRequest:
+        choice = WindowChoice()
+    w, h = _size_or_zero(resolution, width, height)
+    return _hand_set_note(num_frames, frame_rate, w, h, choice)
 
 
 def describe_audio(audio: str | None) -> str:
@@ -381,11 +400,6 @@ def describe_audio(audio: str | None) -> str:
     if seconds <= 0:
         return "⚠ the audio clip is empty (zero length): upload one with speech"
     return f"{seconds:.2f} s of audio"
-
-
-def describe_frames(num_frames: float, frame_rate: int) -> str:
-    frames = int(num_frames or 0)
-    return f"**{frames} frames = {frames / int(frame_rate):.2f} s** at {frame_rate} fps"
 
 
 def show_resolution(choice: str):

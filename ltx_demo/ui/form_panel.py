@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from ltx_demo.requests import FRAME_RATES, MAX_FRAMES, MAX_SEED, MAX_STEPS
+from ltx_demo.requests import FRAME_RATES, MAX_FRAMES, MAX_SEED, MAX_STEPS, MAX_VIDEO_SECONDS
 from ltx_demo.types import DecodeTiling, Flow, GuidanceParams, ImageFit, Quantization, Residency
 from ltx_demo.ui.form import (
     DEFAULT_RESOLUTION,
@@ -17,6 +17,7 @@ from ltx_demo.ui.form import (
     QUANTIZATION_NOTES,
     RESIDENCY_NOTES,
     RESOLUTIONS,
+    WINDOW_FIELDS,
     Preset,
     describe_audio,
     describe_frames,
@@ -25,6 +26,7 @@ from ltx_demo.ui.form import (
     show_resolution,
     sync_frames,
 )
+from ltx_demo.ui.frames import DEFAULT_MAX_VIDEO_SECONDS, DEFAULT_OVERLAP
 
 DEFAULT_STEPS = 30
 DEFAULT_SEED = 42
@@ -74,12 +76,13 @@ class Form:
             show_progress="minimal",
             trigger_mode="always_last",
         )
-        frame_inputs = ("audio", "audio_start", "frame_rate", "match_audio", "resolution", "width", "height")
+        matched = ("audio", "audio_start", "frame_rate", "match_audio", "resolution", "width", "height")
+        triggers, frame_inputs = (*matched, *WINDOW_FIELDS), (*matched, "num_frames", *WINDOW_FIELDS)  # in order
         gr.on(
-            [c[n].change for n in frame_inputs],
+            [c[n].change for n in triggers],
             sync_frames,
             [c[n] for n in frame_inputs],
-            [c["num_frames"], c["match_note"]],
+            [c["num_frames"], c["match_note"], c["duration_note"]],
             api_name="match_frames",
             concurrency_limit=4,
             show_progress="hidden",
@@ -96,10 +99,11 @@ class Form:
         )
         # In the browser only (no round trip, so nothing can arrive late): taking the slider ends "match audio".
         c["num_frames"].input(None, None, c["match_audio"], js="() => false")
+        length_inputs = ("num_frames", "frame_rate", "match_audio", "resolution", "width", "height", *WINDOW_FIELDS[:2])
         gr.on(
             [c["num_frames"].change, c["frame_rate"].change],
             describe_frames,
-            [c["num_frames"], c["frame_rate"]],
+            [c[n] for n in length_inputs],
             c["duration_note"],
             api_name="describe_frames",
             queue=False,
@@ -133,6 +137,7 @@ class FirstView:
     fit_note: str
     frames: int
     match_note: str
+    length_note: str
 
     @classmethod
     def of(cls, defaults: FormDefaults) -> FirstView:
@@ -140,9 +145,10 @@ class FirstView:
         resolution = first.resolution if first else DEFAULT_RESOLUTION
         image, audio = (str(first.image), str(first.audio)) if first else (None, None)
         preview, fit_note = preview_fit(image, resolution, 768, 512, ImageFit.CROP.value)
-        slider, match_note = sync_frames(audio, 0.0, FRAME_RATES[0], True, resolution, 768, 512)
+        slider, match_note, length_note = sync_frames(audio, 0.0, FRAME_RATES[0], True, resolution, 768, 512, 97)
         prompt = first.prompt if first else defaults.prompt
-        return cls(image, audio, prompt, resolution, preview, fit_note, slider.get("value", 97), match_note)
+        frames = slider.get("value", 97)
+        return cls(image, audio, prompt, resolution, preview, fit_note, frames, match_note, length_note)
 
 
 def _inputs_section(defaults: FormDefaults, view: FirstView, c: dict, extras: dict) -> None:
@@ -242,8 +248,9 @@ def _video_section(view: FirstView, c: dict, extras: dict) -> None:
         9, MAX_FRAMES, value=view.frames, step=8, label="Frames (8k+1)", interactive=True, elem_id="frames"
     )
     with gr.Row():
-        extras["duration_note"] = gr.Markdown(describe_frames(view.frames, FRAME_RATES[0]), elem_id="duration-note")
+        extras["duration_note"] = gr.Markdown(view.length_note, elem_id="duration-note")
         extras["match_note"] = gr.Markdown(view.match_note, elem_id="match-note")
+    _long_recording_section(c)
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(
             DEFAULT_SEED, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed", scale=1
@@ -257,6 +264,33 @@ def _video_section(view: FirstView, c: dict, extras: dict) -> None:
             label="Steps (stage 1)",
             elem_id="steps",
             scale=2,
+        )
+
+
+def _long_recording_section(c: dict) -> None:
+    """The window fields, closed by default: a video longer than one window runs in windows of this length."""
+    with gr.Accordion("Long recordings: windows past one clip", open=False, elem_id="long-recordings"):
+        with gr.Row():
+            c["window_frames"] = gr.Number(
+                0,
+                label="Window length (frames, 8k+1; 0: the most at this size)",
+                precision=0,
+                minimum=0,
+                step=8,
+                elem_id="window-frames",
+            )
+            c["window_overlap_frames"] = gr.Number(
+                DEFAULT_OVERLAP, label="Overlap (frames, multiple of 8)", precision=0, step=8, elem_id="window-overlap"
+            )
+            c["max_video_seconds"] = gr.Number(
+                DEFAULT_MAX_VIDEO_SECONDS,
+                label=f"Longest video (s, at most {MAX_VIDEO_SECONDS:.0f})",
+                elem_id="max-video-seconds",
+            )
+        gr.Markdown(
+            "With *Match audio length* on, audio longer than one window makes one video of the whole recording: "
+            "consecutive windows, each continuing the one before. The frame slider shows one window.",
+            elem_id="long-recordings-note",
         )
 
 

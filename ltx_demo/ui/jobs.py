@@ -74,6 +74,7 @@ class _Job:
     phase_started: float = 0.0
     step: int | None = None
     total: int | None = None
+    unit: str = "step"  # what the steps count (denoising steps, the decoder's chunks, the frames encoded)
 
 
 def shape_key(request: GenerationRequest) -> tuple:
@@ -170,19 +171,25 @@ class DemoController:
             if progress.phase != job.phase:
                 job.phase, job.phase_started, job.step, job.total = progress.phase, now, None, None
             if progress.step is not None:
-                job.step, job.total = progress.step, progress.total_steps
+                job.step, job.total, job.unit = progress.step, progress.total_steps, progress.unit
 
     def has_job(self, session: str) -> bool:
         with self._lock:
             return session in self._jobs
 
-    def cancel(self, session: str) -> str:
+    def cancel(self, session: str, announce: Callable[[str], None] = lambda _message: None) -> str:
+        """Stop this visitor's job between steps. `announce` gets the message first, before the flag is set: the
+        job cannot stop (and the status line say idle) before the visitor has been told."""
         with self._lock:
             job = self._jobs.get(session)
         if job is None:
-            return "Nothing of yours is running."
+            message = "Nothing of yours is running."
+            announce(message)
+            return message
+        message = f"Cancelling: stops after the current step ({job.phase}); nothing will be written."
+        announce(message)
         job.cancel.set()
-        return f"Cancelling: stops after the current step ({job.phase})."
+        return message
 
     # -- readouts --------------------------------------------------------------------------------------------------
     def _describe(self, job: _Job, now: float, loading: str | None) -> tuple[str, float]:
@@ -192,7 +199,7 @@ class DemoController:
         if loading:
             parts.append(f"loading {loading}")
         if job.step is not None and job.total:
-            parts.append(f"step {job.step}/{job.total}")
+            parts.append(f"{job.unit} {job.step}/{job.total}")
         parts.append(f"{clock.elapsed:.1f} s")
         parts.append("ETA after the first steps" if left is None else f"ETA ~{max(left, 1):.0f} s for the run")
         return " · ".join(parts), fraction
