@@ -298,6 +298,7 @@ def merge_into(benchmarks: Path, new: dict) -> dict:
             c.get("bundle", {}).get("scale"),
             c.get("variant"),
             page_cache(c),
+            c.get("command"),
         )
 
     if new.get("baseline"):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run on the device machine from the repo root: installs the carried wheels, runs every gpu-marked
 # test, then one small CUDA generate per quantization and residency; what it measures lands under $OUT.
+# (The gpu-marked files only: the machine has no gradio, which the UI and worker tests import.)
 # Usage: scripts/device_check.sh [pytest -k expression]   (with one, only the selected tests and no generates)
 # Carry: .whl (scripts/device_env.sh lists the wheels).
 set -uo pipefail
@@ -11,7 +12,7 @@ python3 -c "import torch, transformers, ltx_core; print('torch', torch.__version
   | tee -a "$OUT/gpu.txt"
 
 select=${1:-}
-python3 -m pytest -m gpu tests/ -q -p no:cacheprovider -o addopts="" -rA ${select:+-k "$select"} 2>&1 \
+python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py -q -p no:cacheprovider -o addopts="" -rA ${select:+-k "$select"} 2>&1 \
   | tee "$OUT/gpu-tests.log" | tail -40
 tests_rc=${PIPESTATUS[0]}
 [ -n "$select" ] && exit "$tests_rc"

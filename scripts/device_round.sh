@@ -30,7 +30,7 @@ case $part in
     ;;
   checks)
     export LTX_DEMO_CACHE=/tmp/ltx-demo-cache
-    python3 -m pytest -m gpu tests/ -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -8
+    python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -8
     timeout 240 python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
       --only fp8_scaled_mm,cuda_graphs,default --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
       2> >(quiet >"$OUT/fidelity-h200.log")
