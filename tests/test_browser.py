@@ -48,6 +48,8 @@ def upload_audio(page, path: Path) -> None:
     if clear.count():
         clear.click()
     page.locator("#audio input[type=file]").set_input_files(str(path))
+    # Until the upload lands, the form's audio handlers have not run: a control set meanwhile races them.
+    page.locator("#audio button[aria-label='Clear']").wait_for(state="visible")
 
 
 def set_number(page, elem_id: str, value: float) -> None:
