@@ -155,11 +155,12 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
 
 def kept_as_built(engine: Engine, summary: dict) -> bool:
     """Whether this run's mode keeps some of its models as built (residency/specs.py): host-cached always does for
-    the models whose config keeps them, cold-start only with a cache folder."""
+    the models whose config keeps them, cold-start and persistent (its first builds) only with a cache folder; the
+    run's `kept_builds` says which builds read them."""
     config = engine.models.config
-    if config is None or summary["residency"] not in ("cold-start", "host-cached"):
+    if config is None:
         return False
-    if summary["residency"] == "cold-start" and engine.models.cold_start_cache_dir is None:
+    if summary["residency"] in ("cold-start", "persistent") and engine.models.cold_start_cache_dir is None:
         return False
     return any(spec.kept_as_built(config) for spec in MODEL_SPECS)
 

@@ -75,9 +75,9 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cold-start-cache-dir",
         default=str(cache_dir() / "cold-start"),
-        help="cold-start keeps the models whose build costs more than their size here, as built (fp8 transformer, "
-        "nf4 Gemma, fp8 embeddings processor: ~33 GB for LTX-2.3), and reads them instead of the bf16 files on later "
-        "requests; 'off': build from the bundle every time",
+        help="cold-start and persistent keep the models whose build costs more than their size here, as built (fp8 "
+        "transformer, nf4 Gemma, fp8 embeddings processor: ~33 GB for LTX-2.3), and read them instead of the bf16 "
+        "files on later requests (cold-start) and after a restart (persistent); 'off': build from the bundle every time",
     )
 
 

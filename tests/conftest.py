@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +14,9 @@ import pytest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 os.environ.setdefault("TQDM_DISABLE", "1")
+if "LTX_DEMO_CACHE" not in os.environ:  # the CLI's and app's defaults (embedded bundle, kept states): this run's own
+    os.environ["LTX_DEMO_CACHE"] = tempfile.mkdtemp(prefix="ltx-demo-tests-")
+    atexit.register(shutil.rmtree, os.environ["LTX_DEMO_CACHE"], ignore_errors=True)
 # The flow's top-level phases, in order, as every result reports them.
 EVERY_PHASE = (
     "load:configure",

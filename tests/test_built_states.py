@@ -114,7 +114,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     request = small_request(quantization="fp8-cast", residency="cold-start")
     first = engine.generate(request)
     assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}  # the bf16 Gemma: not kept
-    assert "transformer (keeping it as built for later cold starts)" in loading
+    assert "transformer (keeping it as built for later starts)" in loading
     # The status (API and UI) says what is kept on disk for this config, and its size.
     kept_now = engine.status()["residency"]["kept_as_built"]
     assert set(kept_now) == {"transformer", "embeddings_processor"} and all(b > 0 for b in kept_now.values())
@@ -155,6 +155,26 @@ def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
     assert loads["embeddings_processor (as built)"] == 1 and "EMBEDDINGS_PROCESSOR_KEY_OPS" not in loads
     assert loads["transformer (as built)"] == 1 and not any(key.startswith("sd_ops_chain") for key in loads)
     assert engine.models.disk_reads["embeddings_processor"] == 1 and engine.models.resident() == ()
+
+
+def test_persistent_keeps_its_first_builds_and_a_restarted_server_reads_them(tiny_bundle, small_request, tmp_path,
+                                                                             clips):  # fmt: skip
+    """The first request after a (re)start: persistent writes the models kept as built on its first build, and a new
+    engine on the same folder (a restarted server) builds them from those files: the same frames and audio."""
+    cache_dir = tmp_path / "kept"
+    request = small_request(quantization="fp8-cast", residency="persistent")
+    first_engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    first = first_engine.generate(request)
+    assert kept_folders(cache_dir) == {"transformer": 1, "embeddings_processor": 1}
+    assert first_engine.models.kept_builds["transformer"] == 0  # built from the bundle, then kept
+    first_engine.models.release_all()
+    restarted = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    again = restarted.generate(request)
+    assert restarted.models.kept_builds == {"transformer": 1, "embeddings_processor": 1}
+    assert_same_output(first, again, clips[0], clips[1])
+    assert set(restarted.status()["residency"]["kept_as_built"]) == {"transformer", "embeddings_processor"}
+    restarted.generate(request)  # persistent: resident now, nothing is built again
+    assert restarted.models.kept_builds == {"transformer": 1, "embeddings_processor": 1}
 
 
 def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bundle, small_request, tmp_path,

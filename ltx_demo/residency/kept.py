@@ -224,10 +224,11 @@ KEEP_FREE_BYTES = 10 * GIB  # cold-start keeps a model only if the disk keeps th
 
 
 class DiskKept:
-    """cold-start: built models' states in files under `cache_dir`, one folder per model and recipe (state_folder).
+    """cold-start and persistent (modes.KeptOnDisk): built models' states in files under `cache_dir`, one folder per
+    model and recipe (state_folder).
 
     Writing never fails a request: a write error or too little free disk is logged, and after a write error
-    nothing more is kept by this process (later cold starts build from the bundle)."""
+    nothing more is kept by this process (later starts build from the bundle)."""
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.cache_dir = cache_dir  # None: keep nothing
@@ -264,14 +265,14 @@ class DiskKept:
                 )  # fmt: skip
                 return
             started = time.perf_counter()
-            on_loading(f"{name} (keeping it as built for later cold starts)")
+            on_loading(f"{name} (keeping it as built for later starts)")
             written = save_model_state(model, folder)
         except Exception as exc:  # writing the cache must never fail the request
-            logger.warning("could not keep %s in %s (%s); cold starts build it from the bundle", name, folder, exc)
+            logger.warning("could not keep %s in %s (%s); later starts build it from the bundle", name, folder, exc)
             self.cache_dir = None
             return
         logger.info(
-            "kept %s as built in %s (%.2f GiB, %.1f s): later cold starts read it instead of the bundle's files",
+            "kept %s as built in %s (%.2f GiB, %.1f s): later starts read it instead of the bundle's files",
             name, folder, written / GIB, time.perf_counter() - started,
         )  # fmt: skip
 

@@ -77,8 +77,63 @@ def _stage_2_extra(components: dict[str, int], lora_mode: LoraMode) -> int:
     return components["lora_adapter"] if lora_mode is LoraMode.ADAPTER else components["transformer_stage_2"]
 
 
-class Persistent(Mode):
-    pass
+class KeptOnDisk:
+    """For a mode over Mode: the models kept as built (specs) are written to files by their first build and read
+    from them after (in any process, by any mode that keeps them: the folders are per config, not per mode), instead
+    of being built from the bundle again. Cold-start reads them every request, persistent when the server starts."""
+
+    def __init__(self, config: ModelConfig, builder_args: dict, disk: kept.DiskKept) -> None:
+        self.disk = disk  # the manager's: a write failure stops keeping for every later config too
+        super().__init__(config, builder_args, disk)
+
+    def folder(self, name: str):
+        """Where `name` is kept as built for this config; None when it is not kept."""
+        if not spec(name).kept_as_built(self.config):
+            return None
+        recipe = {
+            "quantization": self.config.quantization.value,
+            "text_encoder": self.config.text_encoder_quantization.value,
+            **({"whole_gemma": True} if self.config.whole_gemma else {}),  # absent: the names kept states had
+            "dtype": str(self.builder.dtype),
+            "versions": library_versions(),
+        }
+        return self.disk.folder(name, self.builder.source_paths(name), recipe)
+
+    def build(self, name: str, label: str) -> torch.nn.Module:
+        folder = self.folder(name)
+        if folder is None:
+            return super().build(name, label)
+
+        def kept_or_fresh(fresh):
+            state = self.disk.get(folder, name, self.builder.device)
+            if state is not None:
+                try:
+                    model = self.builder.rebuild(name, state)
+                    self.builder.counts.kept_builds[name] += 1
+                    return model
+                except kept.UnreadableState as exc:
+                    self.disk.drop(folder, name, exc)
+            model = fresh()
+            self.disk.put(folder, name, model, module_bytes(model), self.builder.on_loading)
+            return model
+
+        return self.builder.build(name, label, kept_or_fresh)
+
+    def kept_on_disk(self) -> dict[str, int]:
+        out = {}
+        for model_spec in MODEL_SPECS:
+            try:
+                folder = self.folder(model_spec.name)
+            except OSError:  # a bundle file gone: the status still answers (the next build says what is wrong)
+                return {}
+            if folder is not None and kept.is_kept(folder):
+                out[model_spec.name] = kept.kept_bytes(folder)
+        return out
+
+
+class Persistent(KeptOnDisk, Mode):
+    """Every model stays on the device until the config changes; the first build after a start reads the models
+    kept as built (KeptOnDisk), so a restarted server is ready sooner."""
 
 
 class PerRequest(Mode):
@@ -169,58 +224,10 @@ class HostCached(PerRequest):
         release_pinned_host_memory()
 
 
-class ColdStart(PerRequest):
+class ColdStart(KeptOnDisk, PerRequest):
     """Build, run, free per request; the models kept as built (specs) are read from files after the first request."""
 
     residency = Residency.COLD_START
-
-    def __init__(self, config: ModelConfig, builder_args: dict, disk: kept.DiskKept) -> None:
-        self.disk = disk  # the manager's: a write failure stops keeping for every later config too
-        super().__init__(config, builder_args, disk)
-
-    def folder(self, name: str):
-        """Where `name` is kept as built for this config; None when it is not kept."""
-        if not spec(name).kept_as_built(self.config):
-            return None
-        recipe = {
-            "quantization": self.config.quantization.value,
-            "text_encoder": self.config.text_encoder_quantization.value,
-            **({"whole_gemma": True} if self.config.whole_gemma else {}),  # absent: the names kept states had
-            "dtype": str(self.builder.dtype),
-            "versions": library_versions(),
-        }
-        return self.disk.folder(name, self.builder.source_paths(name), recipe)
-
-    def build(self, name: str, label: str) -> torch.nn.Module:
-        folder = self.folder(name)
-        if folder is None:
-            return super().build(name, label)
-
-        def kept_or_fresh(fresh):
-            state = self.disk.get(folder, name, self.builder.device)
-            if state is not None:
-                try:
-                    model = self.builder.rebuild(name, state)
-                    self.builder.counts.kept_builds[name] += 1
-                    return model
-                except kept.UnreadableState as exc:
-                    self.disk.drop(folder, name, exc)
-            model = fresh()
-            self.disk.put(folder, name, model, module_bytes(model), self.builder.on_loading)
-            return model
-
-        return self.builder.build(name, label, kept_or_fresh)
-
-    def kept_on_disk(self) -> dict[str, int]:
-        out = {}
-        for model_spec in MODEL_SPECS:
-            try:
-                folder = self.folder(model_spec.name)
-            except OSError:  # a bundle file gone: the status still answers (the next build says what is wrong)
-                return {}
-            if folder is not None and kept.is_kept(folder):
-                out[model_spec.name] = kept.kept_bytes(folder)
-        return out
 
 
 MODES: dict[Residency, type[Mode]] = {m.residency: m for m in (Persistent, HostCached, ColdStart)}
