@@ -54,6 +54,11 @@ def test_the_match_note_for_long_audio(tmp_path):
     assert "window overlap 12 frames must be a multiple of 8" in overlap
     slider, note, length = form.sync_frames(audio, 0.0, 24, True, "custom", 64, 64, 257, 0, 16, 5)  # at most 5 s
     assert (slider["value"], length) == (113, "**113 frames = 4.71 s** at 24 fps") and "⚠ cut to the first 4.71" in note
+    # Frames set by hand: the length note is describe_frames' alone (it answers without the queue); a queued
+    # sync_frames reply for a size change must not put back the length of the frame count it was sent with.
+    _slider, _note, length = form.sync_frames(audio, 0.0, 24, False, "custom", 64, 64, 105)
+    assert length == {"__type__": "update"}  # leaves the note as it is
+    assert form.describe_frames(9, 24, False, "custom", 64, 64).startswith("**9 frames = 0.38 s**")
     long_audio = str(long_recording(tmp_path / "longer.wav", 70.0))
     assert form.matched_frames(long_audio, 0.0, 24, 64, 64)[0] == 1440  # max_video_seconds 60
     assert "cut to the first 60.0 s" in form.sync_frames(long_audio, 0.0, 24, True, "custom", 64, 64)[1]

@@ -313,8 +313,9 @@ def sync_frames(
     max_video_seconds: float | None = DEFAULT_MAX_VIDEO_SECONDS,
 ):
     """The frame slider's value while "match audio length" is on (never otherwise, so no reply can undo what a
-    visitor typed), its maximum at this size, the match note, and the length note under the slider: the video the
-    request will ask for, or what to fix when there is none. The slider stays enabled: moving it unticks the box."""
+    visitor typed), its maximum at this size, the match note, and (while matching) the length note under the slider:
+    the video the request will ask for, or what to fix when there is none. The slider stays enabled: moving it unticks
+    the box."""
     w, h = _size_or_zero(resolution, width, height)
     cap = max_frames_at(w, h)
     limit = f" · at most {cap} frames at {w}×{h}" if cap < MAX_FRAMES else ""
@@ -329,7 +330,9 @@ def sync_frames(
                 choice.check(int(num_frames), int(frame_rate), w, h)
         except InvalidRequest as exc:
             note = f"⚠ {exc}"
-        return gr.update(maximum=cap), note, _hand_set_note(num_frames, frame_rate, w, h, choice)
+        # The length note is describe_frames' alone here: this reply, queued behind the change that sent it, would
+        # otherwise put back the length of a frame count the visitor has changed since.
+        return gr.update(maximum=cap), note, gr.skip()
     if not audio:
         return gr.update(maximum=cap), "upload audio to match its length", "**no video length** until audio is in"
     try:

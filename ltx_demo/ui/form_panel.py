@@ -100,8 +100,8 @@ class Form:
         # In the browser only (no round trip, so nothing can arrive late): taking the slider ends "match audio".
         c["num_frames"].input(None, None, c["match_audio"], js="() => false")
         length_inputs = ("num_frames", "frame_rate", "match_audio", "resolution", "width", "height", *WINDOW_FIELDS[:2])
-        gr.on(
-            [c["num_frames"].change, c["frame_rate"].change],
+        gr.on(  # the length note while frames are set by hand: every input it reads, answered without the queue
+            [c[n].change for n in length_inputs],
             describe_frames,
             [c[n] for n in length_inputs],
             c["duration_note"],
