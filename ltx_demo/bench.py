@@ -378,7 +378,7 @@ def render_markdown(data: dict) -> str:
     lines.append("| configuration | load (all) | " + " | ".join(main) + " |")
     lines.append("| --- | --- | " + " | ".join("---" for _ in main) + " |")
     for c in data["configs"]:
-        runs = [r for r in c["runs"] if not r.get("oom")]
+        runs = finished(c["runs"])
         if not runs:
             continue
         load = mean([sum(v for k, v in r["phases"].items() if k.startswith("load:")) for r in runs])

@@ -270,6 +270,11 @@ def _check_shape(request: GenerationRequest) -> None:
         raise InvalidRequest(f"frame count {n} is not 8k+1 (9, 17, 25, ... {MAX_FRAMES}): {hint}")
 
 
+def overlap_leaves_frames(window: int, overlap: int) -> bool:
+    """The overlap plan_windows needs: a multiple of 8, at least 8, leaving each window 9 or more frames of its own."""
+    return overlap >= 8 and overlap % 8 == 0 and window - overlap >= 9
+
+
 def _check_windows(request: GenerationRequest) -> None:
     """The window's length (8k+1, 17 to 257, under the memory cap at this size), its overlap (a multiple of 8 that
     leaves each window at least 9 new frames) and the whole video's length (at most max_video_seconds)."""
@@ -287,7 +292,7 @@ def _check_windows(request: GenerationRequest) -> None:
     overlap = request.window_overlap_frames
     if request.num_frames <= window:
         return  # one clip: the window fields have nothing to do
-    if overlap < 8 or overlap % 8 or window - overlap < 9:
+    if not overlap_leaves_frames(window, overlap):
         raise InvalidRequest(
             f"window overlap {overlap} frames must be a multiple of 8, at least 8 and at most {window - 9} "
             f"(the window length {window} minus 9, so each window adds frames of its own)"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ltx_demo import media
-from ltx_demo.requests import check_request, max_frames_at, whole_number
+from ltx_demo.requests import check_request, max_frames_at, overlap_leaves_frames, whole_number
 from ltx_demo.types import GenerationRequest, InvalidRequest
 from ltx_demo.windows import plan_windows
 
@@ -57,7 +57,7 @@ class WindowChoice:
         """How many windows a video of `frames` runs in (1: one clip, or while the fields are not legal: check says
         why, this only counts)."""
         window, overlap = self.window_at(width, height), self.overlap_frames
-        legal = (window - 1) % 8 == 0 and overlap >= 8 and overlap % 8 == 0 and window - overlap >= 9
+        legal = (window - 1) % 8 == 0 and overlap_leaves_frames(window, overlap)
         return len(plan_windows(frames, window, overlap, 0).windows) if frames > window and legal else 1
 
     def check(self, frames: int, frame_rate: int, width: int, height: int) -> None:

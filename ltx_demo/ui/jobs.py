@@ -184,11 +184,11 @@ class DemoController:
             job = self._jobs.get(session)
         if job is None:
             message = "Nothing of yours is running."
-            announce(message)
-            return message
-        message = f"Cancelling: stops after the current step ({job.phase}); nothing will be written."
+        else:
+            message = f"Cancelling: stops after the current step ({job.phase}); nothing will be written."
         announce(message)
-        job.cancel.set()
+        if job is not None:
+            job.cancel.set()
         return message
 
     # -- readouts --------------------------------------------------------------------------------------------------
