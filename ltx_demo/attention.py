@@ -112,6 +112,28 @@ def use_attention_(model: torch.nn.Module, backend: AttentionBackend) -> int:
     return len(modules)
 
 
+def traceable_attention_(model: torch.nn.Module) -> int:
+    """Each Attention module that holds an AttentionFunction member gets the ltx-core class that member calls
+    (PytorchAttention, XFormersAttention, FlashAttention3): the same kernel, but torch.compile can trace a call of
+    a class instance and cannot trace a call of an Enum member (a graph break around every attention)."""
+    from ltx_core.model.transformer import attention
+
+    classes = {
+        attention.AttentionFunction.PYTORCH: attention.PytorchAttention,
+        attention.AttentionFunction.XFORMERS: attention.XFormersAttention,
+        attention.AttentionFunction.FLASH_ATTENTION_3: attention.FlashAttention3,
+        attention.AttentionFunction.DEFAULT: attention.XFormersAttention
+        if attention.memory_efficient_attention is not None
+        else attention.PytorchAttention,
+    }
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, attention.Attention) and isinstance(module.attention_function, attention.AttentionFunction):
+            module.attention_function = classes[module.attention_function]()
+            changed += 1
+    return changed
+
+
 @contextlib.contextmanager
 def attention_of(model: torch.nn.Module, backend: AttentionBackend):
     """`model`'s attention switched to `backend` inside the block, put back after (forward-bench, fidelity)."""

@@ -96,6 +96,13 @@ def machine_facts(device) -> dict:
     return facts
 
 
+def compiled_note(compiled: bool, failures: list[str]) -> str:
+    """The variant's words for compiled blocks: on, on but fallen back to eager (why), or nothing."""
+    if not compiled:
+        return ""
+    return f", compile failed (eager: {failures[0]})" if failures else ", compiled blocks"
+
+
 def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt: str, drop_cache: bool) -> dict:
     import torch
 
@@ -116,6 +123,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         batch_guidance=config.batch_guidance,
     )
     kept_before = Counter(engine.models.kept_builds)
+    failures_before = len(engine.models.compile_failures)
     try:
         result = engine.generate(request)
     except torch.OutOfMemoryError as exc:
@@ -141,6 +149,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         f"text encoder {summary['text_encoder_quantization']}"
         + ("" if config.batch_guidance else ", unbatched guidance")
         + (", CUDA graphs" if engine.models.cuda_graphs else "")
+        + compiled_note(engine.models.compiled_blocks, engine.models.compile_failures[failures_before:])
         + (", kept as built" if kept_as_built(engine, summary) else ""),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],

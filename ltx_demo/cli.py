@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ltx_demo.cli_flags import build_parser, compute_dtype, engine_from_args, request_from_args, resolve_from_args
-from ltx_demo.types import AttentionBackend, CudaGraphs, GenerationRequest, Progress, Quantization
+from ltx_demo.types import AttentionBackend, CompileBlocks, CudaGraphs, GenerationRequest, Progress, Quantization
 
 
 class PhasePrinter:
@@ -114,7 +114,7 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
     engine_defaults = (
         CudaGraphs(args.cuda_graphs) is CudaGraphs.AUTO
         and AttentionBackend(args.attention) is AttentionBackend.AUTO
-        and not args.compile_blocks
+        and CompileBlocks(args.compile_blocks) is CompileBlocks.AUTO
         and args.steps == steps_default
     )
     return [
@@ -168,7 +168,7 @@ def _forward_bench(args: argparse.Namespace) -> None:
         args.repeats,
         cuda_graphs=CudaGraphs(args.cuda_graphs) is CudaGraphs.ON,
         attentions=tuple(AttentionBackend(a) for a in args.attentions.split(",")),
-        compile_blocks=args.compile_blocks,
+        compile_blocks=CompileBlocks(args.compile_blocks) is CompileBlocks.ON,
         profile=args.profile,
     )
     facts = bench.machine_facts(device) | {

@@ -11,6 +11,7 @@ from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES, GUIDANCE_SPLITS
 from ltx_demo.types import (
     AttentionBackend,
+    CompileBlocks,
     CudaGraphs,
     DecodeTiling,
     Flow,
@@ -69,8 +70,13 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--compile-blocks",
-        action="store_true",
-        help="torch.compile each transformer block (CUDA; the first request compiles, tens of seconds)",
+        nargs="?",
+        const=CompileBlocks.ON.value,
+        default=CompileBlocks.AUTO.value,
+        choices=[c.value for c in CompileBlocks],
+        help="torch.compile the transformer blocks (Inductor fuses their norms, modulation and RoPE; the first "
+        "request compiles, a minute or more, kept in the cache folder for later starts); auto: on in persistent mode "
+        "on CUDA; on: anywhere, CPU too; a bare --compile-blocks means on",
     )
     group.add_argument(
         "--cold-start-cache-dir",
@@ -382,7 +388,7 @@ def engine_from_args(args: argparse.Namespace, **options):
         cuda_graphs=CudaGraphs(args.cuda_graphs),
         cold_start_cache_dir=None if folder.lower() == "off" else Path(folder).expanduser(),
         attention=AttentionBackend(args.attention),
-        compile_blocks=args.compile_blocks,
+        compile_blocks=CompileBlocks(args.compile_blocks),
         **options,
     )
 

@@ -38,6 +38,7 @@ from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
     GIB,
     AttentionBackend,
+    CompileBlocks,
     CudaGraphs,
     Flow,
     GenerationCancelled,
@@ -161,7 +162,7 @@ class Engine:
         cold_start_cache_dir: Path | None = None,
         compute_dtype: torch.dtype | None = None,  # None: bf16 on CUDA, float32 on CPU (compute_dtype_for)
         attention: AttentionBackend = AttentionBackend.AUTO,
-        compile_blocks: bool = False,
+        compile_blocks: CompileBlocks | bool = CompileBlocks.AUTO,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)

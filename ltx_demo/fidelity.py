@@ -27,6 +27,7 @@ from ltx_demo.engine import Engine
 from ltx_demo.fidelity_switches import (
     attention_kernel,
     batched_guidance,
+    compiled_blocks,
     cuda_graphs,
     fp8_processor,
     fp8_scaled_mm,
@@ -146,6 +147,7 @@ ROWS = (
     Row("fp8_scaled_mm", "fp8-scaled-mm (fp8 GEMMs)", switch=fp8_scaled_mm, unavailable=_scaled_mm_unavailable,
         quantization=Quantization.FP8_SCALED_MM),
     Row("cuda_graphs", "CUDA graphs", switch=cuda_graphs, unavailable=_graphs_unavailable, cuda_graphs=True),
+    Row("compiled_blocks", "torch.compile'd transformer blocks (--compile-blocks)", switch=compiled_blocks),
     *(Row(f"attention_{backend.name.lower()}", f"attention on {backend} (--attention {backend})",
           switch=attention_kernel(backend), unavailable=_attention_unavailable(backend))
       for backend in (AttentionBackend.SDPA_FLASH, AttentionBackend.SDPA_CUDNN, AttentionBackend.SDPA_EFFICIENT,
@@ -261,6 +263,8 @@ def run_engine(setup: Setup, row: Row, request: GenerationRequest, work_dir: Pat
                 if attempt:
                     seconds.append(result.elapsed_seconds)
             graphs = engine.models.graphs_for(engine.models.config)
+            compiled = engine.models.compile_for(engine.models.config) or row.key == "compiled_blocks"
+            compile_failures = list(engine.models.compile_failures)
     finally:
         engine.models.release_all()
         del engine
@@ -273,6 +277,8 @@ def run_engine(setup: Setup, row: Row, request: GenerationRequest, work_dir: Pat
         "text_encoder_quantization": result.text_encoder_quantization,
         "stage_2_lora": result.stage_2_lora,
         "cuda_graphs": graphs,
+        "compiled_blocks": compiled,
+        "compile_failures": compile_failures,
         "stage_1_transformer_calls": result.counters.get("stage_1_transformer_calls"),
         "fp8_scaled_mm_calls": result.counters.get("fp8_scaled_mm_calls"),
         "peak_vram_bytes": result.peak_vram_bytes,

@@ -52,7 +52,10 @@ def render_markdown(data: dict) -> str:
             how.append(
                 f"{ran['quantization']}, text encoder {ran['text_encoder_quantization']}, LoRA {ran['stage_2_lora']}"
                 + (", CUDA graphs" if ran.get("cuda_graphs") else "")
+                + (", compiled blocks" if ran.get("compiled_blocks") else "")
             )
+        if ran.get("compile_failures"):
+            how.append(f"compile fell back to eager: {ran['compile_failures'][0]}")
         elif ran.get("stage_2_lora") and row["key"].startswith("lora"):
             how.append(f"LoRA {ran['stage_2_lora']}")
         if row["identical"]:

@@ -139,6 +139,23 @@ def cuda_graphs(_setup: Setup, _notes: list[str]) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def compiled_blocks(_setup: Setup, notes: list[str]) -> Iterator[None]:
+    """The transformer blocks torch.compile'd (the engine's --compile-blocks, which only the fast flow applies)."""
+    from ltx_demo.compiled_blocks import CompiledBlocks
+
+    build = ModelBuilder.build
+
+    def compiled(self, name, label, obtain, past_registry=False):
+        model = build(self, name, label, obtain, past_registry)
+        if spec(name).is_transformer and self.config.flow is Flow.REFERENCE:
+            CompiledBlocks(model.velocity_model, on_failure=lambda reason: notes.append(f"compile failed: {reason}"))
+        return model
+
+    with patched(ModelBuilder, "build", compiled):
+        yield
+
+
 def _graphs_on_cuda(manager: ModelManager, _config) -> bool:
     return manager.device.type == "cuda"
 

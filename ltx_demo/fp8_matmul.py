@@ -73,6 +73,28 @@ def _ones(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones((1, n), device=device, dtype=torch.float32)
 
 
+@torch.library.custom_op("ltx_demo::fp8_scaled_linear", mutates_args=())
+def fp8_scaled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x W^T + b as one op (rows quantized, rowwise-scaled fp8 GEMM): what torch.compile'd blocks call, so
+    Inductor fuses the elementwise work around the GEMM and never traces into the fp8 kernels (compiled_blocks)."""
+    quantized, scale_a = quantize_rows(x.reshape(-1, x.shape[-1]))
+    out = torch._scaled_mm(
+        quantized,
+        weight.t(),
+        scale_a=scale_a,
+        scale_b=_ones(weight.shape[0], weight.device),
+        bias=None if bias is None else bias.to(x.dtype),
+        out_dtype=x.dtype,
+    )
+    ScaledMMCounter.calls += 1
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@fp8_scaled_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def scaled_mm_forward(layer: torch.nn.Linear):
     """A forward for `layer`: y = x W^T + b with W kept in float8_e4m3fn; x quantized per row (one outlier token
     does not flatten the others). Weights are looked up at call time, so a state dict assigned later is used; what
@@ -82,6 +104,8 @@ def scaled_mm_forward(layer: torch.nn.Linear):
 
     def forward(x: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
         weight, bias = layer.weight, layer.bias
+        if torch.compiler.is_compiling() and weight.dtype == torch.float8_e4m3fn:
+            return fp8_scaled_linear(x, weight, bias)
         entry = prepared[0]
         if entry is None or entry[0] is not weight or entry[1] is not bias or entry[2] != x.dtype:
             if weight.dtype != torch.float8_e4m3fn:  # a linear the downcast map does not cover

@@ -43,7 +43,7 @@ def decoder_flops(models: ModelManager, width: int, height: int, num_frames: int
 def measure_flops(bundle: Bundle, device: torch.device, compute_dtype: torch.dtype, width: int, height: int,
                   num_frames: int) -> dict:  # fmt: skip
     """FLOPs of one stage-1 call (the guidance passes batched, half size), one stage-2 call and one decode."""
-    models = ModelManager(bundle, device, compute_dtype, cuda_graphs=False)
+    models = ModelManager(bundle, device, compute_dtype, cuda_graphs=False, compile_blocks=False)
     config = ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0,
                          text_encoder_quantization=TextEncoderQuantization.BF16)  # fmt: skip
     models.configure(config)  # the FLOPs do not depend on the weights' format; fp8 keeps the build small

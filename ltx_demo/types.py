@@ -72,6 +72,14 @@ class CudaGraphs(enum.StrEnum):
     OFF = "off"
 
 
+class CompileBlocks(enum.StrEnum):
+    """torch.compile the transformer blocks (compiled_blocks.py): auto = where the one-time compile pays."""
+
+    AUTO = "auto"  # on for persistent residency on CUDA (the compiled blocks stay with the models)
+    ON = "on"  # CPU too (Inductor's C++ kernels; what the CPU tests run)
+    OFF = "off"
+
+
 class Parallel(enum.StrEnum):
     """How `generate` spreads one request over the devices --gpus names (the app's --gpus starts one worker each)."""
 

@@ -193,3 +193,32 @@ def test_a_request_naming_no_quantization_runs_fp8_scaled_mm_on_hopper(tiny_bund
     assert result.summary()["quantization"] == "fp8-scaled-mm" and result.request.quantization == "fp8-scaled-mm"
     assert result.summary()["counters"].get("fp8_scaled_mm_calls", 0) > 0
     engine.models.release_all()  # persistent with its CUDA graphs: the next tests measure absolute peaks
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "fp8-scaled-mm"])
+def test_compiled_blocks_on_cuda_match_eager_and_keep_the_fp8_gemm(tiny_bundle, quantization):
+    """CompiledBlocks on a real transformer on the GPU: Inductor's Triton kernels around the fp8 GEMM op (which it
+    does not trace into), no fallback to eager, the output close to eager, and every block linear still a
+    torch._scaled_mm call under fp8-scaled-mm."""
+    from ltx_demo.compiled_blocks import CompiledBlocks
+    from ltx_demo.fp8_matmul import ScaledMMCounter
+    from ltx_demo.forward_bench import ForwardShape, stage_inputs
+    from ltx_demo.residency import ModelConfig, ModelManager
+    from ltx_demo.types import Quantization, Residency
+
+    models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=False, compile_blocks=False)
+    models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, 1.0))
+    with models.stage_transformer(1) as stage, torch.inference_mode():
+        transformer = stage.model
+        inputs = stage_inputs(transformer, ForwardShape(128, 128, 17, batch=2))
+        eager = transformer(**inputs)[0].float()
+        compiled_blocks = CompiledBlocks(transformer.velocity_model)
+        transformer(**inputs)  # compiles
+        calls = ScaledMMCounter.calls
+        compiled = transformer(**inputs)[0].float()
+        assert compiled_blocks.failure is None
+        if quantization == "fp8-scaled-mm":
+            assert ScaledMMCounter.calls - calls > 0
+    models.release_all()
+    error = float((compiled - eager).norm() / eager.norm())
+    assert error < 0.02, error

@@ -15,6 +15,7 @@ import torch
 
 from ltx_demo.attention import use_attention_
 from ltx_demo.checkpoints import Bundle, BundleError, gemma_architecture
+from ltx_demo.compiled_blocks import CompiledBlocks
 from ltx_demo.cuda_graphs import GraphedBlocks
 from ltx_demo.quantization import policy_for, swap_in_linear4bit_
 from ltx_demo.residency import kept
@@ -35,6 +36,7 @@ class BuildCounts:
     disk_reads: Counter = field(default_factory=Counter)
     kept_builds: Counter = field(default_factory=Counter)
     uploaded_ahead: Counter = field(default_factory=Counter)
+    compile_failures: list = field(default_factory=list)  # why compiled blocks fell back to eager, in order
 
 
 def free_device_memory(device: torch.device, collect: bool = True) -> None:
@@ -167,8 +169,7 @@ class ModelBuilder:
             logger.info("transformer: %d attention modules on %s", use_attention_(model, self._attention),
                         self._attention)  # fmt: skip
         if self._compile_blocks:
-            for block in model.velocity_model.transformer_blocks:
-                block.compile()
+            CompiledBlocks(model.velocity_model, on_failure=self.counts.compile_failures.append)
         if self._graph_key is not None:
             GraphedBlocks(model.velocity_model, extra_key=self._graph_key)
 

@@ -23,7 +23,7 @@ from ltx_demo.residency.kept import DiskKept
 from ltx_demo.residency.modes import CONCRETE_MODES, MODES, Mode
 from ltx_demo.residency.specs import MODEL_NAMES, ModelConfig, flow_models, spec
 from ltx_demo.residency.stage2_lora import DistilledLora, Stage2Lora
-from ltx_demo.types import AttentionBackend, CudaGraphs, Flow, LoraMode, Residency
+from ltx_demo.types import AttentionBackend, CompileBlocks, CudaGraphs, Flow, LoraMode, Residency
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ModelManager:
         cuda_graphs: CudaGraphs | bool = CudaGraphs.AUTO,
         cold_start_cache_dir: Path | None = None,
         attention: AttentionBackend = AttentionBackend.AUTO,
-        compile_blocks: bool = False,
+        compile_blocks: CompileBlocks | bool = CompileBlocks.AUTO,
     ) -> None:
         from ltx_demo import attention as attention_kernels
 
@@ -65,7 +65,9 @@ class ModelManager:
             cuda_graphs = CudaGraphs.ON if cuda_graphs else CudaGraphs.OFF
         self.cuda_graphs_setting = cuda_graphs  # replay the transformer blocks (cuda_graphs.py); graphs_for decides
         self.attention = attention_kernels.resolve(attention, device)  # the fast flow's transformer attention
-        self.compile_blocks = compile_blocks and device.type == "cuda"  # torch.compile each transformer block
+        if isinstance(compile_blocks, bool):
+            compile_blocks = CompileBlocks.ON if compile_blocks else CompileBlocks.OFF
+        self.compile_blocks_setting = compile_blocks  # torch.compile each transformer block; compile_for decides
         self.counts = BuildCounts()
         self._disk = DiskKept(cold_start_cache_dir)
         self._loading_listeners: list[Callable[[str | None], None]] = []
@@ -167,6 +169,29 @@ class ModelManager:
             case CudaGraphs.AUTO:
                 return config.residency is Residency.PERSISTENT
 
+    def compile_for(self, config: ModelConfig) -> bool:
+        """Whether the fast flow's transformer blocks are torch.compile'd under `config`: auto for persistent on
+        CUDA (the compile is paid once and stays with the resident model), on anywhere when asked."""
+        if config.flow is not Flow.FAST:
+            return False
+        match self.compile_blocks_setting:
+            case CompileBlocks.ON:
+                return True
+            case CompileBlocks.OFF:
+                return False
+            case CompileBlocks.AUTO:
+                return self.device.type == "cuda" and config.residency is Residency.PERSISTENT
+
+    @property
+    def compiled_blocks(self) -> bool:
+        """Whether the current config compiles the blocks (a compile that failed falls back: compile_failures)."""
+        return self.config is not None and self.compile_for(self.config)
+
+    @property
+    def compile_failures(self) -> list[str]:
+        """Why compiled blocks fell back to eager, every time one did (CompiledBlocks; each build compiles anew)."""
+        return self.counts.compile_failures
+
     @property
     def cuda_graphs(self) -> bool:
         """Whether the current config replays graphs (before any config: whether --cuda-graphs on was asked)."""
@@ -202,7 +227,7 @@ class ModelManager:
                     "on_loading": self._set_loading,
                     "graph_key": self._lora.graph_key if self.graphs_for(config) else None,
                     "attention": self.attention,
-                    "compile_blocks": self.compile_blocks,
+                    "compile_blocks": self.compile_for(config),
                 }
                 self._mode = MODES[config.residency](config, builder_args, self._disk)
             self._refresh_status()

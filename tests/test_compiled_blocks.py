@@ -1,0 +1,136 @@
+"""torch.compile'd transformer blocks (compiled_blocks.py) on CPU with the tiny bundle: Inductor's C++ kernels run
+the real blocks, the output matches eager, the blocks share graphs instead of compiling one each, a failing
+compile falls back to eager, and auto turns compile on only where it pays (persistent on CUDA)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ltx_demo.compiled_blocks import CompiledBlocks
+from ltx_demo.engine import Engine
+from ltx_demo.forward_bench import ForwardShape, stage_inputs
+from ltx_demo.residency import ModelConfig, ModelManager
+from ltx_demo.types import CompileBlocks, Flow, Quantization, Residency
+
+from .test_engine import decode_mp4
+
+
+@pytest.fixture
+def stage_transformer(tiny_bundle):
+    """The tiny bundle's stage transformer (float32, CPU), grown from 2 to 6 blocks (copies with their own idx) so
+    that graph sharing across blocks shows."""
+    models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32, compile_blocks=False)
+    models.configure(ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0))
+    with models.stage_transformer(1) as stage:
+        blocks = stage.model.velocity_model.transformer_blocks
+        for idx in range(len(blocks), 6):
+            block = copy.deepcopy(blocks[idx % 2])
+            block.idx = idx
+            blocks.append(block)
+        yield stage.model
+    models.release_all()
+
+
+def _guided_inputs(transformer, perturbed_block: int):
+    """Stage 1's four batched passes: plain, STG on one block, no audio-video cross attention, plain."""
+    from ltx_core.guidance.perturbations import (
+        BatchedPerturbationConfig,
+        Perturbation,
+        PerturbationConfig,
+        PerturbationType,
+    )
+
+    inputs = stage_inputs(transformer, ForwardShape(64, 64, 9, batch=4))
+    stg = [Perturbation(t, [perturbed_block]) for t in (PerturbationType.SKIP_VIDEO_SELF_ATTN,
+                                                         PerturbationType.SKIP_AUDIO_SELF_ATTN)]  # fmt: skip
+    modality = [Perturbation(t, None) for t in (PerturbationType.SKIP_A2V_CROSS_ATTN,
+                                                PerturbationType.SKIP_V2A_CROSS_ATTN)]  # fmt: skip
+    passes = [PerturbationConfig([]), PerturbationConfig(stg), PerturbationConfig(modality), PerturbationConfig([])]
+    inputs["perturbations"] = BatchedPerturbationConfig(passes)
+    return inputs
+
+
+def test_compiled_blocks_match_eager_and_share_graphs(stage_transformer):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    guided = _guided_inputs(stage_transformer, perturbed_block=3)
+    single = stage_inputs(stage_transformer, ForwardShape(128, 64, 9), seed=1)  # stage 2: one pass, another shape
+    with torch.inference_mode():
+        eager = [stage_transformer(**inputs)[0].clone() for inputs in (guided, single)]
+        compiled_blocks = CompiledBlocks(stage_transformer.velocity_model)
+        compiled = [stage_transformer(**inputs)[0].clone() for inputs in (guided, single, guided)]
+    assert compiled_blocks.active and compiled_blocks.failure is None
+    for expected, got in zip((*eager, eager[0]), compiled, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), float((got - expected).abs().max())
+    # block 0, the unperturbed blocks with idx symbolic, the STG block, then the new shape: 4 graphs for 12 block
+    # calls; specialising on idx would have made 6 for stage 1 alone
+    assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+
+
+def test_a_failing_compile_falls_back_to_eager_for_every_block(stage_transformer):
+    def broken_backend(_graph, _example_inputs):
+        raise RuntimeError("PassManager::run failed")
+
+    torch._dynamo.reset()
+    failures: list[str] = []
+    inputs = _guided_inputs(stage_transformer, perturbed_block=1)
+    with torch.inference_mode():
+        expected = stage_transformer(**inputs)[0].clone()
+        compiled_blocks = CompiledBlocks(stage_transformer.velocity_model, failures.append, backend=broken_backend)
+        got = stage_transformer(**inputs)[0]
+    assert torch.equal(got, expected)
+    assert not compiled_blocks.active and "PassManager::run failed" in compiled_blocks.failure
+    assert failures == [compiled_blocks.failure]
+    assert all(block._compiled_call_impl is None for block in stage_transformer.velocity_model.transformer_blocks)
+
+
+def test_out_of_memory_inside_compiled_blocks_is_raised_not_swallowed(stage_transformer):
+    def out_of_memory_backend(_graph, _example_inputs):
+        def run(*_args):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return run
+
+    torch._dynamo.reset()
+    inputs = _guided_inputs(stage_transformer, perturbed_block=1)
+    compiled_blocks = CompiledBlocks(stage_transformer.velocity_model, backend=out_of_memory_backend)
+    with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):
+        stage_transformer(**inputs)
+    assert compiled_blocks.active  # out of memory is not a compile failure
+
+
+def test_auto_compiles_persistent_on_cuda_only(tiny_bundle):
+    """compile_for's rule; the CUDA manager is only constructed here (no GPU on this machine), never run."""
+    fast = ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0)
+    on_cuda = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+    assert on_cuda.compile_blocks_setting is CompileBlocks.AUTO and on_cuda.compile_for(fast)
+    for other in (Residency.COLD_START, Residency.HOST_CACHED):
+        assert not on_cuda.compile_for(ModelConfig(Quantization.BF16, other, 1.0))
+    assert not on_cuda.compile_for(ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0, flow=Flow.REFERENCE))
+    on_cpu = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
+    assert not on_cpu.compile_for(fast)
+    forced = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32, compile_blocks=CompileBlocks.ON)
+    assert forced.compile_for(fast)
+
+
+def test_the_engine_with_compiled_blocks_renders_what_eager_renders(tiny_bundle, small_request, tmp_path):
+    """The whole flow with --compile-blocks on (CPU): frames within a pixel level of the eager engine's, the result
+    says the blocks were compiled, and a second request reuses the compiled graphs."""
+    torch._dynamo.reset()
+    frames = {}
+    for setting in (CompileBlocks.OFF, CompileBlocks.ON):
+        engine = Engine(tiny_bundle, tmp_path / setting, device="cpu", compile_blocks=setting)
+        frames[setting] = [decode_mp4(engine.generate(small_request()).output)[0] for _ in range(2)]
+        assert engine.models.compiled_blocks is (setting is CompileBlocks.ON)
+        assert engine.models.compile_failures == []
+        engine.models.release_all()
+    eager, compiled = frames[CompileBlocks.OFF], frames[CompileBlocks.ON]
+    assert np.array_equal(compiled[0], compiled[1])  # deterministic
+    difference = np.abs(eager[0].astype(int) - compiled[0].astype(int))
+    assert difference.max() <= 2, difference.max()
