@@ -311,45 +311,43 @@ X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "rc-lookahead=
 MP4_PROGRESS_STEPS = 20  # encoding progress reports per file (the CLI prints a line for each)
 
 
-class _Finish:
-    """The encoder thread's last item: flush the video, mux this audio, close the file."""
-
-    __slots__ = ("audio",)
-
-    def __init__(self, audio: np.ndarray) -> None:
-        self.audio = audio
-
-
+_FINISH = object()  # the encoder thread's last item: flush the video, mux the audio, close the file
 _ABORT = object()  # the encoder thread's item for: stop now, no file wanted
 _CLOSED = object()  # the encoder thread's report for: the file is complete and closed
 _FAILED = object()  # the encoder thread's report for: it raised (the exception is in Mp4Stream._error)
 
 
 class Mp4Stream:
-    """An mp4 written while its frames arrive: H.264 (yuv420p, X264_OPTIONS) + AAC stereo through PyAV, the frames
-    encoded on ONE background thread as each chunk is put, the audio muxed on close. The file's bytes are the same
-    however the frames are chunked (the encoder gets the same frames in the same order and numbers their pts itself).
+    """An mp4 written while its frames arrive: H.264 (yuv420p, X264_OPTIONS) + AAC stereo through PyAV, encoded on ONE
+    background thread: the audio first (it is known before the frames), then each chunk of frames as it is put; on
+    close the video is flushed and the audio's packets muxed after it. The file's bytes are the same however the
+    frames are chunked (the encoders get the same input in the same order, x264 numbers the pts itself, and the
+    packets reach the muxer in the same order as when all was encoded at once).
 
-    put(frames) returns at once; close(audio) waits for the encoder and reports progress. What the encoder thread
-    raises comes out of the next put or of close. Leaving the `with` block without a successful close aborts: the
-    thread stops at its next frame and the file is removed, so nothing half-written stays behind."""
+    put(frames) returns at once; close() waits for the encoder and reports progress. What the encoder thread raises
+    comes out of the next put or of close. Leaving the `with` block without a successful close aborts: the thread
+    stops at its next frame and the file is removed, so nothing half-written stays behind."""
 
     def __init__(
         self,
         path: Path,
         total_frames: int,
         frame_rate: int,
+        audio: np.ndarray,
         sample_rate: int,
         metadata: dict[str, str] | None = None,
         on_frames: Callable[[int, int], None] | None = None,
     ) -> None:
-        """Opens the file and its two streams. total_frames: how many frames the put calls will bring (the
-        progress counts against it, and close checks it); metadata: container tags (e.g. the provenance JSON under
-        "comment"); on_frames(done, total): see close."""
+        """Opens the file's two streams and starts the encoder thread. total_frames: how many frames the put calls
+        will bring (the progress counts against it, and close checks it); audio: float32 (2, samples) at
+        sample_rate; metadata: container tags (e.g. the provenance JSON under "comment"); on_frames(done, total):
+        see close."""
         self.path, self.total, self.sample_rate = Path(path), total_frames, sample_rate
+        self._audio = np.ascontiguousarray(audio, dtype=np.float32)
+        self._audio_packets: list = []  # encoded on the thread before the first frame, muxed on close
         self._report = on_frames or (lambda _done, _total: None)
         self._every = max(1, math.ceil(total_frames / MP4_PROGRESS_STEPS))
-        self._items: queue.SimpleQueue = queue.SimpleQueue()  # chunks, then _Finish or _ABORT (to the thread)
+        self._items: queue.SimpleQueue = queue.SimpleQueue()  # chunks, then _FINISH or _ABORT (to the thread)
         self._reports: queue.SimpleQueue = queue.SimpleQueue()  # frames encoded, then _CLOSED or _FAILED (from it)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -394,8 +392,8 @@ class Mp4Stream:
         self._frames_put += len(frames)
         self._items.put(frames)
 
-    def close(self, audio: np.ndarray) -> None:
-        """Encode what is still queued, mux the audio (float32 (2, samples) at sample_rate) and close the file.
+    def close(self) -> None:
+        """Encode what is still queued, mux the audio and close the file.
 
         on_frames(done, total) is called here, on the caller's thread: once at the start with the frames encoded so
         far (0 when the frames were all just put), at most MP4_PROGRESS_STEPS times more as the rest encode, and once
@@ -405,12 +403,11 @@ class Mp4Stream:
             raise RuntimeError(f"close() of an mp4 stream that is {self._state}")
         if self._frames_put != self.total:
             raise ValueError(f"the mp4 was opened for {self.total} frames; {self._frames_put} were put")
-        self._items.put(_Finish(np.ascontiguousarray(audio, dtype=np.float32)))
+        self._items.put(_FINISH)
         reported = self._frames_encoded  # what encoded during the put calls: reported once, not step by step
         self._report(reported, self.total)
         while (report := self._reports.get()) is not _CLOSED:
             if report is _FAILED:
-                self._thread.join()
                 self._raise_if_failed()
             if report > reported:
                 reported = report
@@ -430,18 +427,21 @@ class Mp4Stream:
         self.path.unlink(missing_ok=True)
 
     def _raise_if_failed(self) -> None:
+        """The encoder thread's exception, once that thread has ended (its container closed)."""
         if self._error is not None:
+            self._thread.join()
             raise self._error
 
     # -- on the encoder thread -------------------------------------------------------------------------------------
     def _encode_items(self) -> None:
-        """The thread: each chunk's frames in order, then the audio and the close; any failure is kept for the
-        caller (and said on the report queue, which close waits on), and the container is closed whatever happens."""
+        """The thread: the audio, each chunk's frames in order, then the close; any failure is kept for the caller
+        (and said on the report queue, which close waits on), and the container is closed whatever happens."""
         closed = False
         try:
+            self._encode_audio()
             while (item := self._items.get()) is not _ABORT:
-                if isinstance(item, _Finish):
-                    self._finish(item.audio)
+                if item is _FINISH:
+                    self._finish()
                     closed = True
                     self._reports.put(_CLOSED)
                     return
@@ -462,15 +462,18 @@ class Mp4Stream:
     def _encode(self, frame: np.ndarray) -> None:
         self._container.mux(self._video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
 
-    def _finish(self, audio: np.ndarray) -> None:
-        self._container.mux(self._video.encode())
-        pcm = av.AudioFrame.from_ndarray(audio, format="fltp", layout="stereo")
+    def _encode_audio(self) -> None:
+        pcm = av.AudioFrame.from_ndarray(self._audio, format="fltp", layout="stereo")
         pcm.sample_rate = self.sample_rate
         # With a pts the encoder stamps its 1024 priming samples negative and the muxer writes an edit list that
         # skips them; without one they played before the speech, 21 ms late against the video.
         pcm.pts, pcm.time_base = 0, Fraction(1, self.sample_rate)
-        self._container.mux(self._sound.encode(pcm))
-        self._container.mux(self._sound.encode(None))
+        self._audio_packets = [*self._sound.encode(pcm), *self._sound.encode(None)]
+        self._audio = None  # the samples are in the packets now
+
+    def _finish(self) -> None:
+        self._container.mux(self._video.encode())
+        self._container.mux(self._audio_packets)  # after the video's, as when everything was encoded at the end
         self._container.close()
 
     def _close_quietly(self) -> None:
@@ -492,6 +495,6 @@ def write_mp4(
 ) -> None:
     """All the frames at once through Mp4Stream: uint8 (n, h, w, 3) frames, float32 (2, samples) audio, metadata and
     on_frames as Mp4Stream takes them. A failure leaves no file."""
-    with Mp4Stream(path, len(frames), frame_rate, sample_rate, metadata, on_frames) as stream:
+    with Mp4Stream(path, len(frames), frame_rate, audio, sample_rate, metadata, on_frames) as stream:
         stream.put(frames)
-        stream.close(audio)
+        stream.close()

@@ -67,14 +67,14 @@ def sha256(path: Path) -> str:
 
 
 def streamed(path: Path, frames, audio, sizes, on_frames=None, as_tensors=False) -> None:
-    with media.Mp4Stream(path, len(frames), FPS, RATE, METADATA, on_frames) as stream:
+    with media.Mp4Stream(path, len(frames), FPS, audio, RATE, METADATA, on_frames) as stream:
         start = 0
         for size in sizes:
             chunk = frames[start : start + size]
             stream.put(torch.from_numpy(chunk) if as_tensors else chunk)
             start += size
         assert start == len(frames)
-        stream.close(audio)
+        stream.close()
 
 
 def encoder_threads() -> list[threading.Thread]:
@@ -113,10 +113,10 @@ def test_chunks_as_the_decoder_yields_them_give_the_same_bytes(tmp_path, clip):
     channels_first = torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()  # (c, f, h, w)
     as_decoded = channels_first.permute(1, 2, 3, 0)  # the decoder's view: (f, h, w, c), not contiguous
     assert not as_decoded.is_contiguous()
-    with media.Mp4Stream(tmp_path / "tensors.mp4", FRAMES, FPS, RATE, METADATA) as stream:
+    with media.Mp4Stream(tmp_path / "tensors.mp4", FRAMES, FPS, audio, RATE, METADATA) as stream:
         for chunk in torch.split(as_decoded, [17, 16, 8]):
             stream.put(chunk)
-        stream.close(audio)
+        stream.close()
     assert sha256(tmp_path / "tensors.mp4") == sha256(tmp_path / "array.mp4")
 
 
@@ -149,13 +149,13 @@ def test_progress_comes_on_the_callers_thread_forward_and_bounded(tmp_path, clip
 def test_what_encoded_before_close_is_reported_once_then_the_tail(tmp_path, clip):
     frames, audio = clip
     seen = []
-    with media.Mp4Stream(tmp_path / "out.mp4", FRAMES, FPS, RATE, on_frames=lambda *a: seen.append(a)) as stream:
+    with media.Mp4Stream(tmp_path / "out.mp4", FRAMES, FPS, audio, RATE, on_frames=lambda *a: seen.append(a)) as stream:
         stream.put(frames[:30])
         while stream._frames_encoded < 30:  # the decoder is still running here: the thread encodes meanwhile
             threading.Event().wait(0.01)
         assert seen == []  # nothing is reported while frames are put (the decode's progress has the bar then)
         stream.put(frames[30:])
-        stream.close(audio)
+        stream.close()
     assert seen[0][0] >= 30 and seen[-1] == (FRAMES, FRAMES), seen
     assert all(done > 30 for done, _ in seen[1:]), seen
 
@@ -175,7 +175,7 @@ def test_an_error_on_the_encoder_thread_comes_out_of_put_or_close_and_leaves_no_
     monkeypatch.setattr(media.Mp4Stream, "_encode", crashes_at_frame_5)
     out = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError, match="x264 crashed"):
-        with media.Mp4Stream(out, FRAMES, FPS, RATE) as stream:
+        with media.Mp4Stream(out, FRAMES, FPS, audio, RATE) as stream:
             stream.put(frames[:10])
             while stream._error is None:
                 threading.Event().wait(0.01)
@@ -202,10 +202,10 @@ def test_a_full_disk_raises_enospc_to_the_caller(tmp_path, clip):
 
 
 def test_abort_stops_the_thread_and_removes_the_file(tmp_path, clip):
-    frames, _audio = clip
+    frames, audio = clip
     out = tmp_path / "out.mp4"
     many = np.repeat(frames, 10, axis=0)
-    with media.Mp4Stream(out, len(many), FPS, RATE) as stream:
+    with media.Mp4Stream(out, len(many), FPS, audio, RATE) as stream:
         stream.put(many)
         while stream._frames_encoded < 20:  # the file is created at the first packet muxed
             threading.Event().wait(0.01)
@@ -215,19 +215,19 @@ def test_abort_stops_the_thread_and_removes_the_file(tmp_path, clip):
         with pytest.raises(RuntimeError, match="aborted"):
             stream.put(frames[:1])
     assert not out.exists() and not encoder_threads()
-    with media.Mp4Stream(out, FRAMES, FPS, RATE) as stream:  # leaving the block without close() aborts too
+    with media.Mp4Stream(out, FRAMES, FPS, audio, RATE) as stream:  # leaving the block without close() aborts too
         stream.put(frames[:9])
     assert not out.exists() and not encoder_threads()
 
 
 def test_the_frame_count_is_checked(tmp_path, clip):
     frames, audio = clip
-    with media.Mp4Stream(tmp_path / "out.mp4", FRAMES, FPS, RATE) as stream:
+    with media.Mp4Stream(tmp_path / "out.mp4", FRAMES, FPS, audio, RATE) as stream:
         with pytest.raises(ValueError, match="opened for 41 frames; 42 were put"):
             stream.put(np.concatenate([frames, frames[:1]]))
         stream.put(frames[:40])
         with pytest.raises(ValueError, match="opened for 41 frames; 40 were put"):
-            stream.close(audio)
+            stream.close()
         with pytest.raises(ValueError, match="uint8"):
             stream.put(frames[:1].astype(np.float32))
         with pytest.raises(ValueError, match="after frames of"):
