@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import re
 import shutil
@@ -24,7 +25,7 @@ from ltx_demo import media, results, review
 from ltx_demo.attention import unavailable_reason as attention_unavailable
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
-from ltx_demo.pipeline import run_two_stage
+from ltx_demo.pipeline import ClipHead, run_two_stage
 from ltx_demo.quantization import (
     default_quantization,
     default_text_encoder_quantization,
@@ -138,6 +139,47 @@ def clip_shape(request: GenerationRequest) -> tuple[int, int, int]:
 def compute_dtype_for(device: torch.device) -> torch.dtype:
     """bf16 on GPUs; float32 on CPUs, where bf16 convolutions are ~40x slower than float32."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class ResultVideo:
+    """The request's mp4 in the work folder, as the flow's FrameSink: opened when the decode begins (the provenance
+    record, which names the prompt that ran, goes into the container's header; the audio encodes first), each
+    decoded chunk encoded on media.Mp4Stream's thread as it comes, then closed; or aborted, leaving no file and no
+    thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        request: GenerationRequest,
+        record_for: Callable[[str | None], dict],
+        on_progress: Callable[[Progress], None],
+    ) -> None:
+        self.path, self.request, self.record_for, self.on_progress = path, request, record_for, on_progress
+        self.record: dict | None = None  # the provenance, once opened (the sidecar gets it too)
+        self.stream: media.Mp4Stream | None = None
+
+    def open(self, head: ClipHead) -> None:
+        self.record = self.record_for(head.prompt_used)
+        metadata = review.mp4_metadata(self.record)
+        frames, fps, audio = self.request.num_frames, self.request.frame_rate, head.audio.numpy()
+        self.stream = media.Mp4Stream(self.path, frames, fps, audio, head.sample_rate, metadata, self._encoded)
+
+    def put(self, frames: torch.Tensor) -> None:
+        self.stream.put(frames)
+
+    def close(self) -> None:
+        """The frames still queued encoded, the audio muxed, the file closed (progress: encode_mp4 frames)."""
+        if self.stream is None:
+            raise RuntimeError("the flow returned without opening the mp4 (its decode never ran)")
+        self.stream.close()
+
+    def abort(self) -> None:
+        """Nothing once closed."""
+        if self.stream is not None:
+            self.stream.abort()
+
+    def _encoded(self, done: int, total: int) -> None:
+        self.on_progress(Progress("encode_mp4", done, total, unit="frame"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -304,7 +346,7 @@ class Engine:
         self._current = telemetry
         telemetry.start_sampling()
         resident_before = self.models.resident()
-        config, failure = None, None
+        config, failure, video = None, None, None
         try:
             with self.models.request():  # non-persistent modes leave nothing on the device, error or not
                 try:
@@ -312,11 +354,13 @@ class Engine:
                         config, residency_reason = self._model_config(request)
                         self.models.configure(config)  # releases what another config held, before building anything
                     windows = window_plan(request)
-                    with torch.inference_mode():
+                    record_for = functools.partial(self._provenance, request, config, windows=windows)
+                    video = ResultVideo(work_dir / "output.mp4", request, record_for, on_progress)
+                    with torch.inference_mode():  # the flow's decode feeds `video` (the mp4 encodes meanwhile)
                         if len(windows.windows) == 1:
-                            clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled)
+                            clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled, video)
                         else:  # a long recording: consecutive windows in this one request
-                            args = (request, inputs, self.models, telemetry, on_progress, cancelled, windows)
+                            args = (request, inputs, self.models, telemetry, on_progress, cancelled, windows, video)
                             clip = run_windows(*args)
                 except Exception as exc:
                     failure = drop_frames(exc)  # so the release below frees this run's memory now
@@ -325,16 +369,12 @@ class Engine:
                     raise self._out_of_memory(request, config, telemetry, f"{type(failure).__name__}: {failure}")
                 raise failure
             on_progress(Progress("encode_mp4"))
-            partial = work_dir / "output.mp4"
+            # The mp4 encoded while the decoder ran (the decode phase holds that overlap, and the audio's encode), so
+            # this phase times only the tail: the frames still queued when the decode ended, the video's flush, the
+            # mux of the audio, the close. decode + encode_mp4 is the wall time of the two together; encode_mp4 alone
+            # is not the encode's whole time.
             with telemetry.phase("encode_mp4"):
-                record = self._provenance(request, config, clip.prompt_used, windows)
-                frames, audio = clip.frames.numpy(), clip.audio.numpy()
-                metadata = review.mp4_metadata(record)
-
-                def encoded(done: int, total: int) -> None:
-                    on_progress(Progress("encode_mp4", done, total, unit="frame"))
-
-                media.write_mp4(frames, audio, clip.sample_rate, request.frame_rate, partial, metadata, encoded)
+                video.close()
             if cancelled():  # a cancel that came while encoding still means: no result
                 raise GenerationCancelled("cancelled while the video was encoded")
         except OSError as exc:
@@ -346,6 +386,8 @@ class Engine:
             free_device_memory(self.device)  # what the failed run left in the allocator's cache goes back
             raise
         finally:
+            if video is not None:
+                video.abort()  # a run that failed or was cancelled leaves no encoder thread (its work folder goes)
             telemetry.stop_sampling()
             self._current = None
             self._last = telemetry
@@ -353,7 +395,7 @@ class Engine:
         output = Path(request.output_path) if request.output_path else new_result_path(self.output_dir, request.seed)
         ran = RunFacts(config, residency_reason, windows, resident_before, scaled_mm_calls_before)
         result = self._result(request, inputs, clip, telemetry, output, ran)
-        self._publish(partial, output, result, record)
+        self._publish(video.path, output, result, video.record)
         on_progress(Progress("done"))
         return result
 
@@ -392,7 +434,7 @@ class Engine:
         )
 
     def _provenance(
-        self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None, windows: WindowPlan
+        self, request: GenerationRequest, config: ModelConfig, prompt_used: str | None, *, windows: WindowPlan
     ) -> dict:
         """What made this result, for the mp4's metadata and the sidecar; copies the inputs next to the outputs. A long
         recording's windows (lengths, overlap, seeds) are recorded as ran; the request alone plans them again."""

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import torch
 
@@ -51,6 +52,27 @@ class DecodedClip:
     stage_latents: tuple[torch.Tensor, ...] = ()  # the video latent after stage 1 and after stage 2, on the CPU
     prompt_used: str | None = None  # the enhanced prompt, when the request asked for enhancement
     windows: tuple[WindowLatents, ...] = ()  # a long recording's windows' latents (stage_latents: the stitched one)
+
+
+@dataclass(frozen=True, slots=True)
+class ClipHead:
+    """What a clip's mp4 takes before its frames, known once the prompt and the audio are encoded: the prompt that
+    ran (the provenance in the container's header says it) and the audio muxed (DecodedClip's)."""
+
+    prompt_used: str | None  # the enhanced prompt, when the request asked for enhancement
+    audio: torch.Tensor  # float32 (2, samples): the ORIGINAL input audio segment
+    sample_rate: int
+
+
+class FrameSink(Protocol):
+    """Where the decoded video goes while the decoder runs (the engine's mp4, which encodes meanwhile)."""
+
+    def open(self, head: ClipHead) -> None:
+        """Called once, as the decode begins (inside its phase), before the first frames."""
+
+    def put(self, frames: torch.Tensor) -> None:
+        """The video's next frames as each decoder chunk comes: uint8 (n, h, w, 3) on the CPU, in order, only those
+        the video keeps (num_frames in all). Not to be changed: DecodedClip.frames holds them too."""
 
 
 class StepReporter:
@@ -154,8 +176,10 @@ def run_two_stage(
     telemetry: RunTelemetry,
     on_progress: Callable[[Progress], None],
     cancelled: Callable[[], bool],
+    sink: FrameSink | None = None,
 ) -> DecodedClip:
-    """Steps 3-8 of a request (1-2 are the engine's): prompt, audio, stage 1, upsample, stage 2, decode."""
+    """Steps 3-8 of a request (1-2 are the engine's): prompt, audio, stage 1, upsample, stage 2, decode (into `sink`
+    too, chunk by chunk, when given)."""
     flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled)
     contexts = flow.encode_prompt()
     audio, sample_rate, audio_note = flow.clip_audio()
@@ -165,7 +189,7 @@ def run_two_stage(
     upscaled, conditionings = flow.upsample(stage_1_latent)
     final_latent, stage_2_lora = flow.stage_2(contexts, audio_latent, upscaled, conditionings)
     latents.append(final_latent.to("cpu", copy=True))
-    frames = flow.decode(final_latent)
+    frames = flow.decode(final_latent, sink, ClipHead(contexts.prompt_used, audio, sample_rate))
     return DecodedClip(frames, audio, sample_rate, stage_2_lora, audio_note, tuple(latents), contexts.prompt_used)
 
 
@@ -374,19 +398,29 @@ class TwoStageFlow:
         )  # fmt: skip
         return state.latent
 
-    def decode(self, video_latent: torch.Tensor) -> torch.Tensor:
-        """8. Decode (tiled unless asked not to) to uint8 frames, consumed here: the decoder yields lazily."""
+    def decode(
+        self, video_latent: torch.Tensor, sink: FrameSink | None = None, head: ClipHead | None = None
+    ) -> torch.Tensor:
+        """8. Decode (tiled unless asked not to) to uint8 frames, consumed here: the decoder yields lazily. The video
+        keeps the first num_frames (a long recording's stitched latent decodes to a few more). A sink is opened with
+        `head` and gets each chunk's kept frames as it comes, so the mp4 encodes while the decoder runs."""
         from ltx_core.model.video_vae import decode_video as vae_decode_video
 
         self._begin("decode")
         with self.telemetry.phase("decode"):
+            if sink is not None:
+                sink.open(head)
             with self._use("video_decoder") as decoder:
                 tiling = decode_tiling(self.request)
                 total = decode_chunk_count(video_latent, decoder, tiling)
                 self.on_progress(Progress("decode", 0, total, unit="chunk"))
-                chunks = []
+                chunks, kept = [], 0
                 for chunk in vae_decode_video(video_latent, decoder, tiling, self.generator):
-                    chunks.append(chunk.to("cpu"))
+                    frames = chunk.to("cpu")[: self.request.num_frames - kept]  # this chunk's frames the video keeps
+                    chunks.append(frames)
+                    kept += len(frames)
+                    if sink is not None and len(frames):
+                        sink.put(frames)
                     self.on_progress(Progress("decode", len(chunks), max(total, len(chunks)), unit="chunk"))
                     if len(chunks) < total and self.cancelled():
                         raise GenerationCancelled(f"cancelled at decode chunk {len(chunks)}/{total}")

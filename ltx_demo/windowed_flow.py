@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ltx_demo.media import PreparedInputs
-from ltx_demo.pipeline import DecodedClip, PromptContexts, TwoStageFlow, WindowLatents
+from ltx_demo.pipeline import ClipHead, DecodedClip, FrameSink, PromptContexts, TwoStageFlow, WindowLatents
 from ltx_demo.residency import ModelManager
 from ltx_demo.telemetry import RunTelemetry
 from ltx_demo.types import GenerationRequest, Progress
@@ -58,12 +58,14 @@ def run_windows(
     on_progress: Callable[[Progress], None],
     cancelled: Callable[[], bool],
     plan: WindowPlan,
+    sink: FrameSink | None = None,
 ) -> DecodedClip:
     """A video longer than one window: the same steps, each over every window before the next step (so each model is
     used in one block and per-request residency modes build it once per request, with one window's peak), window i
     after the first continuing from the last latent frames of window i-1 (see WindowedFlow). The windows' stage-2
-    latents are stitched with the repeated frames dropped and decoded once; the frames past num_frames go; the audio
-    muxed is the one prepared track, not a concatenation of the windows' cuts."""
+    latents are stitched with the repeated frames dropped and decoded once (into `sink` too, chunk by chunk, when
+    given); the frames past num_frames go; the audio muxed is the one prepared track, not a concatenation of the
+    windows' cuts."""
     flow = WindowedFlow(request, inputs, models, telemetry, on_progress, cancelled, plan)
     contexts = flow.encode_prompt()  # every window uses the request's prompt: encoded once
     audio_latents = flow.encode_audio_windows()
@@ -71,11 +73,11 @@ def run_windows(
     upscaled, conditionings = flow.upsample_windows(stage_1)
     stage_2, stage_2_lora = flow.stage_2_windows(contexts, audio_latents, upscaled, conditionings)
     stitched = flow.stitch(stage_2)
-    frames = flow.decode(stitched)[: request.num_frames]
+    audio = torch.from_numpy(inputs.audio)
+    frames = flow.decode(stitched, sink, ClipHead(contexts.prompt_used, audio, inputs.sample_rate))  # num_frames
     latents = tuple(
         WindowLatents(a.to("cpu", copy=True), b.to("cpu", copy=True)) for a, b in zip(stage_1, stage_2, strict=True)
     )
-    audio = torch.from_numpy(inputs.audio)
     return DecodedClip(
         frames,
         audio,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import av
 import numpy as np
 import pytest
 import soundfile
 
-from ltx_demo import media
+from ltx_demo import media, review
 from ltx_demo.engine import Engine
 
 from .conftest import ASSETS
@@ -107,6 +112,30 @@ def test_same_seed_is_deterministic_and_other_seeds_differ(engine, small_request
     assert f1.astype(np.float32).std(axis=(1, 2, 3)).min() > 5.0  # not near-constant frames
 
 
+def test_same_seed_gives_the_same_mp4_bytes_while_it_encodes_during_the_decode(engine, small_request, monkeypatch):
+    """The mp4 is encoded as the decoder's chunks come (3 here), and still the same seed makes the same file, byte
+    for byte: the provenance's clock held still, since its created_at is the one field two runs differ in."""
+    clock = SimpleNamespace(time=lambda: 1_700_000_000.0, strftime=time.strftime, localtime=time.localtime)
+    monkeypatch.setattr(review, "time", clock)
+    request = small_request(num_frames=41, decode_tile_frames=32, seed=21)
+    first, second = (Path(engine.generate(request).output) for _ in range(2))
+    assert first != second
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == hashlib.sha256(second.read_bytes()).hexdigest()
+
+
+def test_the_decoder_feeds_the_mp4_chunk_by_chunk_while_it_runs(engine, small_request, monkeypatch):
+    put, puts = media.Mp4Stream.put, []
+
+    def during(stream, frames):
+        puts.append((engine._current.current_phase(), len(frames)))
+        put(stream, frames)
+
+    monkeypatch.setattr(media.Mp4Stream, "put", during)
+    result = engine.generate(small_request(num_frames=41, decode_tile_frames=32))
+    assert len(puts) >= 2 and {phase for phase, _ in puts} == {"decode"}, puts  # a put per chunk with frames
+    assert sum(n for _, n in puts) == 41 and decode_mp4(result.output)[0].shape[0] == 41
+
+
 def steps_of(progress, phase: str) -> list[tuple[int, int, str]]:
     return [(p.step, p.total_steps, p.unit) for p in progress if p.phase == phase and p.step is not None]
 
@@ -117,8 +146,8 @@ def test_progress_counts_the_decoders_chunks_and_the_frames_encoded(engine, smal
     result = engine.generate(small_request(num_frames=41, decode_tile_frames=32), on_progress=progress.append)
     decode = steps_of(progress, "decode")
     assert decode == [(k, 3, "chunk") for k in range(4)], decode  # the count ltx-core's decoder yielded, from 0
-    mp4 = steps_of(progress, "encode_mp4")
-    assert mp4[0] == (0, 41, "frame") and mp4[-1] == (41, 41, "frame"), mp4
+    mp4 = steps_of(progress, "encode_mp4")  # the encode's tail: from the frames encoded while the decoder ran
+    assert mp4[0][1:] == (41, "frame") and mp4[-1] == (41, 41, "frame"), mp4
     done = [step for step, *_ in mp4]
     assert done == sorted(set(done)) and len(done) <= media.MP4_PROGRESS_STEPS + 2, done  # forward, bounded
     assert all(unit == "step" for *_, unit in steps_of(progress, "stage_1") + steps_of(progress, "stage_2"))

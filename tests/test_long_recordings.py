@@ -37,22 +37,35 @@ def voice(tmp_path_factory) -> Path:
 
 
 class Spy:
-    """Keeps what the engine hands the flow's caller (the DecodedClip) and the mp4 writer (frames, audio)."""
+    """Keeps what the engine hands the flow's caller (the DecodedClip) and the mp4 writer (frames, audio): the audio
+    the mp4 stream was opened with, and the frames as the decode put them into it, chunk by chunk."""
 
     def __init__(self, monkeypatch):
-        self.clips, self.muxed = [], []
-        run_windows, write_mp4 = engine_module.run_windows, media.write_mp4
+        self.clips, self.muxed, audio, chunks = [], [], [], []
+        run_windows, init, put = engine_module.run_windows, media.Mp4Stream.__init__, media.Mp4Stream.put
+        close = media.Mp4Stream.close
 
         def keep_clip(*args, **kwargs):
             self.clips.append(run_windows(*args, **kwargs))
             return self.clips[-1]
 
-        def keep_muxed(frames, audio, *args, **kwargs):
-            self.muxed.append((frames.copy(), audio.copy()))
-            return write_mp4(frames, audio, *args, **kwargs)
+        def keep_audio(stream, path, total_frames, frame_rate, samples, *args, **kwargs):
+            audio.append(np.array(samples))
+            init(stream, path, total_frames, frame_rate, samples, *args, **kwargs)
+
+        def keep_put(stream, frames):
+            chunks.append(np.asarray(frames).copy())
+            return put(stream, frames)
+
+        def keep_muxed(stream):
+            self.muxed.append((np.concatenate(chunks), audio.pop()))
+            chunks.clear()
+            return close(stream)
 
         monkeypatch.setattr(engine_module, "run_windows", keep_clip)
-        monkeypatch.setattr(media, "write_mp4", keep_muxed)
+        monkeypatch.setattr(media.Mp4Stream, "__init__", keep_audio)
+        monkeypatch.setattr(media.Mp4Stream, "put", keep_put)
+        monkeypatch.setattr(media.Mp4Stream, "close", keep_muxed)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +160,8 @@ def test_three_windows_make_the_whole_recording(long_run, voice):
         8,
         8,
     ]
-    assert frames.shape == (48, 64, 64, 3) and clip.frames.shape[0] == 48  # 49 decoded, the 49th dropped
+    assert frames.shape == (48, 64, 64, 3) and clip.frames.shape[0] == 48  # 49 decoded, the 49th never muxed
+    assert np.array_equal(frames, clip.frames.numpy())
     decoded, decoded_audio, rate, fps = decode_mp4(result.output)
     assert decoded.shape == (48, 64, 64, 3) and fps == FPS and rate == media.OUTPUT_SAMPLE_RATE
     # What was muxed is the input file's samples, sample for sample (48 kHz stereo in: nothing resampled or mixed).

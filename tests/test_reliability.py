@@ -25,7 +25,7 @@ import pytest
 import soundfile
 import torch
 
-from ltx_demo import results, review
+from ltx_demo import media, results, review
 from ltx_demo.engine import Engine
 from ltx_demo.results import KeepPolicy
 from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
@@ -149,21 +149,20 @@ def test_out_of_memory_message_from_the_host_allocator(tiny_bundle, tmp_path, sm
 
 # -- failures leave nothing that looks like a result ------------------------------------------------------------------
 def test_a_failed_encode_leaves_nothing(tiny_bundle, tmp_path, small_request, monkeypatch):
-    from ltx_demo import engine as engine_module
-
     seen = {}
 
-    def half_written(frames, audio, rate, fps, path, *rest):
-        seen["work"] = Path(path).parent
-        Path(path).write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000)  # a truncated mp4
+    def half_written(stream, frame):  # on the encoder thread
+        seen["work"] = stream.path.parent
+        stream.path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000)  # a truncated mp4
         raise RuntimeError("encoder crashed")
 
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
-    monkeypatch.setattr(engine_module.media, "write_mp4", half_written)
+    monkeypatch.setattr(media.Mp4Stream, "_encode", half_written)
     with pytest.raises(RuntimeError, match="encoder crashed"):
         engine.generate(small_request())
     assert result_files(tmp_path / "out") == [] and review.scan_history(tmp_path / "out") == ()
     assert not seen["work"].exists(), "the work folder with the half-written mp4 was left behind"
+    assert not encoder_threads()
 
 
 class FullDisk:
@@ -202,17 +201,62 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tiny_bundle, tmp_pat
     assert Path(engine.generate(small_request()).output).is_file()
 
 
-def test_a_full_temp_disk_while_encoding_is_said_too(tiny_bundle, tmp_path, small_request, monkeypatch):
-    from ltx_demo import engine as engine_module
+@pytest.mark.parametrize("where", ["close", "put"])
+def test_a_full_temp_disk_while_encoding_is_said_too(tiny_bundle, tmp_path, small_request, monkeypatch, where):
+    """ENOSPC on the encoder thread reaches the caller: from the close after the decode (one chunk), or from the put
+    of the decoder's next chunk (3 chunks: the put waits until the thread has failed on the chunk before)."""
 
-    def no_space(frames, audio, rate, fps, path, *rest):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def no_space(stream, frame):  # on the encoder thread
+        raise OSError(errno.ENOSPC, "No space left on device", str(stream.path))
+
+    put, puts = media.Mp4Stream.put, []
+
+    def put_after_the_failure(stream, frames):
+        puts.append(len(frames))
+        while len(puts) > 1 and stream._error is None:
+            time.sleep(0.01)
+        return put(stream, frames)
 
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
-    monkeypatch.setattr(engine_module.media, "write_mp4", no_space)
+    monkeypatch.setattr(media.Mp4Stream, "_encode", no_space)
+    monkeypatch.setattr(media.Mp4Stream, "put", put_after_the_failure)
+    request = small_request() if where == "close" else small_request(num_frames=41, decode_tile_frames=32)
+    progress = []
     with pytest.raises(GenerationFailed, match=r"the disk holding /.*ltx-demo-.* is full"):
-        engine.generate(small_request())
-    assert result_files(tmp_path) == []
+        engine.generate(request, on_progress=progress.append)
+    assert len(puts) == (1 if where == "close" else 2), puts  # the second put raised, inside the decode
+    assert ("encode_mp4" in {p.phase for p in progress}) == (where == "close")
+    assert result_files(tmp_path) == [] and not encoder_threads()
+
+
+def test_a_cancel_between_decode_chunks_leaves_no_file_no_encoder(tiny_bundle, tmp_path, small_request, monkeypatch):
+    streams = []
+    init = media.Mp4Stream.__init__
+
+    def keep(stream, *args, **kwargs):
+        streams.append(stream)
+        init(stream, *args, **kwargs)
+
+    monkeypatch.setattr(media.Mp4Stream, "__init__", keep)
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
+    flag = []
+
+    def on_progress(p):
+        if p.phase == "decode" and p.step == 2:
+            flag.append(True)
+
+    request = small_request(num_frames=41, decode_tile_frames=32)  # 3 decoder chunks: 0, 8 and 33 frames
+    with pytest.raises(GenerationCancelled, match="cancelled at decode chunk 2/3"):
+        engine.generate(request, on_progress=on_progress, cancelled=lambda: bool(flag))
+    (stream,) = streams
+    assert stream._frames_put > 0 and stream._state == "aborted"  # it had frames, then was aborted
+    assert not stream.path.exists() and not stream.path.parent.exists()
+    assert result_files(tmp_path / "out") == [] and not encoder_threads()
+    assert Path(engine.generate(small_request()).output).is_file()  # and the next run works
+
+
+def encoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mp4-encoder"]
 
 
 def test_publish_renames_the_json_first_and_the_mp4_last(tmp_path):
