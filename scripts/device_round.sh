@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One device session of checks after a change to the defaults (issues 13, 14, 16), in parts that each fit one device
 # call (< 10 min, the full-scale bundle made by the first and reused while the machine stays warm). Usage:
+#   bash scripts/device_round.sh tests     # pytest -m gpu; one stage forward with compiled blocks on and off
 #   bash scripts/device_round.sh bench     # 768x512 + 1280x768 persistent x3 and the stock pipeline, same command
+#   bash scripts/device_round.sh restart   # a new process's first request (kept states, Inductor cache from bench)
+#   bash scripts/device_round.sh fidelity  # reference vs stock at 97/30 (FIDELITY_QUANTIZATION); GPU fidelity rows
 #   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
-#   bash scripts/device_round.sh checks    # pytest -m gpu; fidelity rows on the GPU; reference vs stock at 97/30
+#   bash scripts/device_round.sh checks    # tests + fidelity
 # Results under $OUT (JSON + logs).
 set -uo pipefail
 part=$1
@@ -28,16 +31,29 @@ case $part in
       2> >(quiet >"$OUT/long-30s.log")
     echo "long rc=$?"
     ;;
-  checks)
+  tests|checks)
     export LTX_DEMO_CACHE=/tmp/ltx-demo-cache
     python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -8
-    timeout 240 python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
-      --only fp8_scaled_mm,cuda_graphs,default --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
-      2> >(quiet >"$OUT/fidelity-h200.log")
-    echo "fidelity rc=$?"
+    for compiled in off on; do
+      timeout 200 python3 -m ltx_demo forward-bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --shapes 384x256x97/4,768x512x97 \
+        --quantization fp8-scaled-mm --cuda-graphs on --compile-blocks $compiled --warmup 2 --repeats 5 \
+        --out "$OUT/forward-compile-$compiled.json" 2> >(quiet >"$OUT/forward-compile-$compiled.log")
+      echo "forward compile=$compiled rc=$?"
+    done
+    ;;&
+  fidelity|checks)
     timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
       --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
     echo "fidelity-97 rc=$?"
+    timeout 280 python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
+      --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
+      2> >(quiet >"$OUT/fidelity-h200.log")
+    echo "fidelity rc=$?"
+    ;;
+  restart)
+    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \
+      --resolutions 768x512 --runs 2 --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
+    echo "restart rc=$?"
     ;;
 esac
 ls -la "$OUT"
