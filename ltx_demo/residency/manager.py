@@ -170,17 +170,15 @@ class ModelManager:
                 return config.residency is Residency.PERSISTENT
 
     def compile_for(self, config: ModelConfig) -> bool:
-        """Whether the fast flow's transformer blocks are torch.compile'd under `config`: auto for persistent on
-        CUDA (the compile is paid once and stays with the resident model), on anywhere when asked."""
+        """Whether the fast flow's transformer blocks are torch.compile'd under `config`: only when asked (on, any
+        device); auto is off (types.CompileBlocks says why)."""
         if config.flow is not Flow.FAST:
             return False
         match self.compile_blocks_setting:
             case CompileBlocks.ON:
                 return True
-            case CompileBlocks.OFF:
+            case CompileBlocks.OFF | CompileBlocks.AUTO:
                 return False
-            case CompileBlocks.AUTO:
-                return self.device.type == "cuda" and config.residency is Residency.PERSISTENT
 
     @property
     def compiled_blocks(self) -> bool:
