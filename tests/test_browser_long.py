@@ -137,6 +137,7 @@ def test_the_window_length_on_the_page_changes_the_window_count(page, tmp_path):
     set_number(page, "window-frames", 20)
     wait_until(lambda: "window length 20 frames is not 8k+1" in note(), note, timeout_s=30)
     set_number(page, "window-frames", 97)
+    wait_until(lambda: "600 frames in 7 windows of up to 97 frames" in note(), note, timeout_s=30)
     set_number(page, "max-video-seconds", 10)
     wait_until(lambda: "240 frames in 3 windows of up to 97 frames" in note(), note, timeout_s=30)
     assert "cut to the first 10.0 s" in note()
