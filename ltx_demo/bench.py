@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from ltx_demo.bench_runs import finished, later_seconds, mean
+from ltx_demo.compiled_blocks import compile_stats
 from ltx_demo.engine import Engine
 from ltx_demo.residency import MODEL_SPECS, free_device_memory
 from ltx_demo.roofline import render_roofline
@@ -153,6 +154,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + (", kept as built" if kept_as_built(engine, summary) else ""),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
+        "compile": compile_stats() if engine.models.compiled_blocks else None,  # this process so far
         "components": engine.models.status().details,  # what stays on the device after the run, per model (bytes)
         "forward_seconds": {
             stage: round(summary["phases"][stage]["seconds"] / calls, 4)
@@ -207,7 +209,8 @@ def run_bench(
         }
         for index in range(runs):
             run = run_one(engine, config, image, audio, prompt, drop_cache)
-            logger.info("%s run %d: %s", config, index, {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib")})
+            progress = {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib", "phases", "compile")}
+            print(json.dumps({"config": str(config), "run": index, **progress}), file=sys.stderr, flush=True)
             entry["runs"].append(run)
             if run.get("oom"):
                 break  # the next runs of this configuration would not fit either

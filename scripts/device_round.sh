@@ -7,6 +7,8 @@
 #   bash scripts/device_round.sh fidelity  # reference vs stock at 97/30 (FIDELITY_QUANTIZATION); GPU fidelity rows
 #   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
 #   bash scripts/device_round.sh checks    # tests + fidelity
+#   bash scripts/device_round.sh compile   # 768x512 persistent x3 with compiled blocks (Dynamo's recompiles logged);
+#                                          # the Inductor cache comes back as $OUT/inductor-cache.tgz
 # Results under $OUT (JSON + logs).
 set -uo pipefail
 part=$1
@@ -30,6 +32,15 @@ case $part in
     timeout 240 python3 scripts/long_recording_bench.py --bundle "$BUNDLE" --seconds 30 --out "$OUT/long-30s.json" \
       2> >(quiet >"$OUT/long-30s.log")
     echo "long rc=$?"
+    ;;
+  compile)
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache TORCH_LOGS=recompiles
+    timeout ${COMPILE_LIMIT:-400} python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 \
+      --out "$OUT/bench-compile.json" --resolutions 768x512 --runs 3 --residency persistent --baseline none \
+      --compile-blocks on 2>"$OUT/bench-compile.log"
+    echo "compile bench rc=$?"
+    grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
+    tar czf "$OUT/inductor-cache.tgz" -C /tmp inductor-cache && du -h "$OUT/inductor-cache.tgz"
     ;;
   tests|checks)
     export LTX_DEMO_CACHE=/tmp/ltx-demo-cache

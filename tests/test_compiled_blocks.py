@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltx_demo.compiled_blocks import CompiledBlocks
+from ltx_demo.compiled_blocks import CompiledBlocks, compile_stats
 from ltx_demo.engine import Engine
 from ltx_demo.forward_bench import ForwardShape, stage_inputs
 from ltx_demo.residency import ModelConfig, ModelManager
@@ -71,6 +71,8 @@ def test_compiled_blocks_match_eager_and_share_graphs(stage_transformer):
     # block 0, the unperturbed blocks with idx symbolic, the STG block, then the new shape: 4 graphs for 12 block
     # calls; specialising on idx would have made 6 for stage 1 alone
     assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+    stats = compile_stats()  # what a bench record carries
+    assert stats["unique_graphs"] == counters["stats"]["unique_graphs"] and stats["compile_seconds"] > 0, stats
 
 
 def test_a_failing_compile_falls_back_to_eager_for_every_block(stage_transformer):
