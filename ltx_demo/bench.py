@@ -209,7 +209,7 @@ def run_bench(
         }
         for index in range(runs):
             run = run_one(engine, config, image, audio, prompt, drop_cache)
-            progress = {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib", "phases", "compile")}
+            progress = {k: run.get(k) for k in ("elapsed_seconds", "peak_vram_gib", "phases", "compile", "output_hash")}
             print(json.dumps({"config": str(config), "run": index, **progress}), file=sys.stderr, flush=True)
             entry["runs"].append(run)
             if run.get("oom"):

@@ -15,6 +15,7 @@ manager does on adapter attach/detach and release).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -70,20 +71,33 @@ def _mask_caching(perturbations):
     """The same BatchedPerturbationConfig, its masks made once and kept. ltx-core builds a partial mask with
     `mask[i] = 0`, a host-to-device scalar copy a capture may not contain; the warm-ups (not captured) fill the
     cache, the capture then reads it, and the captured graph keeps those tensors alive."""
-    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
-
     if perturbations is None:  # stage 2 calls without any
         return None
+    return _masks_cached_type()(perturbations=perturbations.perturbations)
 
-    class CachedMasks(type(perturbations)):
+
+@functools.cache
+def _masks_cached_type() -> type:
+    """One class for every capture (torch.compile'd blocks guard on the type of what they are given: a class made per
+    capture would recompile them at each). Inside a compiled block the mask is traced as ltx-core makes it: the
+    compiled graph makes it on the device, so there is nothing to cache, and the cache is never read there (a
+    guard on its contents recompiled every block, 66 times in one H200 run)."""
+    from ltx_core.guidance.perturbations import BatchedPerturbationConfig
+
+    class CachedMasks(BatchedPerturbationConfig):
+        def __init__(self, perturbations) -> None:
+            super().__init__(perturbations=perturbations)
+            object.__setattr__(self, "_cache", {})  # the dataclass is frozen
+
         def mask(self, perturbation_type, block, device, dtype):
+            if torch.compiler.is_compiling():
+                return BatchedPerturbationConfig.mask(self, perturbation_type, block, device, dtype)
             key = (perturbation_type, block, str(device), dtype)
-            if key not in cache:
-                cache[key] = BatchedPerturbationConfig.mask(self, perturbation_type, block, device, dtype)
-            return cache[key]
+            if key not in self._cache:
+                self._cache[key] = BatchedPerturbationConfig.mask(self, perturbation_type, block, device, dtype)
+            return self._cache[key]
 
-    cache: dict = {}
-    return CachedMasks(perturbations=perturbations.perturbations)
+    return CachedMasks
 
 
 @dataclass(slots=True)

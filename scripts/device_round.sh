@@ -36,7 +36,7 @@ case $part in
   compile)
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache TORCH_LOGS=recompiles
     timeout ${COMPILE_LIMIT:-400} python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 \
-      --out "$OUT/bench-compile.json" --resolutions 768x512 --runs 3 --residency persistent --baseline none \
+      --out "$OUT/bench-compile.json" --resolutions ${COMPILE_RESOLUTIONS:-768x512} --runs 3 --residency persistent --baseline none \
       --compile-blocks on 2>"$OUT/bench-compile.log"
     echo "compile bench rc=$?"
     grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
