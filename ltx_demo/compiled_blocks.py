@@ -99,12 +99,12 @@ class CompiledBlocks:
 
 
 def compile_stats() -> dict:
-    """What Dynamo and Inductor did so far in this process: graphs compiled, recompiles, seconds spent compiling
+    """What Dynamo and Inductor did so far in this process: graphs compiled, graph breaks, seconds spent compiling
     (Dynamo's own counters; a bench record carries them so a slow first request can be read)."""
     from torch._dynamo.utils import compilation_time_metrics, counters
 
     stats = counters["stats"]
-    seconds = sum(sum(times) for name, times in compilation_time_metrics.items() if name == "_compile.compile_inner")
+    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", ()))
     return {
         "unique_graphs": int(stats.get("unique_graphs", 0)),
         "graph_breaks": int(sum(counters["graph_break"].values())),

@@ -7,7 +7,7 @@
 #   bash scripts/device_round.sh fidelity  # reference vs stock at 97/30 (FIDELITY_QUANTIZATION); GPU fidelity rows
 #   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
 #   bash scripts/device_round.sh checks    # tests + fidelity
-#   bash scripts/device_round.sh compile   # 768x512 persistent x3 with compiled blocks (Dynamo's recompiles logged);
+#   bash scripts/device_round.sh compile   # COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged;
 #                                          # the Inductor cache comes back as $OUT/inductor-cache.tgz
 # Results under $OUT (JSON + logs).
 set -uo pipefail
