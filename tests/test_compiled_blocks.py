@@ -5,6 +5,7 @@ compile falls back to eager, and compile runs only when asked."""
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from ltx_demo.cuda_graphs import _mask_caching
 from ltx_demo.engine import Engine
 from ltx_demo.forward_bench import ForwardShape, stage_inputs
 from ltx_demo.residency import ModelConfig, ModelManager
+from ltx_demo.residency.lora_adapter import LowRankAdapter, load_lora_pairs
 from ltx_demo.types import CompileBlocks, Flow, Quantization, Residency
 
 from .test_engine import decode_mp4
@@ -23,16 +25,26 @@ from .test_engine import decode_mp4
 @pytest.fixture
 def stage_transformer(tiny_bundle):
     """The tiny bundle's stage transformer (float32, CPU), grown from 2 to 6 blocks (copies with their own idx) so
-    that graph sharing across blocks shows."""
+    that graph sharing across blocks shows, with the distilled LoRA's adapter (off) on every block's linears, as
+    persistent residency holds it (each copy gets the pairs of the block it copies)."""
     models = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32, compile_blocks=False)
     models.configure(ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0))
-    with models.stage_transformer(1) as stage:
-        blocks = stage.model.velocity_model.transformer_blocks
+    with models.use("transformer") as model:
+        blocks = model.velocity_model.transformer_blocks
         for idx in range(len(blocks), 6):
             block = copy.deepcopy(blocks[idx % 2])
             block.idx = idx
             blocks.append(block)
-        yield stage.model
+        pairs = {}
+        for stem, pair in load_lora_pairs(str(tiny_bundle.distilled_lora)).items():
+            if not (found := re.match(r"transformer_blocks\.(\d+)\.(.*)", stem)):
+                pairs[stem] = pair
+                continue
+            for idx in range(int(found[1]), 6, 2):
+                pairs[f"transformer_blocks.{idx}.{found[2]}"] = pair
+        model.adapter = LowRankAdapter(model, pairs, strength=1.0, dtype=torch.float32)
+        yield model
+        model.adapter.detach()
     models.release_all()
 
 
@@ -64,15 +76,21 @@ def test_compiled_blocks_match_eager_and_share_graphs(stage_transformer):
     counters.clear()
     guided = _guided_inputs(stage_transformer, perturbed_block=3)
     single = stage_inputs(stage_transformer, ForwardShape(128, 64, 9), seed=1)  # stage 2: one pass, another shape
+    adapter = stage_transformer.adapter
+
+    def run(inputs):  # stage 1 with the adapter off, stage 2 with it on
+        with adapter.active(inputs is single):
+            return stage_transformer(**inputs)[0].clone()
+
     with torch.inference_mode():
-        eager = [stage_transformer(**inputs)[0].clone() for inputs in (guided, single)]
+        eager = [run(inputs) for inputs in (guided, single)]
         compiled_blocks = CompiledBlocks(stage_transformer.velocity_model)
-        compiled = [stage_transformer(**inputs)[0].clone() for inputs in (guided, single, guided)]
+        compiled = [run(inputs) for inputs in (guided, single, guided)]
     assert compiled_blocks.active and compiled_blocks.failure is None
     for expected, got in zip((*eager, eager[0]), compiled, strict=True):
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), float((got - expected).abs().max())
-    # block 0, the unperturbed blocks with idx symbolic, the STG block, then the new shape: 4 graphs for 12 block
-    # calls; specialising on idx would have made 6 for stage 1 alone
+    # block 0, the unperturbed blocks with idx symbolic, the STG block, then the new shape (adapter on): 4 graphs for
+    # 18 block calls; specialising on idx, or on each layer's adapter, would have made 6 for stage 1 alone
     assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
     stats = compile_stats()  # what a bench record carries
     assert stats["unique_graphs"] == counters["stats"]["unique_graphs"] and stats["compile_seconds"] > 0, stats
@@ -111,11 +129,17 @@ def test_out_of_memory_inside_compiled_blocks_is_raised_not_swallowed(stage_tran
 
 
 def test_compile_runs_only_when_asked_and_never_in_the_reference_flow(tiny_bundle):
-    """compile_for's rule: auto is off (the H200's first compile at full scale did not pay, types.CompileBlocks);
-    on compiles the fast flow on any device; the reference flow keeps ltx-core's blocks as they are."""
+    """compile_for's rule: auto compiles persistent residency on CUDA only (a ModelManager on a "cuda" device is
+    made here without a GPU: compile_for reads only the device's type); on compiles the fast flow on any device;
+    the reference flow keeps ltx-core's blocks as they are."""
     fast = ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0)
     default = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32)
     assert default.compile_blocks_setting is CompileBlocks.AUTO and not default.compile_for(fast)
+    on_cuda = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+    assert on_cuda.compile_for(fast)
+    assert not on_cuda.compile_for(ModelConfig(Quantization.BF16, Residency.COLD_START, 1.0))
+    assert not on_cuda.compile_for(ModelConfig(Quantization.BF16, Residency.HOST_CACHED, 1.0))
+    assert not on_cuda.compile_for(ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0, flow=Flow.REFERENCE))
     forced = ModelManager(tiny_bundle, torch.device("cpu"), torch.float32, compile_blocks=CompileBlocks.ON)
     for residency in (Residency.PERSISTENT, Residency.COLD_START, Residency.HOST_CACHED):
         assert forced.compile_for(ModelConfig(Quantization.BF16, residency, 1.0))
@@ -125,15 +149,24 @@ def test_compile_runs_only_when_asked_and_never_in_the_reference_flow(tiny_bundl
 def test_the_engine_with_compiled_blocks_renders_what_eager_renders(tiny_bundle, small_request, tmp_path):
     """The whole flow with --compile-blocks on (CPU): frames within a pixel level of the eager engine's, the result
     says the blocks were compiled, and a second request reuses the compiled graphs."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
-    frames = {}
+    counters.clear()
+    frames, graphs = {}, []
     for setting in (CompileBlocks.OFF, CompileBlocks.ON):
         engine = Engine(tiny_bundle, tmp_path / setting, device="cpu", compile_blocks=setting)
-        frames[setting] = [decode_mp4(engine.generate(small_request()).output)[0] for _ in range(2)]
+        frames[setting] = []
+        for _ in range(2):
+            frames[setting].append(decode_mp4(engine.generate(small_request()).output)[0])
+            graphs.append(compile_stats()["unique_graphs"])
         assert engine.models.compiled_blocks is (setting is CompileBlocks.ON)
         assert engine.models.compile_failures == []
         engine.models.release_all()
     eager, compiled = frames[CompileBlocks.OFF], frames[CompileBlocks.ON]
     assert np.array_equal(compiled[0], compiled[1])  # deterministic
+    # the second request compiles nothing: its stage 1 runs the linear forwards the first traced (the LoRA adapter
+    # is attached before the first stage 1; attached at stage 2 it made the H200's second request recompile)
+    assert graphs[0] == graphs[1] == 0 and graphs[2] > 0 and graphs[3] == graphs[2], graphs
     difference = np.abs(eager[0].astype(int) - compiled[0].astype(int))
     assert difference.max() <= 2, difference.max()

@@ -137,8 +137,8 @@ class LowRankAdapter:
                     else:
                         layer.register_buffer(name, matrix.to(dtype), persistent=False)
                     total += sum(t.nbytes for n, t in layer.named_buffers() if n.startswith(name))
-                self._saved_forwards[stem] = layer.__dict__.get("forward")  # None: the class's own forward
-                layer.forward = self._wrap(layer, layer.forward)
+                saved = self._saved_forwards[stem] = layer.__dict__.get("forward")  # None: the class's own forward
+                layer.forward = self._wrap(layer, saved)
                 self._layers[stem] = layer
                 ranks.append(a.shape[0])
         except BaseException:
@@ -156,11 +156,18 @@ class LowRankAdapter:
     def _target(self, stem: str, a: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
         return target_linear(self._velocity, stem, a, b)
 
-    def _wrap(self, layer: torch.nn.Linear, base_forward: Callable) -> Callable:
+    def _wrap(self, layer: torch.nn.Linear, instance_forward: Callable | None) -> Callable:
+        """The adapted forward. The class's own forward is called unbound (`type(layer).forward(layer, x)`), not
+        as a bound method kept in the closure: torch.compile guards a closed-over bound method by its identity,
+        which differs per layer, so every block would compile its own graph instead of sharing one."""
         adapter = self
+        class_forward = type(layer).forward
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            out = base_forward(x, *args, **kwargs)
+            if instance_forward is None:
+                out = class_forward(layer, x, *args, **kwargs)
+            else:
+                out = instance_forward(x, *args, **kwargs)
             if not adapter.enabled:
                 return out
             a, b = layer.lora_A, layer.lora_B

@@ -170,15 +170,18 @@ class ModelManager:
                 return config.residency is Residency.PERSISTENT
 
     def compile_for(self, config: ModelConfig) -> bool:
-        """Whether the fast flow's transformer blocks are torch.compile'd under `config`: only when asked (on, any
-        device); auto is off (types.CompileBlocks says why)."""
+        """Whether the fast flow's transformer blocks are torch.compile'd under `config`: on compiles on any device;
+        auto compiles for persistent residency on CUDA, where the compiled graphs stay with the models (per-request
+        modes would trace again every request; types.CompileBlocks has the measurement)."""
         if config.flow is not Flow.FAST:
             return False
         match self.compile_blocks_setting:
             case CompileBlocks.ON:
                 return True
-            case CompileBlocks.OFF | CompileBlocks.AUTO:
+            case CompileBlocks.OFF:
                 return False
+            case CompileBlocks.AUTO:
+                return self.device.type == "cuda" and config.residency is Residency.PERSISTENT
 
     @property
     def compiled_blocks(self) -> bool:
@@ -283,19 +286,30 @@ class ModelManager:
         read_pairs = self._mode.builder.read_lora_pairs
         with self.use("transformer", on_build, label) as model:
             if stage == 1:
-                with self._lora.adapter.active(False) if self._lora.adapter else contextlib.nullcontext():
+                adapter = self._lora.adapter
+                if adapter is None and not self._mode.per_request and not self._mode.fuses_in_place():
+                    # Kept across requests, the adapter is attached before the first stage 1, not at the first
+                    # stage 2: every stage 1 then runs the same linear forwards, so the blocks compiled (Dynamo
+                    # guards on each forward's code) and the graphs captured by the first request serve the next.
+                    adapter = self._attach_adapter(model, config, read_pairs, on_build)
+                with adapter.active(False) if adapter else contextlib.nullcontext():
                     yield StageTransformer(model, None)
             elif self._mode.fuses_in_place():
                 applied = self._lora.fuse_in_place(model, config.distilled_lora_strength, read_pairs, on_build)
                 yield StageTransformer(model, applied)
             else:
-                adapter = self._lora.adapter_for(
-                    model, config.distilled_lora_strength, self.compute_dtype, stores_fp8(config.quantization),
-                    read_pairs, on_build,
-                )  # fmt: skip
-                self._refresh_status()
+                adapter = self._attach_adapter(model, config, read_pairs, on_build)
                 with adapter.active(True) if adapter else contextlib.nullcontext():
                     yield StageTransformer(model, Stage2Lora.ADAPTER if adapter else Stage2Lora.NONE)
+
+    def _attach_adapter(self, model, config: ModelConfig, read_pairs, on_build):
+        """The LoRA adapter on the held transformer (attached now if it is not yet; None at strength 0)."""
+        adapter = self._lora.adapter_for(
+            model, config.distilled_lora_strength, self.compute_dtype, stores_fp8(config.quantization),
+            read_pairs, on_build,
+        )  # fmt: skip
+        self._refresh_status()
+        return adapter
 
     def release(self, name: str) -> None:
         with self._lock:

@@ -84,7 +84,8 @@ class DistilledLora:
     def adapter_for(
         self, model: torch.nn.Module, strength: float, dtype: torch.dtype, store_fp8: bool, read_pairs, on_build
     ) -> LowRankAdapter | None:
-        """The adapter on the held transformer, attached at its first stage-2 use (stage 1's peak never has it);
+        """The adapter on the held transformer, attached at its first use (persistent: before the first stage 1, so
+        every stage 1 runs the same forwards; per-request modes: at stage 2, so their stage 1's peak never has it);
         None at strength 0 (stage 2 then runs the base weights, as ltx-core's fusion does)."""
         if self.adapter is not None or strength == 0:
             return self.adapter
