@@ -115,11 +115,22 @@ def lora_fused_in_place(setup: Setup, notes: list[str]) -> Iterator[None]:
         yield
 
 
-def fp8_scaled_mm(_setup: Setup, notes: list[str]) -> contextlib.AbstractContextManager:
-    """fp8-cast's fp8 weights multiplied in fp8 (torch._scaled_mm) instead of upcast per forward; the reference flow
-    refuses the project's kernel, so its check is lifted for this row."""
+@contextlib.contextmanager
+def fp8_scaled_mm(_setup: Setup, notes: list[str], fast_accumulation: bool = False) -> Iterator[None]:
+    """fp8-cast's fp8 weights multiplied in fp8 (torch._scaled_mm, partial sums in float32) instead of upcast per
+    forward; the reference flow refuses the project's kernel, so its check is lifted for this row."""
+    from ltx_demo import fp8_matmul
+
     notes.append("--quantization fp8-scaled-mm, the reference's refusal of it lifted for this row")
-    return patched(requests, "_check_reference", lambda _request: None)
+    with patched(requests, "_check_reference", lambda _request: None):
+        with patched(fp8_matmul, "FAST_ACCUMULATION", fast_accumulation):
+            yield
+
+
+def fp8_fast_accumulation(setup: Setup, notes: list[str]) -> contextlib.AbstractContextManager:
+    """fp8-scaled-mm with the tensor cores' fast accumulation (fp8_matmul.FAST_ACCUMULATION, the default there)."""
+    notes.append("fast accumulation on")
+    return fp8_scaled_mm(setup, notes, fast_accumulation=True)
 
 
 @contextlib.contextmanager

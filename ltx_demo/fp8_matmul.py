@@ -13,6 +13,10 @@ import functools
 import torch
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+# Hopper's fp8 tensor cores accumulating at their own precision instead of promoting partial sums to float32 (the
+# `use_fast_accum` of torch._scaled_mm; torchao's float8 linears use it for their forward GEMM). Its cost is a row
+# of the fidelity table (fp8_fast_accumulation); read at each call, so a fidelity row can switch it.
+FAST_ACCUMULATION = True
 MIN_SCALE = 1e-12  # an all-zero row quantizes to zeros instead of dividing by zero
 
 
@@ -85,6 +89,7 @@ def fp8_scaled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         scale_b=_ones(weight.shape[0], weight.device),
         bias=None if bias is None else bias.to(x.dtype),
         out_dtype=x.dtype,
+        use_fast_accum=FAST_ACCUMULATION,
     )
     ScaledMMCounter.calls += 1
     return out.reshape(*x.shape[:-1], weight.shape[0])
@@ -119,6 +124,7 @@ def scaled_mm_forward(layer: torch.nn.Linear):
             scale_b=_ones(weight.shape[0], weight.device),
             bias=entry[4],
             out_dtype=x.dtype,
+            use_fast_accum=FAST_ACCUMULATION,
         )
         ScaledMMCounter.calls += 1
         return out.reshape(*x.shape[:-1], weight.shape[0])

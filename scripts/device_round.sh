@@ -2,7 +2,9 @@
 # One device session of checks after a change to the defaults (issues 13, 14, 16), in parts that each fit one device
 # call (< 10 min, the full-scale bundle made by the first and reused while the machine stays warm). Usage:
 #   bash scripts/device_round.sh tests     # pytest -m gpu; one stage forward with compiled blocks on and off
-#   bash scripts/device_round.sh bench     # 768x512 + 1280x768 persistent x3 and the stock pipeline, same command
+#   bash scripts/device_round.sh bench     # BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline
+#   bash scripts/device_round.sh roofline  # ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
+#   bash scripts/device_round.sh rows      # pytest -m gpu, then the H200 fidelity rows FIDELITY_ROWS
 #   bash scripts/device_round.sh restart   # a new process's first request (kept states, Inductor cache from bench)
 #   bash scripts/device_round.sh fidelity  # reference vs stock at 97/30 (FIDELITY_QUANTIZATION); GPU fidelity rows
 #   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
@@ -16,11 +18,25 @@ part=$1
 ensure_full_bundle
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 quiet() { grep -v -E "^INFO|it/s\]|^\s*$"; }
+run_rows() {
+  timeout ${ROWS_LIMIT:-280} python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
+    --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
+    2> >(quiet >"$OUT/fidelity-h200.log")
+  echo "fidelity rc=$?"
+}
 case $part in
   bench)
-    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default.json" \
-      --resolutions 768x512,1280x768 --runs 3 --residency persistent --baseline-runs 1 2> >(quiet >"$OUT/bench-default.log")
+    resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
+    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default-${resolutions//,/_}.json" \
+      --resolutions "$resolutions" --runs 3 --residency persistent --baseline-runs 1 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
     echo "bench rc=$?"
+    grep -E '^\{"config"' "$OUT/bench-default-${resolutions//,/_}.log" | cut -c1-400
+    ;;
+  roofline)
+    shape=${ROOFLINE_SHAPE:-1280x768}
+    timeout 200 python3 -m ltx_demo roofline --bundle "$BUNDLE" --width ${shape%x*} --height ${shape#*x} \
+      --out "$OUT/roofline-$shape.json" 2> >(quiet >"$OUT/roofline-$shape.log")
+    echo "roofline rc=$?"
     ;;
   modes)
     python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-modes.json" \
@@ -42,9 +58,10 @@ case $part in
     grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
     tar czf "$OUT/inductor-cache.tgz" -C /tmp inductor-cache && du -h "$OUT/inductor-cache.tgz"
     ;;
-  tests|checks)
-    export LTX_DEMO_CACHE=/tmp/ltx-demo-cache
-    python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py -q -p no:cacheprovider -o addopts="" -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -8
+  tests|checks|rows)
+    LTX_DEMO_CACHE=/tmp/ltx-demo-cache timeout ${TESTS_LIMIT:-400} python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py \
+      -q -p no:cacheprovider -o addopts="" -rA --durations=15 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|^FAILED|^ERROR"
+    [ "$part" = rows ] && { run_rows; ls -la "$OUT"; exit; }
     for compiled in off on; do
       timeout 200 python3 -m ltx_demo forward-bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --shapes 384x256x97/4,768x512x97 \
         --quantization fp8-scaled-mm --cuda-graphs on --compile-blocks $compiled --warmup 2 --repeats 5 \
@@ -56,10 +73,7 @@ case $part in
     timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
       --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
     echo "fidelity-97 rc=$?"
-    timeout 280 python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
-      --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
-      2> >(quiet >"$OUT/fidelity-h200.log")
-    echo "fidelity rc=$?"
+    run_rows
     ;;
   restart)
     python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \

@@ -123,8 +123,12 @@ def test_fused_row_quantization_matches_the_torch_reference(n_cols):
     assert torch.equal(quantize_rows(view)[0].float(), got)
 
 
-def test_fp8_scaled_mm_linear_is_close_to_bf16_and_counts_its_gemm():
+@pytest.mark.parametrize("fast_accumulation", [True, False])
+def test_fp8_scaled_mm_linear_is_close_to_bf16_and_counts_its_gemm(monkeypatch, fast_accumulation):
+    from ltx_demo import fp8_matmul
     from ltx_demo.fp8_matmul import ScaledMMCounter, scaled_mm_forward
+
+    monkeypatch.setattr(fp8_matmul, "FAST_ACCUMULATION", fast_accumulation)  # the default (on) and float32 sums
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(4096, 2048, device="cuda", dtype=torch.bfloat16)
