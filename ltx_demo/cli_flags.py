@@ -75,7 +75,7 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
         default=CompileBlocks.AUTO.value,
         choices=[c.value for c in CompileBlocks],
         help="torch.compile the transformer blocks (Inductor fuses their norms, modulation and RoPE; the first "
-        "request compiles: about 1.5 min at full scale on an H200, kept in the cache folder for later starts); auto: "
+        "request compiles: about 45 s at full scale on an H200, kept in the cache folder for later starts); auto: "
         "on for persistent residency on CUDA; on: anywhere, CPU too; a bare --compile-blocks means on",
     )
     group.add_argument(

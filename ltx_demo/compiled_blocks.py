@@ -59,6 +59,12 @@ class CompiledBlocks:
         # finds them instead of compiling again (unless the environment points Inductor elsewhere).
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
+        import torch._inductor.config as inductor_config
+
+        # One kernel config per fused kernel, chosen from the shapes, not by timing candidates at first launch: the
+        # timed pick can differ between processes (Inductor turns it off itself under deterministic algorithms), and
+        # on the H200 the same request gave other frames after a restart (docs/benchmarks.md, the notes).
+        inductor_config.triton.autotune_pointwise = False
         dynamo_config.allow_unspec_int_on_nn_module = True  # block.idx symbolic: one graph for the unperturbed blocks
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)

@@ -15,8 +15,12 @@ import torch
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 # Hopper's fp8 tensor cores accumulating at their own precision instead of promoting partial sums to float32 (the
 # `use_fast_accum` of torch._scaled_mm; torchao's float8 linears use it for their forward GEMM). Its cost is a row
-# of the fidelity table (fp8_fast_accumulation); read at each call, so a fidelity row can switch it.
+# of the fidelity table (fp8_fast_accumulation); read at each call, so a fidelity row can switch it. cuBLAS has no
+# fast-accumulation kernel for some shapes (on the H200, torch 2.11: a bias with K = 8192 and under 64 rows, or
+# K = 16384 and under 32: the feed-forward's down projection on a short clip's audio tokens,
+# docs/device/fast-accum-shapes-h200.json); those run with float32 sums (rowwise_scaled_mm).
 FAST_ACCUMULATION = True
+_FAST_REFUSED: set[tuple] = set()  # (rows, K, N, bias?) cuBLAS refused with fast accumulation
 MIN_SCALE = 1e-12  # an all-zero row quantizes to zeros instead of dividing by zero
 
 
@@ -77,19 +81,34 @@ def _ones(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones((1, n), device=device, dtype=torch.float32)
 
 
+def rowwise_scaled_mm(quantized, weight_t, scale_a, scale_b, bias, out_dtype: torch.dtype) -> torch.Tensor:
+    """torch._scaled_mm with FAST_ACCUMULATION where cuBLAS has a kernel for the shape, float32 sums where it has
+    none (its refusal is a status raised before any launch; the shape is remembered, so a CUDA-graph capture, which
+    follows eager warm-ups, never meets it)."""
+    key = (quantized.shape[0], *weight_t.shape, bias is not None)
+    if FAST_ACCUMULATION and key not in _FAST_REFUSED:
+        try:
+            return torch._scaled_mm(quantized, weight_t, scale_a=scale_a, scale_b=scale_b, bias=bias,
+                                    out_dtype=out_dtype, use_fast_accum=True)  # fmt: skip
+        except RuntimeError as exc:
+            if "CUBLAS_STATUS_NOT_SUPPORTED" not in str(exc):
+                raise
+            _FAST_REFUSED.add(key)
+    return torch._scaled_mm(quantized, weight_t, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=out_dtype)
+
+
 @torch.library.custom_op("ltx_demo::fp8_scaled_linear", mutates_args=())
 def fp8_scaled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """y = x W^T + b as one op (rows quantized, rowwise-scaled fp8 GEMM): what torch.compile'd blocks call, so
     Inductor fuses the elementwise work around the GEMM and never traces into the fp8 kernels (compiled_blocks)."""
     quantized, scale_a = quantize_rows(x.reshape(-1, x.shape[-1]))
-    out = torch._scaled_mm(
+    out = rowwise_scaled_mm(
         quantized,
         weight.t(),
-        scale_a=scale_a,
-        scale_b=_ones(weight.shape[0], weight.device),
-        bias=None if bias is None else bias.to(x.dtype),
-        out_dtype=x.dtype,
-        use_fast_accum=FAST_ACCUMULATION,
+        scale_a,
+        _ones(weight.shape[0], weight.device),
+        None if bias is None else bias.to(x.dtype),
+        x.dtype,
     )
     ScaledMMCounter.calls += 1
     return out.reshape(*x.shape[:-1], weight.shape[0])
@@ -117,15 +136,7 @@ def scaled_mm_forward(layer: torch.nn.Linear):
                 return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
             entry = prepared[0] = (weight, bias, x.dtype, weight.t(), None if bias is None else bias.to(x.dtype))
         quantized, scale_a = quantize_rows(x.reshape(-1, x.shape[-1]))
-        out = torch._scaled_mm(
-            quantized,
-            entry[3],
-            scale_a=scale_a,
-            scale_b=_ones(weight.shape[0], weight.device),
-            bias=entry[4],
-            out_dtype=x.dtype,
-            use_fast_accum=FAST_ACCUMULATION,
-        )
+        out = rowwise_scaled_mm(quantized, entry[3], scale_a, _ones(weight.shape[0], weight.device), entry[4], x.dtype)
         ScaledMMCounter.calls += 1
         return out.reshape(*x.shape[:-1], weight.shape[0])
 

@@ -76,8 +76,9 @@ class CompileBlocks(enum.StrEnum):
     """torch.compile the transformer blocks (compiled_blocks.py): auto = where the one-time compile pays."""
 
     # auto: on for persistent residency on CUDA (compile_for). On the H200 (full-scale bundle, fp8-scaled-mm, CUDA
-    # graphs) a warm 768x512x97 request went from 12.6-13.9 s to 10.5 s (stage 1 9.1-10.4 s -> 6.8 s); the first
-    # request pays the compile (6 graphs, 0 graph breaks; Inductor's cache in the cache folder serves later starts).
+    # graphs) a warm 768x512x97 request went from 12.6-13.9 s to 9.5-9.6 s (stage 1 9.1-10.4 s -> 6.5 s, with fast
+    # accumulation); the first request pays the compile (4 graphs, 0 graph breaks, 46 s; Inductor's cache in the
+    # cache folder serves later starts: 11.6 s). docs/benchmarks.md, 2026-12-03.
     AUTO = "auto"
     ON = "on"  # CPU too (Inductor's C++ kernels; what the CPU tests run)
     OFF = "off"

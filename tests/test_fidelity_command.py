@@ -37,7 +37,8 @@ def test_the_fidelity_command_writes_a_row_per_speed_up_and_the_stock_row_is_ide
     assert fused["status"] == "measured" and fused["ran"]["stage_2_lora"] == "fused in place"
     assert fused["reference_ran"]["stage_2_lora"] == "fused copy" and fused["reference_ran"]["flow"] == "reference"
     assert fused["variant_seconds"] > 0 and fused["reference_seconds"] > 0
-    for key in ("nf4_gemma", "fp8_scaled_mm", "fp8_fast_accumulation", "cuda_graphs"):  # CUDA only: refused here, with the reason
+    # CUDA only: refused here, with the reason
+    for key in ("nf4_gemma", "fp8_scaled_mm", "fp8_fast_accumulation", "cuda_graphs"):
         assert rows[key]["status"] == "refused" and "cpu" in rows[key]["reason"], rows[key]
     assert all(rows[k]["status"] == "not run" for k in ("batched_guidance", "default", "soundfile_audio"))
     assert data["compute_dtype"] == "bfloat16" and data["command"].startswith("python -m ltx_demo fidelity")
