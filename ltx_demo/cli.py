@@ -208,11 +208,11 @@ def _roofline(args: argparse.Namespace) -> None:
 
 def _bench_report(args: argparse.Namespace) -> None:
     """Merge results JSONs into docs/benchmarks.json and redraw the markdown table."""
-    from ltx_demo import bench
+    from ltx_demo import bench_report
 
     for path in args.results:
-        data = bench.merge_into(Path(args.into), json.loads(Path(path).read_text()))
-    Path(args.markdown).write_text(bench.render_markdown(data))
+        data = bench_report.merge_into(Path(args.into), json.loads(Path(path).read_text()))
+    Path(args.markdown).write_text(bench_report.render_markdown(data))
     print(json.dumps({"into": args.into, "markdown": args.markdown, "configs": len(data["configs"])}))
 
 
