@@ -20,20 +20,6 @@ MIB = 1024**2
 
 
 @pytest.mark.parametrize("residency", ["persistent", "cold-start"])
-def test_fp8_scaled_mm_runs_the_shapes_cublas_has_no_fast_accumulation_for():
-    """The feed-forward's down projection on a short clip's audio tokens: K = 8192 with a bias and 8 rows, which
-    cuBLAS refuses with fast accumulation (docs/device/fast-accum-shapes-h200.json): it runs with float32 sums."""
-    from ltx_demo import fp8_matmul
-
-    layer = torch.nn.Linear(8192, 2048, device="cuda", dtype=torch.bfloat16)
-    x = torch.randn(1, 8, 8192, device="cuda", dtype=torch.bfloat16)
-    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
-    layer.bias.data = layer.bias.data.to(torch.float8_e4m3fn)
-    out = fp8_matmul.scaled_mm_forward(layer)(x)
-    expected = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float())
-    assert float((out.float() - expected).norm() / expected.norm()) < 0.05
-
-
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast", "fp8-scaled-mm"])
 def test_generate_on_cuda(tiny_bundle, small_request, tmp_path, quantization, residency):
     engine = Engine(tiny_bundle, tmp_path, device="cuda")
@@ -158,6 +144,20 @@ def test_fp8_scaled_mm_linear_is_close_to_bf16_and_counts_its_gemm(monkeypatch, 
     assert ScaledMMCounter.calls == calls + 1 and out.shape == (2, 1248, 2048) and out.dtype == torch.bfloat16
     error = float((out.float() - expected).norm() / expected.norm())
     assert error < 0.05, error  # the activations' fp8 rounding (the weights are fp8 on both sides)
+
+
+def test_fp8_scaled_mm_runs_the_shapes_cublas_has_no_fast_accumulation_for():
+    """The feed-forward's down projection on a short clip's audio tokens: K = 8192 with a bias and 8 rows, which
+    cuBLAS refuses with fast accumulation (docs/device/fast-accum-shapes-h200.json): it runs with float32 sums."""
+    from ltx_demo import fp8_matmul
+
+    layer = torch.nn.Linear(8192, 2048, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 8, 8192, device="cuda", dtype=torch.bfloat16)
+    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    layer.bias.data = layer.bias.data.to(torch.float8_e4m3fn)
+    out = fp8_matmul.scaled_mm_forward(layer)(x)
+    expected = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float())
+    assert float((out.float() - expected).norm() / expected.norm()) < 0.05
 
 
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast", "fp8-scaled-mm"])
