@@ -61,7 +61,8 @@ case $part in
   tests|checks|rows)
     LTX_DEMO_CACHE=/tmp/ltx-demo-cache timeout ${TESTS_LIMIT:-400} python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py \
       -q -p no:cacheprovider -o addopts="" -rA --durations=15 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|^FAILED|^ERROR"
-    [ "$part" = rows ] && { run_rows; ls -la "$OUT"; exit; }
+    ;;&
+  tests|checks)
     for compiled in off on; do
       timeout 200 python3 -m ltx_demo forward-bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --shapes 384x256x97/4,768x512x97 \
         --quantization fp8-scaled-mm --cuda-graphs on --compile-blocks $compiled --warmup 2 --repeats 5 \
@@ -73,6 +74,9 @@ case $part in
     timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
       --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
     echo "fidelity-97 rc=$?"
+    run_rows
+    ;;
+  rows)
     run_rows
     ;;
   restart)

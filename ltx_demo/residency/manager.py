@@ -287,7 +287,7 @@ class ModelManager:
         with self.use("transformer", on_build, label) as model:
             if stage == 1:
                 adapter = self._lora.adapter
-                if adapter is None and not self._mode.per_request and not self._mode.fuses_in_place():
+                if adapter is None and not self._mode.per_request:  # (only per-request modes fuse in place)
                     # Kept across requests, the adapter is attached before the first stage 1, not at the first
                     # stage 2: every stage 1 then runs the same linear forwards, so the blocks compiled (Dynamo
                     # guards on each forward's code) and the graphs captured by the first request serve the next.
