@@ -131,6 +131,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         "elapsed_seconds": summary["elapsed_seconds"],
         "phases": {name: p["seconds"] for name, p in summary["phases"].items()},
         "peak_vram_gib": summary["peak_vram_gib"],
+        "phase_peak_vram_gib": {name: p["peak_vram_gib"] for name, p in summary["phases"].items()},  # where the peak is
         "device_peak_gib": to_gib(device_peak),
         "resident_gib": to_gib(resident),
         "idle_gib": to_gib(idle),

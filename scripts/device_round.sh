@@ -1,88 +1,103 @@
 #!/usr/bin/env bash
-# One device session of checks after a change to the defaults (issues 13, 14, 16), in parts that each fit one device
-# call (< 10 min, the full-scale bundle made by the first and reused while the machine stays warm). Usage:
-#   bash scripts/device_round.sh tests     # pytest -m gpu; one stage forward with compiled blocks on and off
-#   bash scripts/device_round.sh bench     # BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline
-#   bash scripts/device_round.sh roofline  # ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
-#   bash scripts/device_round.sh rows      # pytest -m gpu, then the H200 fidelity rows FIDELITY_ROWS
-#   bash scripts/device_round.sh restart   # a new process's first request (kept states, Inductor cache from bench)
-#   bash scripts/device_round.sh fidelity  # reference vs stock at 97/30 (FIDELITY_QUANTIZATION); GPU fidelity rows
-#   bash scripts/device_round.sh modes     # 768x512 persistent, cold-start, host-cached x2; roofline; a 30 s recording
-#   bash scripts/device_round.sh checks    # tests + fidelity
-#   bash scripts/device_round.sh compile   # COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged;
-#                                          # the Inductor cache comes back as $OUT/inductor-cache.tgz
+# One device session of checks after a change to the defaults (issues 13, 14, 16), in parts; one call runs several
+# (`bash scripts/device_round.sh tests rows`), each call < 10 min, the full-scale bundle made by the first call and
+# reused while the machine stays warm. Parts:
+#   tests     pytest -m gpu (tiny bundle; runs while the full bundle is made, TESTS_LIMIT)
+#   forward   one stage forward with compiled blocks off and on (fp8-scaled-mm, CUDA graphs)
+#   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline
+#   restart   a new process's first request (kept states, Inductor cache from bench)
+#   roofline  ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
+#   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT), then the cuBLAS fast-accumulation shape sweep
+#   fidelity  reference vs stock at 97/30 (FIDELITY_QUANTIZATION), then rows
+#   modes     768x512 persistent, cold-start, host-cached x2 (MODES_EXTRA=1: also the roofline and a 30 s recording)
+#   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
+#             comes back as $OUT/inductor-cache.tgz
 # Results under $OUT (JSON + logs).
 set -uo pipefail
-part=$1
 . scripts/device_env.sh
-ensure_full_bundle
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 quiet() { grep -v -E "^INFO|it/s\]|^\s*$"; }
+gpu_tests_pid=
+if [[ " $* " == *" tests "* ]]; then  # the tests use the tiny bundle: they need not wait for the full one
+  (LTX_DEMO_CACHE=/tmp/ltx-demo-cache timeout ${TESTS_LIMIT:-400} python3 -u -m pytest -m gpu tests/test_gpu*.py \
+    tests/test_streamed_read.py -p no:cacheprovider -o addopts="" -v -rA --durations=15 >"$OUT/gpu-tests.log" 2>&1;
+   echo "gpu tests rc=$?" >>"$OUT/gpu-tests.log") &
+  gpu_tests_pid=$!
+fi
+ensure_full_bundle
 run_rows() {
   timeout ${ROWS_LIMIT:-280} python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
     --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
     2> >(quiet >"$OUT/fidelity-h200.log")
   echo "fidelity rc=$?"
+  timeout 120 python3 scripts/fast_accum_shapes.py "$OUT/fast-accum-shapes.json" >"$OUT/fast-accum-shapes.log" 2>&1
+  echo "fast-accum shapes rc=$?"
 }
-case $part in
-  bench)
-    resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
-    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default-${resolutions//,/_}.json" \
-      --resolutions "$resolutions" --runs 3 --residency persistent --baseline-runs 1 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
-    echo "bench rc=$?"
-    grep -E '^\{"config"' "$OUT/bench-default-${resolutions//,/_}.log" | cut -c1-400
-    ;;
-  roofline)
-    shape=${ROOFLINE_SHAPE:-1280x768}
-    timeout 200 python3 -m ltx_demo roofline --bundle "$BUNDLE" --width ${shape%x*} --height ${shape#*x} \
-      --out "$OUT/roofline-$shape.json" 2> >(quiet >"$OUT/roofline-$shape.log")
-    echo "roofline rc=$?"
-    ;;
-  modes)
-    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-modes.json" \
-      --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none \
-      2> >(quiet >"$OUT/bench-modes.log")
-    echo "modes rc=$?"
-    python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
-    echo "roofline rc=$?"
-    timeout 240 python3 scripts/long_recording_bench.py --bundle "$BUNDLE" --seconds 30 --out "$OUT/long-30s.json" \
-      2> >(quiet >"$OUT/long-30s.log")
-    echo "long rc=$?"
-    ;;
-  compile)
-    export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache TORCH_LOGS=recompiles
-    timeout ${COMPILE_LIMIT:-400} python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 \
-      --out "$OUT/bench-compile.json" --resolutions ${COMPILE_RESOLUTIONS:-768x512} --runs 3 --residency persistent --baseline none \
-      --compile-blocks on 2>"$OUT/bench-compile.log"
-    echo "compile bench rc=$?"
-    grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
-    tar czf "$OUT/inductor-cache.tgz" -C /tmp inductor-cache && du -h "$OUT/inductor-cache.tgz"
-    ;;
-  tests|checks|rows)
-    LTX_DEMO_CACHE=/tmp/ltx-demo-cache timeout ${TESTS_LIMIT:-400} python3 -m pytest -m gpu tests/test_gpu*.py tests/test_streamed_read.py \
-      -q -p no:cacheprovider -o addopts="" -rA --durations=15 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "passed|failed|^FAILED|^ERROR"
-    ;;&
-  tests|checks)
-    for compiled in off on; do
-      timeout 200 python3 -m ltx_demo forward-bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --shapes 384x256x97/4,768x512x97 \
-        --quantization fp8-scaled-mm --cuda-graphs on --compile-blocks $compiled --warmup 2 --repeats 5 \
-        --out "$OUT/forward-compile-$compiled.json" 2> >(quiet >"$OUT/forward-compile-$compiled.log")
-      echo "forward compile=$compiled rc=$?"
-    done
-    ;;&
-  fidelity|checks)
-    timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
-      --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
-    echo "fidelity-97 rc=$?"
-    run_rows
-    ;;
-  rows)
-    run_rows
-    ;;
-  restart)
-    python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \
-      --resolutions 768x512 --runs 2 --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
-    echo "restart rc=$?"
-    ;;
-esac
+for part in "$@"; do
+  case $part in
+    bench)
+      resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
+      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default-${resolutions//,/_}.json" \
+        --resolutions "$resolutions" --runs 3 --residency persistent --baseline-runs 1 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
+      echo "bench rc=$?"
+      grep -E '^\{"config"' "$OUT/bench-default-${resolutions//,/_}.log" | cut -c1-400
+      ;;
+    roofline)
+      shape=${ROOFLINE_SHAPE:-1280x768}
+      timeout 200 python3 -m ltx_demo roofline --bundle "$BUNDLE" --width ${shape%x*} --height ${shape#*x} \
+        --out "$OUT/roofline-$shape.json" 2> >(quiet >"$OUT/roofline-$shape.log")
+      echo "roofline rc=$?"
+      ;;
+    modes)
+      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-modes.json" \
+        --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none \
+        2> >(quiet >"$OUT/bench-modes.log")
+      echo "modes rc=$?"
+      grep -E '^\{"config"' "$OUT/bench-modes.log" | cut -c1-300
+      if [ "${MODES_EXTRA:-0}" = 1 ]; then
+        python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
+        echo "roofline rc=$?"
+        timeout 240 python3 scripts/long_recording_bench.py --bundle "$BUNDLE" --seconds 30 --out "$OUT/long-30s.json" \
+          2> >(quiet >"$OUT/long-30s.log")
+        echo "long rc=$?"
+      fi
+      ;;
+    compile)
+      export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache TORCH_LOGS=recompiles
+      timeout ${COMPILE_LIMIT:-400} python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 \
+        --out "$OUT/bench-compile.json" --resolutions ${COMPILE_RESOLUTIONS:-768x512} --runs 3 --residency persistent --baseline none \
+        --compile-blocks on 2>"$OUT/bench-compile.log"
+      echo "compile bench rc=$?"
+      grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
+      tar czf "$OUT/inductor-cache.tgz" -C /tmp inductor-cache && du -h "$OUT/inductor-cache.tgz"
+      ;;
+    tests)
+      wait $gpu_tests_pid
+      grep -E "rc=|passed|failed|^FAILED|^ERROR" "$OUT/gpu-tests.log" | tail -30
+      ;;
+    forward)
+      for compiled in off on; do
+        timeout 200 python3 -m ltx_demo forward-bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --shapes 384x256x97/4,768x512x97 \
+          --quantization fp8-scaled-mm --cuda-graphs on --compile-blocks $compiled --warmup 2 --repeats 5 \
+          --out "$OUT/forward-compile-$compiled.json" 2> >(quiet >"$OUT/forward-compile-$compiled.log")
+        echo "forward compile=$compiled rc=$?"
+      done
+      ;;
+    fidelity)
+      timeout 300 python3 scripts/fidelity_gpu.py --bundle "$BUNDLE" --out "$OUT/fidelity-full-97.json" --num-frames 97 \
+        --steps 30 --quantization ${FIDELITY_QUANTIZATION:-fp8-cast} 2> >(quiet >"$OUT/fidelity-full-97.log")
+      echo "fidelity-97 rc=$?"
+      run_rows
+      ;;
+    rows)
+      run_rows
+      ;;
+    restart)
+      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \
+        --resolutions 768x512 --runs 2 --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
+      echo "restart rc=$?"
+      ;;
+    *) echo "unknown part: $part"; exit 2;;
+  esac
+done
 ls -la "$OUT"

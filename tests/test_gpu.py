@@ -1,4 +1,9 @@
-"""CUDA checks on the tiny bundle (opt-in: `pytest -m gpu`, run by scripts/device_check.sh on the GPU machine)."""
+"""CUDA checks on the tiny bundle (opt-in: `pytest -m gpu`, run by scripts/device_check.sh on the GPU machine).
+
+The engines here run eager (`compile_blocks=False`): compiled blocks are persistent mode's default on CUDA and
+compiling per engine would cost minutes across the parametrizations; the default-settings test and
+test_compiled_blocks_on_cuda_match_eager_and_keep_the_fp8_gemm cover the compiled path.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ MIB = 1024**2
 @pytest.mark.parametrize("residency", ["persistent", "cold-start"])
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast", "fp8-scaled-mm"])
 def test_generate_on_cuda(tiny_bundle, small_request, tmp_path, quantization, residency):
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     request = small_request(quantization=quantization, residency=residency, width=128, height=128, num_frames=17)
@@ -51,7 +56,7 @@ def test_fp8_weights_live_on_cuda_in_fp8(tiny_bundle):
     from ltx_demo.residency import ModelConfig, ModelManager
     from ltx_demo.types import Quantization, Residency
 
-    residency = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+    residency = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16, compile_blocks=False)
     residency.configure(ModelConfig(Quantization.FP8_CAST, Residency.PERSISTENT, 1.0))
     for name in ("transformer", "transformer_stage_2"):  # stage 2 fuses the LoRA with the Triton kernel
         with residency.use(name) as transformer:
@@ -69,7 +74,7 @@ def test_fp8_modes_against_bf16_on_the_same_stage_inputs(tiny_bundle, small_requ
     from ltx_demo.fp8_matmul import ScaledMMCounter
 
     captured: list[dict] = []
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     engine.generate(small_request(quantization="bf16", width=128, height=128, num_frames=17))
     reference = engine.models.held("transformer")
 
@@ -170,7 +175,9 @@ def test_cuda_graph_replay_gives_the_eager_output(tiny_bundle, quantization):
 
     outputs = {}
     for graphs in (False, True):
-        models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=graphs)
+        models = ModelManager(
+            tiny_bundle, torch.device("cuda"), torch.bfloat16, cuda_graphs=graphs, compile_blocks=False
+        )
         models.configure(ModelConfig(Quantization(quantization), Residency.PERSISTENT, 1.0))
         with models.stage_transformer(1) as stage, torch.inference_mode():
             transformer = stage.model
@@ -191,7 +198,7 @@ def test_cuda_graphs_in_the_engine_match_eager_and_follow_the_adapter(tiny_bundl
     """Stage 1 (adapter off) and stage 2 (adapter on) capture separate graphs; frames equal the eager engine's."""
     frames = {}
     for graphs in (False, True):
-        engine = Engine(tiny_bundle, tmp_path / str(graphs), device="cuda", cuda_graphs=graphs)
+        engine = Engine(tiny_bundle, tmp_path / str(graphs), device="cuda", cuda_graphs=graphs, compile_blocks=False)
         request = small_request(quantization="fp8-cast", width=128, height=128, num_frames=17)
         frames[graphs] = [decode_mp4(engine.generate(request).output)[0] for _ in range(2)]
         if graphs:

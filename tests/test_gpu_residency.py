@@ -1,5 +1,8 @@
 """Residency modes on CUDA (opt-in: `pytest -m gpu tests/test_gpu_residency.py`): memory per mode, nf4 Gemma, adapter.
 
+The engines run eager (`compile_blocks=False`) so that every mode runs the same kernels and gives the same frames
+(compiled blocks, persistent mode's default on CUDA, have their own fidelity row and tests in test_gpu.py).
+
 Writes what it measured to $OUT/residency-gpu.json when OUT is set (the device machine's output folder).
 """
 
@@ -48,7 +51,7 @@ def allocated() -> int:
 
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
 def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_path, clips, quantization):
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     baseline = allocated()
     results, memory = [], {}
     for mode in MODES:
@@ -91,7 +94,7 @@ def test_modes_on_cuda_same_output_and_memory(tiny_bundle, small_request, tmp_pa
     [("cold-start", "stage_2"), ("host-cached", "stage_2"), ("host-cached", "upsample")],
 )
 def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, tmp_path, mode, cancel_at):
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     baseline = allocated()
     stage = {"now": None}
     with pytest.raises(GenerationCancelled):
@@ -107,7 +110,9 @@ def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, t
 def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):
     """Request 2 builds from what request 1 kept as built (the nf4 Gemma, the fp8 processor and transformer; in
     pinned memory for host-cached, in files for cold-start) and gives the same frames; memory returns to baseline."""
-    engine = Engine(tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept")
+    engine = Engine(
+        tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept", compile_blocks=False
+    )
     baseline = allocated()
     request = small_request(quantization="fp8-cast", residency=mode, width=128, height=128, num_frames=17)
     first, second = engine.generate(request), engine.generate(request)
@@ -140,7 +145,7 @@ def test_switching_from_host_cached_gives_the_pinned_memory_back(tiny_bundle, sm
     """torch's caching host allocator keeps freed pinned blocks: the switch must hand them back to the OS."""
     torch._C._host_emptyCache()
     baseline = pinned_blocks()
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     shape = {"width": 128, "height": 128, "num_frames": 17}
     engine.generate(small_request(quantization="fp8-cast", residency="host-cached", **shape))
     cached, with_cache, bytes_with_cache = engine.models.host_cache_bytes(), pinned_blocks(), pinned_bytes_reported()
@@ -156,7 +161,7 @@ def test_switching_from_host_cached_gives_the_pinned_memory_back(tiny_bundle, sm
 
 
 def test_switching_from_persistent_releases_the_device(tiny_bundle, small_request, tmp_path):
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     baseline = allocated()
     engine.generate(small_request(quantization="fp8-cast", residency="persistent"))
     assert allocated() > baseline
@@ -170,7 +175,7 @@ def test_nf4_text_encoder_on_cuda(tiny_bundle):
     prompt = "A woman speaks to the camera."
     outputs, sizes = {}, {}
     for quantization in TextEncoderQuantization:
-        models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16)
+        models = ModelManager(tiny_bundle, torch.device("cuda"), torch.bfloat16, compile_blocks=False)
         models.configure(ModelConfig(Quantization.FP8_CAST, Residency.COLD_START, 1.0,
                                      text_encoder_quantization=quantization))  # fmt: skip
         with torch.inference_mode(), models.request():
@@ -195,7 +200,7 @@ def test_nf4_text_encoder_on_cuda(tiny_bundle):
 @pytest.mark.parametrize("quantization", ["bf16", "fp8-cast"])
 def test_adapter_and_fusion_against_the_float32_reference_on_cuda(tiny_bundle, small_request, tmp_path,
                                                                   quantization):  # fmt: skip
-    engine = Engine(tiny_bundle, tmp_path, device="cuda")
+    engine = Engine(tiny_bundle, tmp_path, device="cuda", compile_blocks=False)
     errors = measure_lora_paths(engine, small_request(quantization=quantization, residency="persistent",
                                                       text_encoder_quantization="bf16"))  # fmt: skip
     REPORT[f"lora_{quantization}"] = errors
