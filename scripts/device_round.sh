@@ -12,7 +12,7 @@
 #   modes     768x512 persistent, cold-start, host-cached x2 (MODES_EXTRA=1: also the roofline and a 30 s recording)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
-# Results under $OUT (JSON + logs).
+# Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files).
 set -uo pipefail
 . scripts/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -100,4 +100,6 @@ for part in "$@"; do
     *) echo "unknown part: $part"; exit 2;;
   esac
 done
+# At most 8 files come back from $OUT: everything in one archive.
+tar czf /tmp/round-results.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/round-results.tgz "$OUT/results.tgz"
 ls -la "$OUT"
