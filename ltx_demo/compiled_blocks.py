@@ -61,10 +61,14 @@ class CompiledBlocks:
 
         import torch._inductor.config as inductor_config
 
-        # One kernel config per fused kernel, chosen from the shapes, not by timing candidates at first launch: the
-        # timed pick can differ between processes (Inductor turns it off itself under deterministic algorithms), and
-        # on the H200 the same request gave other frames after a restart (docs/benchmarks.md, the notes).
+        # Kernel configs chosen from the shapes, not by timing candidates at first launch: a reduction's timed pick
+        # (its RBLOCK, or the halved RBLOCK Inductor adds under register pressure, which it never caches) can differ
+        # between processes and changes the sums' order, so on the H200 the same request gave other frames after a
+        # restart with pointwise autotuning alone off (docs/benchmarks.md, the notes). Inductor's deterministic mode
+        # (torch >= 2.10; what torch.use_deterministic_algorithms turns on) skips every such benchmark.
         inductor_config.triton.autotune_pointwise = False
+        if hasattr(inductor_config, "deterministic"):
+            inductor_config.deterministic = True
         dynamo_config.allow_unspec_int_on_nn_module = True  # block.idx symbolic: one graph for the unperturbed blocks
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)
