@@ -77,8 +77,8 @@ class CompileBlocks(enum.StrEnum):
 
     # auto: on for persistent residency on CUDA (compile_for). On the H200 (full-scale bundle, fp8-scaled-mm, CUDA
     # graphs) a warm 768x512x97 request went from 12.6-13.9 s to 9.5-9.6 s (stage 1 9.1-10.4 s -> 6.5 s, with fast
-    # accumulation); the first request pays the compile (4 graphs, 0 graph breaks, 46 s; Inductor's cache in the
-    # cache folder serves later starts: 11.6 s). docs/benchmarks.md, 2026-12-03.
+    # accumulation; 8.9 s in a later run); the first request pays the compile (4 graphs, 0 graph breaks, 28-46 s;
+    # Inductor's cache in the cache folder serves later starts: 6.5-11.6 s). docs/benchmarks.md, 2026-12-03.
     AUTO = "auto"
     ON = "on"  # CPU too (Inductor's C++ kernels; what the CPU tests run)
     OFF = "off"

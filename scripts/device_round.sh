@@ -5,7 +5,7 @@
 #   tests     pytest -m gpu (tiny bundle; runs while the full bundle is made, TESTS_LIMIT)
 #   forward   one stage forward with compiled blocks off and on (fp8-scaled-mm, CUDA graphs)
 #   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline (BASELINE=none: without)
-#   restart   a new process's first request (kept states, Inductor cache from bench)
+#   restart   a new process's first request at RESTART_RESOLUTION (768x512; kept states, Inductor cache from bench)
 #   roofline  ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
 #   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT), then the cuBLAS fast-accumulation shape sweep
 #   fidelity  reference vs stock at 97/30 (FIDELITY_QUANTIZATION), then rows
@@ -94,7 +94,7 @@ for part in "$@"; do
       ;;
     restart)
       python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \
-        --resolutions 768x512 --runs ${RESTART_RUNS:-2} --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
+        --resolutions ${RESTART_RESOLUTION:-768x512} --runs ${RESTART_RUNS:-2} --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
       echo "restart rc=$?"
       ;;
     *) echo "unknown part: $part"; exit 2;;
