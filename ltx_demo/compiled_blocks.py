@@ -61,14 +61,11 @@ class CompiledBlocks:
 
         import torch._inductor.config as inductor_config
 
-        # Kernel configs chosen from the shapes, not by timing candidates at first launch: a reduction's timed pick
-        # (its RBLOCK, or the halved RBLOCK Inductor adds under register pressure, which it never caches) can differ
-        # between processes and changes the sums' order, so on the H200 the same request gave other frames after a
-        # restart with pointwise autotuning alone off (docs/benchmarks.md, the notes). Inductor's deterministic mode
-        # (torch >= 2.10; what torch.use_deterministic_algorithms turns on) skips every such benchmark.
+        # Pointwise kernel configs chosen from the shapes, not by timing candidates at first launch (Inductor turns
+        # that off itself under deterministic algorithms). It did not make a restarted process render the same
+        # frames on the H200: reductions still pick their RBLOCK by timing (docs/benchmarks.md, the notes; Inductor's
+        # deterministic mode, torch >= 2.10, is the candidate fix, not yet measured for its speed).
         inductor_config.triton.autotune_pointwise = False
-        if hasattr(inductor_config, "deterministic"):
-            inductor_config.deterministic = True
         dynamo_config.allow_unspec_int_on_nn_module = True  # block.idx symbolic: one graph for the unperturbed blocks
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)
