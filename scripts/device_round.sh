@@ -4,7 +4,7 @@
 # reused while the machine stays warm. Parts:
 #   tests     pytest -m gpu (tiny bundle; runs while the full bundle is made, TESTS_LIMIT)
 #   forward   one stage forward with compiled blocks off and on (fp8-scaled-mm, CUDA graphs)
-#   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline (BASELINE=none: without)
+#   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline x BASELINE_RUNS (2; BASELINE=none: without)
 #   restart   a new process's first request at RESTART_RESOLUTION (768x512; kept states, Inductor cache from bench)
 #   roofline  ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
 #   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT), then the cuBLAS fast-accumulation shape sweep
@@ -38,7 +38,7 @@ for part in "$@"; do
     bench)
       resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
       python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default-${resolutions//,/_}.json" \
-        --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} --residency persistent --baseline ${BASELINE:-stock} --baseline-runs 1 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
+        --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2} 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
       echo "bench rc=$?"
       grep -E '^\{"config"' "$OUT/bench-default-${resolutions//,/_}.log" | cut -c1-400
       ;;

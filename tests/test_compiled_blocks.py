@@ -170,3 +170,19 @@ def test_the_engine_with_compiled_blocks_renders_what_eager_renders(tiny_bundle,
     assert graphs[0] == graphs[1] == 0 and graphs[2] > 0 and graphs[3] == graphs[2], graphs
     difference = np.abs(eager[0].astype(int) - compiled[0].astype(int))
     assert difference.max() <= 2, difference.max()
+
+
+def test_a_rebuilt_transformer_reuses_the_compiled_graphs(tiny_bundle, small_request, tmp_path):
+    """--compile-blocks on with cold-start (CPU): every request builds the transformer again, and the requests after
+    the first compile nothing (Dynamo's graphs guard on the blocks' code and tensor shapes, not on which module
+    object runs them) and render the same frames: the compile is paid once per process, not per request."""
+    engine = Engine(tiny_bundle, tmp_path, device="cpu", compile_blocks=CompileBlocks.ON)
+    request = small_request(residency="cold-start")
+    frames, graphs = [], []
+    for _ in range(2):
+        frames.append(decode_mp4(engine.generate(request).output)[0])
+        graphs.append(compile_stats()["unique_graphs"])
+        assert engine.models.resident() == () and engine.models.compiled_blocks
+    assert engine.models.compile_failures == []
+    assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
+    assert np.array_equal(frames[0], frames[1])

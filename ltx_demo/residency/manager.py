@@ -171,8 +171,9 @@ class ModelManager:
 
     def compile_for(self, config: ModelConfig) -> bool:
         """Whether the fast flow's transformer blocks are torch.compile'd under `config`: on compiles on any device;
-        auto compiles for persistent residency on CUDA, where the compiled graphs stay with the models (per-request
-        modes would trace again every request; types.CompileBlocks has the measurement)."""
+        auto compiles for persistent residency on CUDA, the configuration measured on the GPU (types.CompileBlocks;
+        per-request modes reuse the graphs across their rebuilds on CPU, tests/test_compiled_blocks.py, but their
+        compiled speed on a GPU is not measured yet)."""
         if config.flow is not Flow.FAST:
             return False
         match self.compile_blocks_setting:
