@@ -88,8 +88,13 @@ def fill_inputs_for_a_custom_size(page) -> None:
     upload_portrait(page, ASSETS / "astronaut.png")
     upload_audio(page, ASSETS / "speech_hello.wav")
     page.wait_for_selector("#match-note :text('lasts 4.53 s')")  # the audio was read and matched
-    page.locator("#match-audio input[type=checkbox]").uncheck()
-    page.wait_for_selector("#match-note :text('frames set by hand')")
+    box = page.locator("#match-audio input[type=checkbox]")
+    box.uncheck()
+    wait_until(  # what the page shows if it never comes (CI once waited 30 s for it, under load)
+        lambda: "frames set by hand" in page.inner_text("#match-note"),
+        lambda: f"match note {page.inner_text('#match-note')!r}, box checked: {box.is_checked()}",
+        timeout_s=30,
+    )
     page.locator("#prompt textarea").fill("A woman astronaut speaks calmly to the camera, static close-up.")
     choose(page, "resolution", "custom")
 
