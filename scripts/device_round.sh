@@ -25,6 +25,13 @@ if [[ " $* " == *" tests "* ]]; then  # the tests use the tiny bundle: they need
   gpu_tests_pid=$!
 fi
 ensure_full_bundle
+bench_into() {  # bench_into NAME ARGS...: `ltx_demo bench ARGS` -> $OUT/NAME.json and .log; its rc and run lines
+  local name=$1; shift
+  python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/$name.json" "$@" \
+    2> >(quiet >"$OUT/$name.log")
+  echo "$name rc=$?"
+  grep -E '^\{"config"' "$OUT/$name.log" | cut -c1-400
+}
 run_rows() {
   timeout ${ROWS_LIMIT:-280} python3 -m ltx_demo fidelity --bundle "$BUNDLE" --width 512 --height 384 --num-frames 25 --steps 8 \
     --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
@@ -37,10 +44,8 @@ for part in "$@"; do
   case $part in
     bench)
       resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
-      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-default-${resolutions//,/_}.json" \
-        --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2} 2> >(quiet >"$OUT/bench-default-${resolutions//,/_}.log")
-      echo "bench rc=$?"
-      grep -E '^\{"config"' "$OUT/bench-default-${resolutions//,/_}.log" | cut -c1-400
+      bench_into "bench-default-${resolutions//,/_}" --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
+        --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2}
       ;;
     roofline)
       shape=${ROOFLINE_SHAPE:-1280x768}
@@ -49,11 +54,7 @@ for part in "$@"; do
       echo "roofline rc=$?"
       ;;
     modes)
-      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-modes.json" \
-        --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none \
-        2> >(quiet >"$OUT/bench-modes.log")
-      echo "modes rc=$?"
-      grep -E '^\{"config"' "$OUT/bench-modes.log" | cut -c1-300
+      bench_into bench-modes --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none
       if [ "${MODES_EXTRA:-0}" = 1 ]; then
         python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
         echo "roofline rc=$?"
@@ -93,9 +94,8 @@ for part in "$@"; do
       run_rows
       ;;
     restart)
-      python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/bench-restart.json" \
-        --resolutions ${RESTART_RESOLUTION:-768x512} --runs ${RESTART_RUNS:-2} --residency persistent --baseline none 2> >(quiet >"$OUT/bench-restart.log")
-      echo "restart rc=$?"
+      bench_into bench-restart --resolutions ${RESTART_RESOLUTION:-768x512} --runs ${RESTART_RUNS:-2} \
+        --residency persistent --baseline none
       ;;
     *) echo "unknown part: $part"; exit 2;;
   esac
