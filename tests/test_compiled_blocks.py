@@ -146,30 +146,35 @@ def test_compile_runs_only_when_asked_and_never_in_the_reference_flow(tiny_bundl
     assert not forced.compile_for(ModelConfig(Quantization.BF16, Residency.PERSISTENT, 1.0, flow=Flow.REFERENCE))
 
 
-def test_the_engine_with_compiled_blocks_renders_what_eager_renders(tiny_bundle, small_request, tmp_path):
-    """The whole flow with --compile-blocks on (CPU): frames within a pixel level of the eager engine's, the result
-    says the blocks were compiled, and a second request reuses the compiled graphs."""
+def test_the_engine_with_compiled_blocks_renders_what_eager_renders(tiny_bundle, small_request, clips, tmp_path):
+    """The whole flow with --compile-blocks on (CPU): the decoded frames within a pixel level of the eager engine's
+    and the latents within float rounding, the result says the blocks were compiled, and a second request reuses
+    the compiled graphs. The frames are compared before the mp4: x264 turns a one-level difference in its input
+    into tens of levels in a few pixels (CI, on a CPU whose kernels round differently, saw 30)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    frames, graphs = {}, []
+    outputs, graphs = {}, []
     for setting in (CompileBlocks.OFF, CompileBlocks.ON):
         engine = Engine(tiny_bundle, tmp_path / setting, device="cpu", compile_blocks=setting)
-        frames[setting] = []
+        outputs[setting] = []
         for _ in range(2):
-            frames[setting].append(decode_mp4(engine.generate(small_request()).output)[0])
+            outputs[setting].append(decode_mp4(engine.generate(small_request()).output)[0])
             graphs.append(compile_stats()["unique_graphs"])
         assert engine.models.compiled_blocks is (setting is CompileBlocks.ON)
         assert engine.models.compile_failures == []
         engine.models.release_all()
-    eager, compiled = frames[CompileBlocks.OFF], frames[CompileBlocks.ON]
-    assert np.array_equal(compiled[0], compiled[1])  # deterministic
+    assert np.array_equal(*outputs[CompileBlocks.ON])  # deterministic, to the mp4
     # the second request compiles nothing: its stage 1 runs the linear forwards the first traced (the LoRA adapter
     # is attached before the first stage 1; attached at stage 2 it made the H200's second request recompile)
     assert graphs[0] == graphs[1] == 0 and graphs[2] > 0 and graphs[3] == graphs[2], graphs
-    difference = np.abs(eager[0].astype(int) - compiled[0].astype(int))
-    assert difference.max() <= 2, difference.max()
+    eager, compiled = clips[0], clips[2]
+    difference = (compiled.frames.float() - eager.frames.float()).abs()
+    assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+    for latent, eager_latent in zip(compiled.stage_latents, eager.stage_latents, strict=True):
+        assert (latent - eager_latent).norm() / eager_latent.norm() < 1e-4
+    assert torch.equal(clips[3].frames, compiled.frames)
 
 
 def test_a_rebuilt_transformer_reuses_the_compiled_graphs(tiny_bundle, small_request, tmp_path):
