@@ -17,7 +17,7 @@ from PIL import Image
 
 from ltx_demo.types import GIB
 from ltx_demo.ui.jobs import DemoController
-from tests.conftest import EVERY_PHASE
+from tests.conftest import EVERY_PHASE, api_client
 from tests.test_browser import fill_small_run, set_number, toasts, upload_audio, upload_portrait, wait_until
 from tests.test_ui import ASSETS, SMALL
 
@@ -185,11 +185,11 @@ def test_one_progress_line_names_the_phase_and_status_is_per_visitor(browser, li
 
 
 def test_review_buttons_wait_for_a_result_and_long_names_stay_inside(browser, live_app, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     long_name = tmp_path / f"{'0123456789abcdef' * 4}.png"  # as Compare and the CLI name their inputs
     shutil.copy(ASSETS / "astronaut.png", long_name)
-    Client(live_app.url, verbose=False).predict(
+    api_client(live_app.url).predict(
         image=handle_file(str(long_name)),
         audio=handle_file(str(ASSETS / "speech_hello.wav")),
         prompt="A woman speaks.",

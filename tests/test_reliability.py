@@ -30,7 +30,7 @@ from ltx_demo.engine import Engine
 from ltx_demo.results import KeepPolicy
 from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
 
-from .conftest import ASSETS
+from .conftest import ASSETS, api_client
 from .test_engine import decode_mp4
 from .test_ui import SMALL
 
@@ -340,10 +340,9 @@ def files():
 
 
 def test_cancel_through_the_api_frees_the_run_and_writes_nothing(live_app):
-    from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    client = Client(live_app.url, verbose=False)
+    client = api_client(live_app.url)
     client.predict(prompt="A woman speaks.", api_name="/generate", **files(), **SMALL)  # warm: models resident
     engine = live_app.engine
     before_files, before_history = result_files(live_app.output_dir), review.scan_history(live_app.output_dir)
@@ -384,7 +383,6 @@ def test_cancel_through_the_api_frees_the_run_and_writes_nothing(live_app):
 
 
 def test_four_clients_at_once_each_get_their_own_seed(live_app, monkeypatch):
-    from gradio_client import Client
 
     engine = live_app.engine
     active, peak, lock = [0], [0], threading.Lock()
@@ -402,7 +400,7 @@ def test_four_clients_at_once_each_get_their_own_seed(live_app, monkeypatch):
 
     monkeypatch.setattr(engine, "generate", counted)
     seeds = [101, 202, 303, 404]
-    clients = [Client(live_app.url, verbose=False) for _ in seeds]
+    clients = [api_client(live_app.url) for _ in seeds]
     jobs = [
         c.submit(prompt="A woman speaks.", api_name="/generate", **files(), **(SMALL | {"seed": s}))
         for c, s in zip(clients, seeds, strict=True)

@@ -23,7 +23,7 @@ from ltx_demo.types import (
     TextEncoderQuantization,
 )
 
-from .conftest import ASSETS
+from .conftest import ASSETS, api_client
 from .test_ui import SMALL
 
 GOOD = dict(image_path="portrait.png", audio_path="speech.wav", prompt="A woman speaks to the camera.")
@@ -118,7 +118,9 @@ class Device:
         return "needs CUDA" if text_encoder_quantization is self.text_encoder else None
 
     def default_quantization(self, flow: Flow) -> Quantization:
-        fastest = Quantization.FP8_CAST if self.quantization is Quantization.FP8_SCALED_MM else Quantization.FP8_SCALED_MM
+        fastest = (
+            Quantization.FP8_CAST if self.quantization is Quantization.FP8_SCALED_MM else Quantization.FP8_SCALED_MM
+        )
         return fastest if flow is Flow.FAST else Quantization.FP8_CAST
 
 
@@ -192,10 +194,10 @@ def test_the_engine_types_what_the_python_api_sends_and_refuses_per_device(engin
 
 
 def test_the_page_sends_loose_values_through_the_same_check(live_app):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(live_app.url, verbose=False)
+    client = api_client(live_app.url)
     files = dict(image=handle_file(str(ASSETS / "astronaut.png")), audio=handle_file(str(ASSETS / "speech_hello.wav")))
     for fields, message in (
         (dict(width=None), r"width is empty: enter a number"),

@@ -16,7 +16,7 @@ import pytest
 from ltx_demo import ab_pair, media, results, review
 from ltx_demo.types import GenerationRequest, InvalidRequest
 
-from .conftest import ASSETS
+from .conftest import ASSETS, api_client
 from .test_engine import decode_mp4
 
 PACKAGES = ("torch", "ltx-core", "ltx-pipelines", "transformers", "gradio")
@@ -147,7 +147,7 @@ def test_side_by_side_export_has_both_videos_and_a_copy_of_as_audio(reproduced, 
 
 # -- history, restarts and the review API ---------------------------------------------------------------------------
 def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     from .conftest import start_app
     from .test_ui import SMALL
@@ -155,7 +155,7 @@ def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
     output_dir = tmp_path / "outputs"
     first = start_app(tiny_bundle.root, output_dir)
     try:
-        _video, summary = Client(first.url, verbose=False).predict(
+        _video, summary = api_client(first.url).predict(
             image=handle_file(str(ASSETS / "astronaut.png")),
             audio=handle_file(str(ASSETS / "speech_hello.wav")),
             prompt="A woman speaks to the camera.",
@@ -168,7 +168,7 @@ def test_history_survives_an_app_restart(tiny_bundle, tmp_path):
 
     second = start_app(tiny_bundle.root, output_dir)  # a new app and engine over the same folder
     try:
-        client = Client(second.url, verbose=False)
+        client = api_client(second.url)
         history = client.predict(api_name="/history")
         assert [h["video"] for h in history] == [summary["output"]]
         entry = history[0]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from .conftest import ASSETS, free_port
+from .conftest import ASSETS, api_client, free_port
 from .test_ui import ROOT, SMALL
 
 UPLOAD_CAP_MB = 1
@@ -79,9 +79,9 @@ def served(tiny_bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(served) -> Path:
     """A real result in the output folder (the positive control for every file check)."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(served.url, verbose=False)
+    client = api_client(served.url)
     _video, summary = client.predict(
         image=handle_file(str(ASSETS / "astronaut.png")),
         audio=handle_file(str(ASSETS / "speech_hello.wav")),
@@ -230,7 +230,6 @@ def test_uploads_are_capped(served):
 # -- login -------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("via", ["flag", "env"])
 def test_auth_guards_the_page_the_api_and_the_files(tiny_bundle, tmp_path, monkeypatch, via):
-    from gradio_client import Client
 
     flags = ("--auth", "reviewer:s3cret") if via == "flag" else ()
     if via == "env":
@@ -243,8 +242,8 @@ def test_auth_guards_the_page_the_api_and_the_files(tiny_bundle, tmp_path, monke
         config = httpx.get(running.url + "config", timeout=30)
         assert config.status_code in (401, 403) or "auth_required" in config.text
         with pytest.raises(Exception):  # noqa: B017 -- gradio_client raises a bare ValueError/HTTP error
-            Client(running.url, verbose=False)
-        client = Client(running.url, auth=("reviewer", "s3cret"), verbose=False)
+            api_client(running.url)
+        client = api_client(running.url, auth=("reviewer", "s3cret"))
         assert client.predict(api_name="/status")["synthetic"] is True
         login = httpx.post(running.url + "login", data={"username": "reviewer", "password": "s3cret"}, timeout=30)
         cookies = login.cookies

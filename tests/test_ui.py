@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EVERY_PHASE
+from tests.conftest import EVERY_PHASE, api_client
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -32,9 +32,8 @@ SMALL = dict(
 
 @pytest.fixture(scope="module")
 def client(live_app):
-    from gradio_client import Client
 
-    return Client(live_app.url, verbose=False)
+    return api_client(live_app.url)
 
 
 # -- import boundary and pure helpers -------------------------------------------------------------------------------
@@ -246,7 +245,7 @@ def test_the_server_log_says_a_visitors_mistake_in_one_line(tmp_path):
     warning (one per request gradio answers) is filtered out (app.quiet_library_warnings)."""
     import urllib.request
 
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     from tests.conftest import free_port
@@ -268,7 +267,7 @@ def test_the_server_log_says_a_visitors_mistake_in_one_line(tmp_path):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "the app did not start"
                 time.sleep(0.5)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = api_client(f"http://127.0.0.1:{port}/")
         fake = tmp_path / "portrait.png"
         fake.write_text("this is not a picture")
         audio = handle_file(str(ASSETS / "speech_hello.wav"))

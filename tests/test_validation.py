@@ -22,7 +22,7 @@ from PIL import Image
 from ltx_demo import media
 from ltx_demo.types import ImageFit, InvalidRequest
 
-from .conftest import ASSETS
+from .conftest import ASSETS, api_client
 from .test_ui import SMALL
 
 TONE_HZ = 220.0
@@ -290,10 +290,10 @@ API_FIELDS = {  # GenerationRequest field -> the /generate parameter that carrie
 
 
 def test_catalogue_through_the_api_then_a_good_request(live_app, files):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(live_app.url, verbose=False)
+    client = api_client(live_app.url)
     checked = 0
     for bad in CATALOGUE:
         if bad.api == {}:

@@ -13,7 +13,7 @@ import pytest
 from ltx_demo.bench import output_hash
 from ltx_demo.devices import MULTICAST_OFF
 from ltx_demo.ui.readouts import status_html
-from tests.conftest import start_app
+from tests.conftest import api_client, start_app
 from tests.test_ui import ASSETS, SMALL
 
 
@@ -26,9 +26,9 @@ def pool_app(tiny_bundle, tmp_path_factory):
 
 
 def submit(url: str, **fields):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(url, verbose=False)
+    client = api_client(url)
     job = client.submit(
         image=handle_file(str(ASSETS / "astronaut.png")),
         audio=handle_file(str(ASSETS / "speech_hello.wav")),
