@@ -142,7 +142,8 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + ("" if config.batch_guidance else ", unbatched guidance")
         + (", CUDA graphs" if engine.models.cuda_graphs else "")
         + compiled_note(engine.models.compiled_blocks, engine.models.compile_failures[failures_before:])
-        + (", kept as built" if kept_as_built(engine, summary) else ""),
+        + (", kept as built" if kept_as_built(engine, summary) else "")
+        + cached_texts_note(summary["counters"]),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
         "compile": compile_stats() if engine.models.compiled_blocks else None,  # this process so far
@@ -153,6 +154,15 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
             if (calls := summary["counters"].get(f"{stage}_transformer_calls"))
         },
     }
+
+
+def cached_texts_note(counters: dict) -> str:
+    """The variant's words for the texts that came from the prompt cache (none encoded: no Gemma ran, and
+    per-request modes built none)."""
+    cached, encoded = counters.get("prompt_texts_from_cache", 0), counters.get("prompt_texts_encoded", 0)
+    if not cached:
+        return ""
+    return ", prompt from the cache" if not encoded else f", {cached} of {cached + encoded} texts from the cache"
 
 
 def kept_as_built(engine: Engine, summary: dict) -> bool:
@@ -205,7 +215,8 @@ def run_bench(
             entry["runs"].append(run)
             if run.get("oom"):
                 break  # the next runs of this configuration would not fit either
-        entry["variant"] = next((r["variant"] for r in entry["runs"] if "variant" in r), None)
+        # what the later runs (the table's mean) ran: the first may differ (its prompt was not yet in the cache)
+        entry["variant"] = next((r["variant"] for r in reversed(entry["runs"]) if "variant" in r), None)
         hashes = {r["output_hash"] for r in entry["runs"] if "output_hash" in r}
         entry["identical_outputs"] = len(hashes) == 1 if hashes else None
         results.append(entry)

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import TextIO
 
 from ltx_demo.cli_flags import build_parser, compute_dtype, engine_from_args, request_from_args, resolve_from_args
-from ltx_demo.types import AttentionBackend, CompileBlocks, CudaGraphs, GenerationRequest, Progress, Quantization
+from ltx_demo.types import (
+    PROMPT_CACHE_ENTRIES,
+    AttentionBackend,
+    CompileBlocks,
+    CudaGraphs,
+    GenerationRequest,
+    Progress,
+    Quantization,
+)
 
 
 class PhasePrinter:
@@ -115,11 +123,19 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
         CudaGraphs(args.cuda_graphs) is CudaGraphs.AUTO
         and AttentionBackend(args.attention) is AttentionBackend.AUTO
         and CompileBlocks(args.compile_blocks) is CompileBlocks.AUTO
+        and args.prompt_cache == PROMPT_CACHE_ENTRIES
         and args.steps == steps_default
     )
     return [
         bench.BenchConfig(
-            width, height, args.num_frames, quantization, residency, args.steps, args.seed, batched == "on",
+            width,
+            height,
+            args.num_frames,
+            quantization,
+            residency,
+            args.steps,
+            args.seed,
+            batched == "on",
             default_settings=engine_defaults
             and (quantization, residency, batched) == (default_quantization, "persistent", "on"),
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from ltx_demo.checkpoints import cache_dir
 from ltx_demo.requests import FRAME_RATES, GUIDANCE_SPLITS
 from ltx_demo.types import (
+    PROMPT_CACHE_ENTRIES,
     AttentionBackend,
     CompileBlocks,
     CudaGraphs,
@@ -79,11 +80,21 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
         "on for persistent residency on CUDA; on: anywhere, CPU too; a bare --compile-blocks means on",
     )
     group.add_argument(
+        "--prompt-cache",
+        type=int,
+        default=PROMPT_CACHE_ENTRIES,
+        metavar="TEXTS",
+        help="keep the contexts of this many recent texts on the host: a prompt asked again (and the default "
+        "negative prompt) skips Gemma and the embeddings processor, and their builds in per-request residency modes; "
+        "the video is the same bit for bit; 0: encode every text",
+    )
+    group.add_argument(
         "--cold-start-cache-dir",
         default=str(cache_dir() / "cold-start"),
         help="cold-start and persistent keep the models whose build costs more than their size here, as built (fp8 "
         "transformer, nf4 Gemma, fp8 embeddings processor: ~33 GB for LTX-2.3), and read them instead of the bf16 "
-        "files on later requests (cold-start) and after a restart (persistent); 'off': build from the bundle every time",
+        "files on later requests (cold-start) and after a restart (persistent); 'off': build from the bundle every "
+        "time",
     )
 
 
@@ -389,6 +400,7 @@ def engine_from_args(args: argparse.Namespace, **options):
         cold_start_cache_dir=None if folder.lower() == "off" else Path(folder).expanduser(),
         attention=AttentionBackend(args.attention),
         compile_blocks=CompileBlocks(args.compile_blocks),
+        prompt_cache_entries=args.prompt_cache,
         **options,
     )
 

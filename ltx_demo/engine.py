@@ -26,6 +26,7 @@ from ltx_demo.attention import unavailable_reason as attention_unavailable
 from ltx_demo.checkpoints import Bundle
 from ltx_demo.fp8_matmul import ScaledMMCounter
 from ltx_demo.pipeline import ClipHead, run_two_stage
+from ltx_demo.prompt_cache import PromptCache
 from ltx_demo.quantization import (
     default_quantization,
     default_text_encoder_quantization,
@@ -38,6 +39,7 @@ from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
     GIB,
+    PROMPT_CACHE_ENTRIES,
     AttentionBackend,
     CompileBlocks,
     CudaGraphs,
@@ -205,6 +207,7 @@ class Engine:
         compute_dtype: torch.dtype | None = None,  # None: bf16 on CUDA, float32 on CPU (compute_dtype_for)
         attention: AttentionBackend = AttentionBackend.AUTO,
         compile_blocks: CompileBlocks | bool = CompileBlocks.AUTO,
+        prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -224,6 +227,7 @@ class Engine:
             attention=attention,
             compile_blocks=compile_blocks,
         )
+        self.prompt_cache = PromptCache(prompt_cache_entries)  # the fast flow's texts; the reference encodes each
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()
         self._current: RunTelemetry | None = None
@@ -279,7 +283,8 @@ class Engine:
     def preload(
         self, quantization: str | None = None, lora_strength: float = 1.0, text_encoder_quantization: str | None = None
     ) -> None:
-        """Persistent mode: build every model now, so the first request pays no load (None: the default quantization)."""
+        """Persistent mode: build every model now, so the first request pays no load (None: the default
+        quantization)."""
         quantization = quantization or self.default_quantization()
         text_encoder = TextEncoderQuantization(text_encoder_quantization or self.default_text_encoder_quantization())
         self.models.configure(
@@ -340,6 +345,11 @@ class Engine:
             return free + torch.cuda.memory_reserved(self.device), "free device memory, no budget given"
         return host_available_bytes(), "free host memory (CPU device), no budget given"
 
+    def _prompt_cache_for(self, request: GenerationRequest) -> PromptCache | None:
+        """The fast flow reads and fills the prompt cache; the reference flow encodes every text, as ltx-pipelines
+        does (the fidelity row prompt_cache turns it on there, to show the video does not change)."""
+        return self.prompt_cache if request.flow is Flow.FAST else None
+
     def _run(self, request, inputs, work_dir, on_progress, cancelled) -> GenerationResult:
         telemetry = RunTelemetry(self.memory)
         scaled_mm_calls_before = ScaledMMCounter.calls
@@ -356,12 +366,14 @@ class Engine:
                     windows = window_plan(request)
                     record_for = functools.partial(self._provenance, request, config, windows=windows)
                     video = ResultVideo(work_dir / "output.mp4", request, record_for, on_progress)
+                    prompt_cache = self._prompt_cache_for(request)
                     with torch.inference_mode():  # the flow's decode feeds `video` (the mp4 encodes meanwhile)
                         if len(windows.windows) == 1:
-                            clip = run_two_stage(request, inputs, self.models, telemetry, on_progress, cancelled, video)
+                            args = (request, inputs, self.models, telemetry, on_progress, cancelled, video)
+                            clip = run_two_stage(*args, prompt_cache=prompt_cache)
                         else:  # a long recording: consecutive windows in this one request
                             args = (request, inputs, self.models, telemetry, on_progress, cancelled, windows, video)
-                            clip = run_windows(*args)
+                            clip = run_windows(*args, prompt_cache=prompt_cache)
                 except Exception as exc:
                     failure = drop_frames(exc)  # so the release below frees this run's memory now
             if failure is not None:  # raised here, outside the except: nothing chains the failed frames

@@ -38,6 +38,7 @@ from ltx_demo.fidelity_switches import (
     lora_fused_in_place,
     nf4_gemma,
     patched,
+    prompt_cache,
     soundfile_audio,
     stg_on_existing_block,
 )
@@ -142,6 +143,7 @@ ROWS = (
     Row("fp8_processor", "fp8 embeddings processor", switch=fp8_processor, unavailable=_needs_fp8),
     Row("gemma_parts", "Gemma without vision tower, projector, lm_head", switch=gemma_dropped_parts),
     Row("nf4_gemma", "nf4 Gemma", switch=nf4_gemma, unavailable=_nf4_unavailable),
+    Row("prompt_cache", "prompt contexts from the prompt cache (the timed runs' texts)", switch=prompt_cache),
     Row("lora_adapter", "LoRA as a runtime adapter (persistent)", switch=lora_adapter),
     Row("lora_fused_in_place", "LoRA fused in place after stage 1 (cold-start, host-cached on CUDA)",
         Residency.COLD_START, switch=lora_fused_in_place),
@@ -284,6 +286,7 @@ def run_engine(setup: Setup, row: Row, request: GenerationRequest, work_dir: Pat
         "compile_failures": compile_failures,
         "stage_1_transformer_calls": result.counters.get("stage_1_transformer_calls"),
         "fp8_scaled_mm_calls": result.counters.get("fp8_scaled_mm_calls"),
+        "prompt_texts_from_cache": result.counters.get("prompt_texts_from_cache", 0),  # of the last timed run
         "peak_vram_bytes": result.peak_vram_bytes,
         "peak_rss_bytes": result.peak_rss_bytes,
         "phase_seconds": phases,  # of the fastest timed run

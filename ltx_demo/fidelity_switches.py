@@ -99,6 +99,11 @@ def fp8_processor(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContex
     return patched(ModelConfig, "fp8_processor", property(lambda self: stores_fp8(self.quantization)))
 
 
+def prompt_cache(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
+    """The reference flow reads and fills the prompt cache: its warm run encodes the texts, the timed runs read them."""
+    return patched(Engine, "_prompt_cache_for", lambda engine, _request: engine.prompt_cache)
+
+
 def lora_adapter(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
     return _config_with(lora_mode=LoraMode.ADAPTER)
 

@@ -18,6 +18,7 @@ import torch
 
 from ltx_demo.guidance import stage_1_guidance
 from ltx_demo.media import PreparedInputs
+from ltx_demo.prompt_cache import PromptCache, TextContexts
 from ltx_demo.residency import ModelManager, Stage2Lora
 from ltx_demo.telemetry import RunTelemetry
 from ltx_demo.types import DecodeTiling, Flow, GenerationCancelled, GenerationRequest, InvalidRequest, Progress
@@ -177,10 +178,11 @@ def run_two_stage(
     on_progress: Callable[[Progress], None],
     cancelled: Callable[[], bool],
     sink: FrameSink | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> DecodedClip:
     """Steps 3-8 of a request (1-2 are the engine's): prompt, audio, stage 1, upsample, stage 2, decode (into `sink`
     too, chunk by chunk, when given)."""
-    flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled)
+    flow = TwoStageFlow(request, inputs, models, telemetry, on_progress, cancelled, prompt_cache)
     contexts = flow.encode_prompt()
     audio, sample_rate, audio_note = flow.clip_audio()
     audio_latent = flow.encode_audio(audio, sample_rate)
@@ -205,7 +207,16 @@ class TwoStageFlow:
     """One request's run of the flow: each step a method, in the order run_two_stage calls them (the seeded
     generator is drawn from in that order: stage 1's noise, stage 2's noise, the decoder's)."""
 
-    def __init__(self, request, inputs, models: ModelManager, telemetry: RunTelemetry, on_progress, cancelled):
+    def __init__(
+        self,
+        request,
+        inputs,
+        models: ModelManager,
+        telemetry: RunTelemetry,
+        on_progress,
+        cancelled,
+        prompt_cache: PromptCache | None = None,
+    ):
         from ltx_core.components.diffusion_steps import EulerDiffusionStep
         from ltx_core.components.noisers import GaussianNoiser
         from ltx_pipelines.utils.args import ImageConditioningInput
@@ -213,6 +224,7 @@ class TwoStageFlow:
 
         self.request, self.inputs, self.models, self.telemetry = request, inputs, models, telemetry
         self.on_progress, self.cancelled = on_progress, cancelled
+        self.prompt_cache = prompt_cache  # None: every text encoded (the reference flow, --prompt-cache 0)
         self.device, self.dtype = models.device, models.compute_dtype
         self.generator = torch.Generator(device=self.device).manual_seed(request.seed)
         self.noiser = GaussianNoiser(generator=self.generator)
@@ -280,20 +292,49 @@ class TwoStageFlow:
     # -- the steps -------------------------------------------------------------------------------------------------
     def encode_prompt(self) -> PromptContexts:
         """3. Prompt -> video/audio contexts. (helpers.encode_prompts rebuilds both models from a ledger each call
-        and calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.)"""
+        and calls torch.cuda.synchronize() unconditionally, so the two halves are composed here.) A text in the
+        prompt cache skips both models; with both texts there, neither is built."""
         self._begin("prompt_encode")
+        negative_prompt = self.request.negative_prompt or default_negative_prompt()
+        with self.telemetry.phase("prompt_encode"):
+            prompt, enhanced, contexts = self._encoded_texts(self.request.prompt, negative_prompt)
+        positive, negative = contexts[prompt], contexts[negative_prompt]
+        return PromptContexts(positive.video, positive.audio, negative.video, enhanced)
+
+    def _encoded_texts(self, prompt: str, negative_prompt: str) -> tuple[str, str | None, dict[str, TextContexts]]:
+        """(the prompt that runs, the enhanced prompt or None, each text's contexts): from the cache, else Gemma
+        then the embeddings processor, each model used only when some text needs it."""
         from ltx_pipelines.utils.helpers import generate_enhanced_prompt
 
-        negative_prompt = self.request.negative_prompt or default_negative_prompt()
-        prompt, enhanced = self.request.prompt, None
-        with self.telemetry.phase("prompt_encode"):
+        config = self.models.config
+        encoder = (config.text_encoder_quantization.value, config.fp8_processor, str(self.device), str(self.dtype))
+        cache = self.prompt_cache
+        contexts: dict[str, TextContexts] = {}
+
+        def look_up(texts) -> list[str]:
+            for text in dict.fromkeys(texts):
+                if text not in contexts and cache and (kept := cache.get(text, encoder, self.device)) is not None:
+                    contexts[text] = kept
+                    self.telemetry.increment("prompt_texts_from_cache")
+            return [text for text in dict.fromkeys(texts) if text not in contexts]
+
+        enhanced = None
+        missing = [] if self.request.enhance_prompt else look_up((prompt, negative_prompt))
+        if self.request.enhance_prompt or missing:
             with self._use("text_encoder") as text_encoder:
                 if self.request.enhance_prompt:  # as encode_prompts does: the portrait as uploaded, its seed 42
                     prompt = enhanced = generate_enhanced_prompt(text_encoder, prompt, self.request.image_path, seed=42)
-                raw = [text_encoder.encode(p) for p in (prompt, negative_prompt)]
+                    missing = look_up((prompt, negative_prompt))
+                hidden = {text: text_encoder.encode(text) for text in missing}
+        if missing:
             with self._use("embeddings_processor") as processor:
-                positive, negative = [processor.process_hidden_states(hs, mask) for hs, mask in raw]
-        return PromptContexts(positive.video_encoding, positive.audio_encoding, negative.video_encoding, enhanced)
+                for text, (states, mask) in hidden.items():
+                    encoded = processor.process_hidden_states(states, mask)
+                    contexts[text] = TextContexts(encoded.video_encoding, encoded.audio_encoding)
+                    self.telemetry.increment("prompt_texts_encoded")
+                    if cache is not None:
+                        cache.put(text, encoder, contexts[text])
+        return prompt, enhanced, contexts
 
     def clip_audio(self) -> tuple[torch.Tensor, int, str | None]:
         """The clip's audio, float32 (2, samples), its rate, and a note where the flow read it itself: the fast

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 GIB = 1024**3
+PROMPT_CACHE_ENTRIES = 16  # texts whose contexts stay on the host (prompt_cache.py): ~12 MB each at LTX-2.3's scale
 
 
 # -- the modes: each value is also its CLI flag and its UI label ------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 from ltx_demo.media import PreparedInputs
 from ltx_demo.pipeline import ClipHead, DecodedClip, FrameSink, PromptContexts, TwoStageFlow, WindowLatents
+from ltx_demo.prompt_cache import PromptCache
 from ltx_demo.residency import ModelManager
 from ltx_demo.telemetry import RunTelemetry
 from ltx_demo.types import GenerationRequest, Progress
@@ -59,6 +60,7 @@ def run_windows(
     cancelled: Callable[[], bool],
     plan: WindowPlan,
     sink: FrameSink | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> DecodedClip:
     """A video longer than one window: the same steps, each over every window before the next step (so each model is
     used in one block and per-request residency modes build it once per request, with one window's peak), window i
@@ -66,7 +68,7 @@ def run_windows(
     latents are stitched with the repeated frames dropped and decoded once (into `sink` too, chunk by chunk, when
     given); the frames past num_frames go; the audio muxed is the one prepared track, not a concatenation of the
     windows' cuts."""
-    flow = WindowedFlow(request, inputs, models, telemetry, on_progress, cancelled, plan)
+    flow = WindowedFlow(request, inputs, models, telemetry, on_progress, cancelled, plan, prompt_cache)
     contexts = flow.encode_prompt()  # every window uses the request's prompt: encoded once
     audio_latents = flow.encode_audio_windows()
     stage_1 = flow.stage_1_windows(contexts, audio_latents)
@@ -99,11 +101,11 @@ class WindowedFlow(TwoStageFlow):
     seeded with its plan's seed (seed + i); window 0's is the request's seed, and the decoder draws from it after,
     as in one clip."""
 
-    def __init__(self, request, inputs, models, telemetry, on_progress, cancelled, plan: WindowPlan):
+    def __init__(self, request, inputs, models, telemetry, on_progress, cancelled, plan: WindowPlan, prompt_cache=None):
         from ltx_core.components.noisers import GaussianNoiser
 
         self.clock = WindowClock(plan, request.steps + len(self._distilled_sigma_values()) - 1, on_progress)
-        super().__init__(request, inputs, models, telemetry, self.clock, cancelled)
+        super().__init__(request, inputs, models, telemetry, self.clock, cancelled, prompt_cache)
         self.plan, self.on_step_done = plan, self.clock.step_done
         self.noisers = [self.noiser] + [
             GaussianNoiser(generator=torch.Generator(device=self.device).manual_seed(w.seed)) for w in plan.windows[1:]

@@ -117,16 +117,23 @@ def test_bench_marks_the_configurations_that_run_the_default_settings():
     assert [c.quantization for c in named if c.default_settings] == ["fp8-cast", "fp8-cast"]
 
 
-def test_bench_cold_start_reads_the_models_it_kept_after_the_first_run(tiny_bundle, tmp_path, capsys):
+@pytest.mark.parametrize("prompt_cache", ["0", "16"])
+def test_bench_cold_start_reads_the_models_it_kept_after_the_first_run(tiny_bundle, tmp_path, capsys, prompt_cache):
+    """Cold-start's second run reads the transformer and the embeddings processor kept as built; with the prompt
+    cache on (the default) its prompt comes from the cache instead, so it builds no embeddings processor at all."""
     out, kept = tmp_path / "bench.json", tmp_path / "kept"
     args = ["bench", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--output-dir", str(tmp_path / "mp4")]
     args += ["--resolutions", "64x64", "--num-frames", "9", "--steps", "2", "--runs", "2", "--quantization"]
     args += ["fp8-cast", "--residency", "cold-start", "--cold-start-cache-dir", str(kept), "--baseline", "none"]
-    args += ["--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out)]
+    args += ["--audio", str(ASSETS / "speech_hello.wav"), "--out", str(out), "--prompt-cache", prompt_cache]
     assert main(args) == 0
     (config,) = json.loads(out.read_text())["configs"]
     first, second = config["runs"]
-    assert first["kept_builds"] == {} and second["kept_builds"] == {"transformer": 1, "embeddings_processor": 1}
+    cached = prompt_cache != "0"
+    assert first["kept_builds"] == {}
+    assert second["kept_builds"] == ({"transformer": 1} if cached else {"transformer": 1, "embeddings_processor": 1})
+    assert second["counters"].get("prompt_texts_from_cache", 0) == (2 if cached else 0)
     assert config["identical_outputs"] is True and "kept as built" in config["variant"]
+    assert ("prompt from the cache" in config["variant"]) is cached
     assert len([f for f in kept.iterdir() if not f.name.startswith(".")]) == 2
     capsys.readouterr()

@@ -4,7 +4,8 @@ builds from them on later requests. Either way the rebuilt model is identical to
 
 The nf4 tests run bitsandbytes' real nf4 quantization on the CPU (its CPU backend). The engine still refuses nf4 on
 CPU (issue 4 asks it to); the residency layer underneath does not care which device it builds for, so those tests
-drive it directly on the tiny bundle's Gemma. The fp8 tests run whole requests through the engine."""
+drive it directly on the tiny bundle's Gemma. The fp8 tests run whole requests through the engine, encoding every text
+(prompt_cache_entries=0): a prompt from the prompt cache builds no embeddings processor, whose kept state is tested."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_cold_start_keeps_the_fp8_transformer_and_processor_and_gives_the_same_v
     clips,
 ):
     cache_dir = tmp_path / "kept"
-    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", prompt_cache_entries=0, cold_start_cache_dir=cache_dir)
     loading = []
     engine.models.on_loading(loading.append)  # what the status line's "loading" says
     request = small_request(quantization="fp8-cast", residency="cold-start")
@@ -145,7 +146,7 @@ def test_host_cached_keeps_the_fp8_models_as_built_and_gives_the_same_video(
     tmp_path,
     clips,
 ):
-    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", prompt_cache_entries=0)
     request = small_request(quantization="fp8-cast", residency="host-cached")
     first, second = engine.generate(request), engine.generate(request)
     assert_same_output(first, second, clips[0], clips[1])
@@ -182,7 +183,7 @@ def test_a_new_recipe_replaces_the_kept_states_instead_of_adding_to_them(tiny_bu
     from ltx_demo.residency import modes
 
     cache_dir = tmp_path / "kept"
-    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", cold_start_cache_dir=cache_dir)
+    engine = Engine(tiny_bundle, tmp_path / "out", device="cpu", prompt_cache_entries=0, cold_start_cache_dir=cache_dir)
     request = small_request(quantization="fp8-cast", residency="cold-start")
     engine.generate(request)
     before = sorted(f.name for f in cache_dir.iterdir())

@@ -12,8 +12,8 @@ import pytest
 from ltx_demo import cli, cli_flags, fidelity
 from tests.conftest import ASSETS
 
-# The two rows run (the others are listed as refused or not run): both against the reference flow in cold-start.
-ONLY = "stock,lora_fused_in_place"
+# The rows run (the others are listed as refused or not run): the first two against the reference flow in cold-start.
+ONLY = "stock,lora_fused_in_place,prompt_cache"
 
 
 def test_the_fidelity_command_writes_a_row_per_speed_up_and_the_stock_row_is_identical(tiny_bundle, tmp_path, capsys):
@@ -37,6 +37,9 @@ def test_the_fidelity_command_writes_a_row_per_speed_up_and_the_stock_row_is_ide
     assert fused["status"] == "measured" and fused["ran"]["stage_2_lora"] == "fused in place"
     assert fused["reference_ran"]["stage_2_lora"] == "fused copy" and fused["reference_ran"]["flow"] == "reference"
     assert fused["variant_seconds"] > 0 and fused["reference_seconds"] > 0
+    cached = rows["prompt_cache"]  # the timed run's texts came from the cache the warm run filled: the same video
+    assert cached["status"] == "measured" and cached["identical"] and cached["psnr_db"] == math.inf, cached
+    assert cached["ran"]["prompt_texts_from_cache"] == 2 and cached["reference_ran"]["prompt_texts_from_cache"] == 0
     # CUDA only: refused here, with the reason
     for key in ("nf4_gemma", "fp8_scaled_mm", "fp8_fast_accumulation", "cuda_graphs"):
         assert rows[key]["status"] == "refused" and "cpu" in rows[key]["reason"], rows[key]

@@ -346,9 +346,12 @@ class ModelManager:
 
     # -- auto ------------------------------------------------------------------------------------------------------
     def record_peak(self, config: ModelConfig, shape: tuple[int, int, int], peak_bytes: int | None) -> None:
-        """A finished request's measured device peak; plan() prefers it to the estimate for that shape."""
+        """A finished request's measured device peak; plan() prefers it to the estimate for that shape. The highest
+        one is kept: a request whose texts came from the prompt cache built no Gemma, and peaked lower than the next
+        request of that shape with a new prompt may."""
         if peak_bytes is not None:
-            self._measured_peaks[(config, shape)] = peak_bytes
+            key = (config, shape)
+            self._measured_peaks[key] = max(peak_bytes, self._measured_peaks.get(key, 0))
 
     def plan(self, config, shape, budget_bytes: int, budget_source: str, host_available_bytes: int):
         """Resolve `auto` for this request (config.residency is ignored)."""
