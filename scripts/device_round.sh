@@ -7,9 +7,12 @@
 #   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline x BASELINE_RUNS (2; BASELINE=none: without)
 #   restart   a new process's first request at RESTART_RESOLUTION (768x512; kept states, Inductor cache from bench)
 #   roofline  ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
-#   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT), then the cuBLAS fast-accumulation shape sweep
+#   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT)
+#   accum     the cuBLAS fast-accumulation shape sweep (scripts/fast_accum_shapes.py)
 #   fidelity  reference vs stock at 97/30 (FIDELITY_QUANTIZATION), then rows
-#   modes     768x512 persistent, cold-start, host-cached x2 (MODES_EXTRA=1: also the roofline and a 30 s recording)
+#   modes     768x512 persistent, cold-start, host-cached x2, with the prompt cache (the default: after the first run
+#             every text comes from it) and, unless MODES_PROMPT_CACHE_OFF=0, again with --prompt-cache 0
+#             (MODES_EXTRA=1: also the roofline and a 30 s recording)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
 # Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files).
@@ -37,8 +40,6 @@ run_rows() {
     --only ${FIDELITY_ROWS:-compiled_blocks,default} --timed-runs 1 --out "$OUT/fidelity-h200.json" --markdown "$OUT/fidelity-h200.md" \
     2> >(quiet >"$OUT/fidelity-h200.log")
   echo "fidelity rc=$?"
-  timeout 120 python3 scripts/fast_accum_shapes.py "$OUT/fast-accum-shapes.json" >"$OUT/fast-accum-shapes.log" 2>&1
-  echo "fast-accum shapes rc=$?"
 }
 for part in "$@"; do
   case $part in
@@ -55,6 +56,10 @@ for part in "$@"; do
       ;;
     modes)
       bench_into bench-modes --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none
+      if [ "${MODES_PROMPT_CACHE_OFF:-1}" = 1 ]; then
+        bench_into bench-modes-no-prompt-cache --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
+          --baseline none --prompt-cache 0
+      fi
       if [ "${MODES_EXTRA:-0}" = 1 ]; then
         python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
         echo "roofline rc=$?"
@@ -92,6 +97,10 @@ for part in "$@"; do
       ;;
     rows)
       run_rows
+      ;;
+    accum)
+      timeout 120 python3 scripts/fast_accum_shapes.py "$OUT/fast-accum-shapes.json" >"$OUT/fast-accum-shapes.log" 2>&1
+      echo "fast-accum shapes rc=$?"
       ;;
     restart)
       bench_into bench-restart --resolutions ${RESTART_RESOLUTION:-768x512} --runs ${RESTART_RUNS:-2} \
