@@ -128,7 +128,9 @@ def traceable_attention_(model: torch.nn.Module) -> int:
     }
     changed = 0
     for module in model.modules():
-        if isinstance(module, attention.Attention) and isinstance(module.attention_function, attention.AttentionFunction):
+        if isinstance(module, attention.Attention) and isinstance(
+            module.attention_function, attention.AttentionFunction
+        ):
             module.attention_function = classes[module.attention_function]()
             changed += 1
     return changed

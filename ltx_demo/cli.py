@@ -21,6 +21,7 @@ from ltx_demo.types import (
     GenerationRequest,
     Progress,
     Quantization,
+    TextModels,
 )
 
 
@@ -124,6 +125,7 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
         and AttentionBackend(args.attention) is AttentionBackend.AUTO
         and CompileBlocks(args.compile_blocks) is CompileBlocks.AUTO
         and args.prompt_cache == PROMPT_CACHE_ENTRIES
+        and TextModels(args.text_models) is TextModels.ON_DEVICE
         and args.steps == steps_default
     )
     return [

@@ -87,7 +87,7 @@ class CompiledBlocks:
                 return compiled(*args, **kwargs)
             except torch.OutOfMemoryError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any compile failure: run eager from now on
+            except Exception as exc:  # any compile failure: run eager from now on
                 self._fall_back(describe_failure(exc))
                 return block._call_impl(*args, **kwargs)
 

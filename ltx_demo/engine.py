@@ -54,6 +54,7 @@ from ltx_demo.types import (
     Quantization,
     Residency,
     TextEncoderQuantization,
+    TextModels,
     VramSample,
 )
 from ltx_demo.windowed_flow import run_windows
@@ -208,6 +209,7 @@ class Engine:
         attention: AttentionBackend = AttentionBackend.AUTO,
         compile_blocks: CompileBlocks | bool = CompileBlocks.AUTO,
         prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
+        text_models: TextModels = TextModels.ON_DEVICE,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -227,6 +229,7 @@ class Engine:
             attention=attention,
             compile_blocks=compile_blocks,
         )
+        self.text_models = TextModels(text_models)  # the fast flow's, in persistent residency (modes.Persistent)
         self.prompt_cache = PromptCache(prompt_cache_entries)  # the fast flow's texts; the reference encodes each
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()
@@ -324,6 +327,7 @@ class Engine:
             TextEncoderQuantization(text_encoder),
             request.flow,
             whole_gemma=request.flow is Flow.REFERENCE or request.enhance_prompt,  # the enhancer needs all of Gemma
+            text_models=self.text_models if request.flow is Flow.FAST else TextModels.ON_DEVICE,
         )
         if config.residency is not Residency.AUTO:
             return config, ""

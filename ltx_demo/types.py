@@ -35,6 +35,15 @@ class TextEncoderQuantization(enum.StrEnum):
     NF4 = "nf4"  # bitsandbytes 4-bit linears; CUDA only
 
 
+class TextModels(enum.StrEnum):
+    """Where persistent residency keeps Gemma and the embeddings processor between prompts (a quarter of what it
+    holds for LTX-2.3): on the device, or in host memory as built, uploaded for a text the prompt cache lacks and
+    freed after it. Only the models kept as built (nf4 Gemma, the fp8 processor) can wait on the host."""
+
+    ON_DEVICE = "on-device"
+    ON_HOST = "on-host"
+
+
 class Flow(enum.StrEnum):
     """Which two-stage flow renders: the project's (its speed-ups on), or ltx-pipelines' A2VidPipelineTwoStage exactly
     (full bf16 Gemma, processor in the compute dtype, the LoRA fused by ltx-core's builder into a second transformer,

@@ -13,6 +13,8 @@
 #   modes     768x512 persistent, cold-start, host-cached x2, with the prompt cache (the default: after the first run
 #             every text comes from it) and, unless MODES_PROMPT_CACHE_OFF=0, again with --prompt-cache 0
 #             (MODES_EXTRA=1: also the roofline and a 30 s recording)
+#   onhost    BENCH_RESOLUTIONS persistent x3 with --text-models on-host (Gemma and the processor wait in host memory:
+#             the peak against the bench part's), then with --prompt-cache 0 (every run uploads them: their cost)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
 # Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files).
@@ -47,6 +49,13 @@ for part in "$@"; do
       resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
       bench_into "bench-default-${resolutions//,/_}" --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
         --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2}
+      ;;
+    onhost)
+      resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
+      bench_into bench-text-on-host --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} --residency persistent \
+        --baseline none --text-models on-host
+      bench_into bench-text-on-host-no-prompt-cache --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
+        --residency persistent --baseline none --text-models on-host --prompt-cache 0
       ;;
     roofline)
       shape=${ROOFLINE_SHAPE:-1280x768}

@@ -207,3 +207,29 @@ def test_adapter_and_fusion_against_the_float32_reference_on_cuda(tiny_bundle, s
     assert errors["adapter_off_change"] > 0.01
     # bf16 compute rounds both paths; report them, and require both to stay near the reference.
     assert errors["adapter_layer_error"] < 0.1 and errors["fused_layer_error"] < 0.1
+
+
+def test_text_models_on_host_upload_for_a_new_prompt_and_render_the_same_file(tiny_bundle, small_request, tmp_path):
+    """--text-models on-host on CUDA: nf4 Gemma and the fp8 processor wait in pinned host memory, leave the device
+    after each encode, come back for a new prompt only, and the files are the ones with both kept on the device."""
+    from ltx_demo.bench import output_hash
+    from ltx_demo.types import TextModels
+
+    hashes, resident = {}, {}
+    for placement in TextModels:
+        engine = Engine(tiny_bundle, tmp_path / placement, device="cuda", compile_blocks=False, text_models=placement)
+        hashes[placement] = []
+        for prompt in ("A woman speaks to the camera.", "A man sings to the camera.", "A man sings to the camera."):
+            request = small_request(quantization="fp8-cast", residency="persistent", prompt=prompt, width=128,
+                                    height=128, num_frames=17)  # fmt: skip
+            hashes[placement].append(output_hash(engine.generate(request).output))
+        resident[placement] = engine.models.resident()
+        if placement is TextModels.ON_HOST:
+            assert engine.models.kept_builds["text_encoder"] == engine.models.kept_builds["embeddings_processor"] == 1
+            assert engine.models.host_cache_pinned() and engine.models.host_cache_bytes() > 0
+        engine.models.release_all()
+        del engine
+    assert hashes[TextModels.ON_HOST] == hashes[TextModels.ON_DEVICE]
+    assert {"text_encoder", "embeddings_processor"} <= set(resident[TextModels.ON_DEVICE])
+    assert not {"text_encoder", "embeddings_processor"} & set(resident[TextModels.ON_HOST])
+    REPORT["text_models_on_host"] = {"hashes": hashes[TextModels.ON_HOST], "resident": resident[TextModels.ON_HOST]}

@@ -267,7 +267,7 @@ class ModelManager:
         try:
             yield model
         finally:
-            if self._mode.per_request and name not in self._keep:
+            if self._mode.frees_after_use(name) and name not in self._keep:
                 self.release(name)
 
     @contextlib.contextmanager
@@ -391,6 +391,7 @@ class ModelManager:
             "mode": config.residency.value if config else None,
             "lora_mode": config.lora_mode.value if config else None,
             "text_encoder_quantization": config.text_encoder_quantization.value if config else None,
+            "text_models": config.text_models.value if config else None,
             # The adapter's A and B are buffers on the transformer's linears: counted once, as lora_adapter.
             "device_models": {
                 name: module_bytes(self._held[name]) - (adapter_bytes if name == "transformer" else 0)

@@ -16,7 +16,7 @@ from ltx_demo.residency import kept
 from ltx_demo.residency.builds import ModelBuilder, module_bytes, release_pinned_host_memory
 from ltx_demo.residency.specs import MODEL_SPECS, ModelConfig, flow_models, spec
 from ltx_demo.residency.stage2_lora import DistilledLora
-from ltx_demo.types import LoraMode, Residency
+from ltx_demo.types import LoraMode, Residency, TextModels
 
 
 class Mode:
@@ -45,6 +45,10 @@ class Mode:
     def after_build(self, name: str, lora: DistilledLora) -> None:
         """Called once a model is held."""
 
+    def frees_after_use(self, name: str) -> bool:
+        """Whether `name` leaves the device when its `use` block ends (the manager's `keep` aside)."""
+        return self.per_request
+
     def fuses_in_place(self) -> bool:
         return False
 
@@ -71,6 +75,9 @@ class Mode:
         """Every model of the flow at once, plus stage 2's LoRA (adapter or fused copy), plus the activations."""
         resident = sum(components[s.name] for s in flow_models(LoraMode.ADAPTER))
         return resident + _stage_2_extra(components, lora_mode) + activations
+
+
+TEXT_MODELS = ("text_encoder", "embeddings_processor")  # what a prompt's encode uses, and nothing after it
 
 
 def _stage_2_extra(components: dict[str, int], lora_mode: LoraMode) -> int:
@@ -133,7 +140,47 @@ class KeptOnDisk:
 
 class Persistent(KeptOnDisk, Mode):
     """Every model stays on the device until the config changes; the first build after a start reads the models
-    kept as built (KeptOnDisk), so a restarted server is ready sooner."""
+    kept as built (KeptOnDisk), so a restarted server is ready sooner. With text_models on-host, Gemma and the
+    embeddings processor (those of them kept as built) wait in host memory as built instead, as host-cached keeps
+    them: uploaded when a text is not in the prompt cache, freed when its encode ends (auto's estimate still counts
+    them on the device until a request of the shape has measured the peak)."""
+
+    def __init__(self, config: ModelConfig, builder_args: dict, disk: kept.DiskKept) -> None:
+        super().__init__(config, builder_args, disk)
+        self._on_host = kept.HostKept(pin=torch.cuda.is_available())
+        self.waits_on_host = frozenset(
+            name
+            for name in TEXT_MODELS
+            if config.text_models is TextModels.ON_HOST and spec(name).kept_as_built(config)
+        )
+
+    def frees_after_use(self, name: str) -> bool:
+        return name in self.waits_on_host
+
+    def build(self, name: str, label: str) -> torch.nn.Module:
+        if name not in self.waits_on_host:
+            return super().build(name, label)
+        state = self._on_host.get(name)
+        if state is not None:  # the upload: the state as built, from (pinned) host memory
+            self.builder.counts.kept_builds[name] += 1
+            return self.builder.build(name, label, lambda _fresh: self.builder.rebuild(name, state))
+        model = super().build(name, label)  # the first: from its file kept as built, or from the bundle
+        with torch.inference_mode(False):  # (the flow builds inside inference mode) plain tensors, loadable later
+            self._on_host.put(name, model)
+        return model
+
+    def host_cache_bytes(self) -> int:
+        return self._on_host.bytes()
+
+    def kept_in_memory(self) -> dict[str, int]:
+        return self._on_host.sizes()
+
+    def host_cache_pinned(self) -> bool:
+        return self._on_host.all_pinned()
+
+    def close(self) -> None:
+        self._on_host.clear()
+        release_pinned_host_memory()
 
 
 class PerRequest(Mode):

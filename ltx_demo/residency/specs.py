@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ltx_demo.quantization import policy_for, stores_fp8
-from ltx_demo.types import Flow, LoraMode, Quantization, Residency, TextEncoderQuantization
+from ltx_demo.types import Flow, LoraMode, Quantization, Residency, TextEncoderQuantization, TextModels
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +31,7 @@ class ModelConfig:
     text_encoder_quantization: TextEncoderQuantization = TextEncoderQuantization.BF16
     flow: Flow = Flow.FAST  # reference: every model as ModelLedger builds it (whole Gemma, processor unquantized)
     whole_gemma: bool = False  # keep the vision tower and lm_head: the reference flow, and prompt enhancement
+    text_models: TextModels = TextModels.ON_DEVICE  # persistent: where Gemma and the processor wait between prompts
 
     @property
     def drops_gemma_parts(self) -> bool:
