@@ -354,13 +354,7 @@ def test_cancel_through_the_api_frees_the_run_and_writes_nothing(live_app):
     while not (engine.status()["busy"] and (s := engine.live_samples()) and s[-1].phase == "stage_1"):
         assert time.monotonic() < deadline, "the job never reached stage_1"
         time.sleep(0.05)
-    try:
-        client.predict(api_name="/cancel")
-    except concurrent.futures.CancelledError:
-        # Seen once in CI under load: gradio_client reported the /cancel call itself as cancelled (its `cancels`
-        # drops this session's generate job at the same moment). Whether the cancel happened is what the job's
-        # result below checks: had it not, the 100-step job would finish and write a result.
-        pass
+    client.predict(api_name="/cancel")  # (a fast call: api_client keeps gradio_client's race from losing it)
     try:
         job.result(timeout=60)
     except concurrent.futures.CancelledError:
