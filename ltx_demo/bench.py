@@ -143,7 +143,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + (", CUDA graphs" if engine.models.cuda_graphs else "")
         + compiled_note(engine.models.compiled_blocks, engine.models.compile_failures[failures_before:])
         + (", kept as built" if kept_as_built(engine, summary) else "")
-        + cached_texts_note(summary["counters"]),
+        + cached_texts_note(result.prompt_cached),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
         "compile": compile_stats() if engine.models.compiled_blocks else None,  # this process so far
@@ -156,13 +156,12 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
     }
 
 
-def cached_texts_note(counters: dict) -> str:
-    """The variant's words for the texts that came from the prompt cache (none encoded: no Gemma ran, and
-    per-request modes built none)."""
-    cached, encoded = counters.get("prompt_texts_from_cache", 0), counters.get("prompt_texts_encoded", 0)
-    if not cached:
+def cached_texts_note(cached: str | None) -> str:
+    """The variant's words for the texts that came from the prompt cache (all: no Gemma ran, and per-request modes
+    built none)."""
+    if cached is None:
         return ""
-    return ", prompt from the cache" if not encoded else f", {cached} of {cached + encoded} texts from the cache"
+    return ", prompt from the cache" if cached == "all" else f", {cached} texts from the cache"
 
 
 def kept_as_built(engine: Engine, summary: dict) -> bool:

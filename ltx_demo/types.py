@@ -226,6 +226,16 @@ class GenerationResult:
     prompt_used: str | None = None  # the enhanced prompt, when enhance_prompt was asked
     windows: tuple[dict, ...] = ()  # a long recording's windows (windows.Window.describe()); () for one clip
 
+    @property
+    def prompt_cached(self) -> str | None:
+        """How much of the prompt path the prompt cache spared: None (every text encoded), "all" (no Gemma ran), or
+        "1 of 2" texts (counters)."""
+        cached = self.counters.get("prompt_texts_from_cache", 0)
+        encoded = self.counters.get("prompt_texts_encoded", 0)
+        if not cached:
+            return None
+        return "all" if not encoded else f"{cached} of {cached + encoded}"
+
     def summary(self) -> dict:
         """The JSON object `generate` prints and the API returns (the seed's field names kept)."""
         return {

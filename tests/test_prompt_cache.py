@@ -4,6 +4,8 @@ processor, and the reference flow encodes every text as ltx-pipelines does."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from ltx_demo.bench import output_hash
 from ltx_demo.engine import Engine
 from ltx_demo.prompt_cache import PromptCache, TextContexts
 from ltx_demo.types import Flow
+from ltx_demo.ui.readouts import result_html
 
 
 def encoded(result) -> tuple[int, int]:
@@ -47,6 +50,13 @@ def test_a_repeated_prompt_comes_from_the_cache_and_renders_the_same_file(tiny_b
     again = engine.generate(small_request())
     other = engine.generate(small_request(prompt="A man sings to the camera."))
     assert [encoded(r) for r in (first, again, other)] == [(2, 0), (0, 2), (1, 1)]
+    assert [r.prompt_cached for r in (first, again, other)] == [None, "all", "1 of 2"]
+    said = [re.search(r'data-fact="Prompt">([^<]*)<', result_html(r)).group(1) for r in (first, again, other)]
+    assert said == [
+        "encoded (Gemma + embeddings processor)",
+        "from the prompt cache (Gemma did not run)",
+        "1 of 2 texts from the prompt cache, the rest encoded",
+    ]
     assert output_hash(first.output) == output_hash(again.output)
     assert output_hash(again.output) == output_hash(uncached.generate(small_request()).output)
     plain = uncached.generate(small_request(prompt="A man sings to the camera."))

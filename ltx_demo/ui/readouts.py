@@ -248,6 +248,15 @@ def workers_html(workers: Sequence[dict] | None) -> str:
     return f'<div class="status-workers">{"".join(lines)}</div>'
 
 
+def prompt_fact(cached: str | None) -> str:
+    """Where the prompt's contexts came from (GenerationResult.prompt_cached)."""
+    if cached is None:
+        return "encoded (Gemma + embeddings processor)"
+    if cached == "all":
+        return "from the prompt cache (Gemma did not run)"
+    return f"{cached} texts from the prompt cache, the rest encoded"
+
+
 def result_html(result: GenerationResult) -> str:
     """Total elapsed, peaks, resident before/after, then the per-phase table (wall time and peak memory)."""
     summary = result.summary()
@@ -263,6 +272,7 @@ def result_html(result: GenerationResult) -> str:
             f"({result.num_frames / result.frame_rate:.2f} s)",
         ),
         ("Weights", f"{result.quantization} (compute {result.compute_dtype}), {result.residency}"),
+        ("Prompt", prompt_fact(result.prompt_cached)),
         ("Resident before", ", ".join(result.resident_before) or "nothing"),
         ("Resident after", ", ".join(result.resident_after) or "nothing"),
         ("Audio", result.audio_note),
