@@ -12,7 +12,8 @@
 #   fidelity  reference vs stock at 97/30 (FIDELITY_QUANTIZATION), then rows
 #   modes     768x512 persistent, cold-start, host-cached x2, with the prompt cache (the default: after the first run
 #             every text comes from it) and, unless MODES_PROMPT_CACHE_OFF=0, again with --prompt-cache 0
-#             (MODES_EXTRA=1: also the roofline and a 30 s recording)
+#             (MODES_COMPILE=1: also with --compile-blocks on, which auto leaves off for per-request modes;
+#             MODES_EXTRA=1: also the roofline and a 30 s recording)
 #   onhost    BENCH_RESOLUTIONS persistent x3 with --text-models on-host (Gemma and the processor wait in host memory:
 #             the peak against the bench part's), then with --prompt-cache 0 (every run uploads them: their cost)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
@@ -68,6 +69,10 @@ for part in "$@"; do
       if [ "${MODES_PROMPT_CACHE_OFF:-1}" = 1 ]; then
         bench_into bench-modes-no-prompt-cache --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
           --baseline none --prompt-cache 0
+      fi
+      if [ "${MODES_COMPILE:-0}" = 1 ]; then
+        bench_into bench-modes-compiled --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
+          --baseline none --compile-blocks on
       fi
       if [ "${MODES_EXTRA:-0}" = 1 ]; then
         python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
