@@ -273,6 +273,7 @@ class Engine:
             "resident": list(models.resident),
             "residency": models.details,
             "synthetic": self.bundle.synthetic,
+            "prompt_cache": {"texts": len(self.prompt_cache), "entries": self.prompt_cache.entries},
         }
 
     def live_samples(self) -> tuple[VramSample, ...]:
@@ -291,7 +292,14 @@ class Engine:
         quantization = quantization or self.default_quantization()
         text_encoder = TextEncoderQuantization(text_encoder_quantization or self.default_text_encoder_quantization())
         self.models.configure(
-            ModelConfig(Quantization(quantization), Residency.PERSISTENT, lora_strength, LoraMode.ADAPTER, text_encoder)
+            ModelConfig(
+                Quantization(quantization),
+                Residency.PERSISTENT,
+                lora_strength,
+                LoraMode.ADAPTER,
+                text_encoder,
+                text_models=self.text_models,  # as _model_config makes it for a request, or that request rebuilds all
+            )
         )
         self.models.preload()
 

@@ -313,7 +313,9 @@ class TwoStageFlow:
 
         def look_up(texts) -> list[str]:
             for text in dict.fromkeys(texts):
-                if text not in contexts and cache and (kept := cache.get(text, encoder, self.device)) is not None:
+                if text in contexts or cache is None:
+                    continue
+                if (kept := cache.get(text, encoder, self.device)) is not None:
                     contexts[text] = kept
                     self.telemetry.increment("prompt_texts_from_cache")
             return [text for text in dict.fromkeys(texts) if text not in contexts]

@@ -68,3 +68,16 @@ def test_on_host_is_not_the_default_and_the_bench_says_so():
     (default,) = bench_configs(parser.parse_args(base), "fp8-cast")
     (on_host,) = bench_configs(parser.parse_args([*base, "--text-models", "on-host"]), "fp8-cast")
     assert default.default_settings and not on_host.default_settings
+
+
+def test_a_preloaded_engine_serves_its_first_request_with_what_it_built(tiny_bundle, small_request, tmp_path):
+    """--preload with on-host: the preload's config is the one a request makes, so nothing is built again; the
+    processor it built waits on the host from the start."""
+    engine = Engine(tiny_bundle, tmp_path, device="cpu", text_models=TextModels.ON_HOST)
+    engine.preload("fp8-cast")
+    assert "embeddings_processor" not in engine.models.resident() and "transformer" in engine.models.resident()
+    engine.generate(small_request(quantization="fp8-cast", residency="persistent"))
+    counts = engine.models.build_counts
+    assert counts["transformer"] == counts["text_encoder"] == 1
+    assert counts["embeddings_processor"] == 2 and engine.models.kept_builds["embeddings_processor"] == 1
+    assert engine.status()["prompt_cache"] == {"texts": 2, "entries": 16}
