@@ -14,6 +14,7 @@ from ltx_demo.cli import bench_configs
 from ltx_demo.engine import Engine
 from ltx_demo.residency import ModelConfig, ModelManager
 from ltx_demo.types import Quantization, Residency, TextEncoderQuantization, TextModels
+from ltx_demo.ui.readouts import status_html
 
 from .test_built_states import assert_identical, encode
 
@@ -81,3 +82,5 @@ def test_a_preloaded_engine_serves_its_first_request_with_what_it_built(tiny_bun
     assert counts["transformer"] == counts["text_encoder"] == 1
     assert counts["embeddings_processor"] == 2 and engine.models.kept_builds["embeddings_processor"] == 1
     assert engine.status()["prompt_cache"] == {"texts": 2, "entries": 16}
+    line = status_html(engine.status(), "")
+    assert "prompt cache 2 text(s)" in line and "host cache" in line  # the processor's state, waiting on the host

@@ -212,6 +212,8 @@ def status_html(status: dict, job_line: str) -> str:
         resident_text += f"; host cache {residency['host_cache_bytes'] / GIB:.1f} GiB"
     if kept := residency.get("kept_as_built"):
         resident_text += f"; kept on disk for cold-start: {', '.join(kept)} ({sum(kept.values()) / GIB:.1f} GiB)"
+    if texts := (status.get("prompt_cache") or {}).get("texts"):
+        resident_text += f"; prompt cache {texts} text(s)"
     device = html.escape(str(status.get("device", "?"))) + ("" if status.get("cuda") else " (no CUDA device)")
     return (
         f'<div class="status-line"><span class="pill pill-{pill}">{state}</span>'
