@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ltx_demo.compiled_blocks import compile_stats
+from ltx_demo.compiled_blocks import compile_stats, deterministic_kernels
 from ltx_demo.engine import Engine
 from ltx_demo.residency import MODEL_SPECS, free_device_memory
 from ltx_demo.types import GenerationRequest, to_gib
@@ -91,7 +91,9 @@ def compiled_note(compiled: bool, failures: list[str]) -> str:
     """The variant's words for compiled blocks: on, on but fallen back to eager (why), or nothing."""
     if not compiled:
         return ""
-    return f", compile failed (eager: {failures[0]})" if failures else ", compiled blocks"
+    if failures:
+        return f", compile failed (eager: {failures[0]})"
+    return ", compiled blocks (Inductor deterministic)" if deterministic_kernels() else ", compiled blocks"
 
 
 def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt: str, drop_cache: bool) -> dict:

@@ -81,6 +81,12 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
         "on for persistent residency on CUDA; on: anywhere, CPU too; a bare --compile-blocks means on",
     )
     group.add_argument(
+        "--inductor-deterministic",
+        action="store_true",
+        help="compiled blocks: Inductor's deterministic mode (no kernel configs picked by timing), so a restarted "
+        "server compiles the same kernels and renders the same frames; torch >= 2.10; its speed is being measured",
+    )
+    group.add_argument(
         "--prompt-cache",
         type=int,
         default=PROMPT_CACHE_ENTRIES,
@@ -399,6 +405,10 @@ def engine_from_args(args: argparse.Namespace, **options):
     from ltx_demo.engine import Engine
 
     folder = args.cold_start_cache_dir
+    if args.inductor_deterministic:
+        from ltx_demo.compiled_blocks import use_deterministic_kernels
+
+        use_deterministic_kernels()
     if args.compute_dtype is not None:
         options.setdefault("compute_dtype", compute_dtype(args.compute_dtype))
     return Engine(

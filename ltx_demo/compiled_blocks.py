@@ -105,6 +105,28 @@ class CompiledBlocks:
         return self.failure is None
 
 
+def use_deterministic_kernels() -> None:
+    """Inductor's deterministic mode for this process (`--inductor-deterministic`): no kernel config picked by timing
+    candidates, so every process compiles the same kernels; the candidate fix for the restarted process rendering
+    other frames (docs/benchmarks.md, the notes). Inductor's config is per process, so the switch is too. Refused,
+    with the reason, on a torch without it (it came with torch 2.10)."""
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config, "deterministic"):
+        raise ValueError(
+            f"--inductor-deterministic needs torch._inductor.config.deterministic (torch >= 2.10); this is torch "
+            f"{torch.__version__}: leave the flag off"
+        )
+    inductor_config.deterministic = True
+
+
+def deterministic_kernels() -> bool:
+    """Whether this process compiles in Inductor's deterministic mode."""
+    import torch._inductor.config as inductor_config
+
+    return bool(getattr(inductor_config, "deterministic", False))
+
+
 def compile_stats() -> dict:
     """What Dynamo and Inductor did so far in this process: graphs compiled, graph breaks, seconds spent compiling
     (Dynamo's own counters; a bench record carries them so a slow first request can be read)."""

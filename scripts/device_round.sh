@@ -16,6 +16,8 @@
 #             MODES_EXTRA=1: also the roofline and a 30 s recording)
 #   onhost    BENCH_RESOLUTIONS persistent x3 with --text-models on-host (Gemma and the processor wait in host memory:
 #             the peak against the bench part's), then with --prompt-cache 0 (every run uploads them: their cost)
+#   determinism  768x512 persistent x2 with --inductor-deterministic in two processes after one another (a restart:
+#             the second reads the first's Inductor cache): its speed, and whether both render the same hash
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
 # Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files).
@@ -57,6 +59,15 @@ for part in "$@"; do
         --baseline none --text-models on-host
       bench_into bench-text-on-host-no-prompt-cache --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
         --residency persistent --baseline none --text-models on-host --prompt-cache 0
+      ;;
+    determinism)
+      export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-deterministic
+      for process in 1 2; do
+        bench_into bench-deterministic-$process --resolutions 768x512 --runs 2 --residency persistent --baseline none \
+          --inductor-deterministic
+      done
+      python3 -c "import json, sys; h = [{r['output_hash'] for c in json.load(open(f'$OUT/bench-deterministic-{i}.json'))['configs'] for r in c['runs'] if 'output_hash' in r} for i in (1, 2)]; print('hashes per process', h, 'same across processes:', len(h[0] | h[1]) == 1)"
+      unset TORCHINDUCTOR_CACHE_DIR
       ;;
     roofline)
       shape=${ROOFLINE_SHAPE:-1280x768}

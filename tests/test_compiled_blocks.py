@@ -191,3 +191,28 @@ def test_a_rebuilt_transformer_reuses_the_compiled_graphs(tiny_bundle, small_req
     assert engine.models.compile_failures == []
     assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
     assert np.array_equal(frames[0], frames[1])
+
+
+def test_inductor_deterministic_is_set_for_the_process_or_refused_with_the_reason(tiny_bundle, capsys):
+    """--inductor-deterministic: on a torch with Inductor's deterministic mode (>= 2.10, the device's) the process
+    compiles in it and the bench's variant says so; on an older torch (2.9 here) the command refuses, naming why."""
+    import torch._inductor.config as inductor_config
+
+    from ltx_demo import cli
+    from ltx_demo.bench import compiled_note
+    from ltx_demo.compiled_blocks import deterministic_kernels, use_deterministic_kernels
+
+    if not hasattr(inductor_config, "deterministic"):
+        with pytest.raises(ValueError, match=r"--inductor-deterministic needs .*torch >= 2\.10"):
+            use_deterministic_kernels()
+        argv = ["generate", "--bundle", str(tiny_bundle.root), "--device", "cpu", "--inductor-deterministic"]
+        assert cli.main(argv) != 0
+        assert "--inductor-deterministic needs" in capsys.readouterr().err
+        assert not deterministic_kernels() and compiled_note(True, []) == ", compiled blocks"
+        return
+    saved = inductor_config.deterministic
+    try:
+        use_deterministic_kernels()
+        assert deterministic_kernels() and compiled_note(True, []) == ", compiled blocks (Inductor deterministic)"
+    finally:
+        inductor_config.deterministic = saved
