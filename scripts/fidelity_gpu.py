@@ -2,7 +2,8 @@
 
 Usage: python scripts/fidelity_gpu.py --bundle DIR --out OUT.json [--width 768 --height 512 --num-frames 25 --steps 8]
 Each quantization: the stock pipeline (its own models, built per call), then the project's reference flow (cold-start,
-bf16 compute) and the fast default flow (for fp8-cast: what a request naming no quantization runs) on the same inputs; the JSON is rewritten after every comparison.
+bf16 compute) and the fast default flow (for fp8-cast: what a request naming no quantization runs) on the same
+inputs; the JSON is rewritten after every comparison.
 """
 
 from __future__ import annotations

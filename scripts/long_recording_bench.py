@@ -74,7 +74,7 @@ def per_window(events: list[tuple[float, int]]) -> list[float]:
     for at, window in events:
         firsts.setdefault(window, at)
     starts = [firsts[w] for w in sorted(firsts)]
-    ends = starts[1:] + [events[-1][0]] if events else []
+    ends = [*starts[1:], events[-1][0]] if events else []
     return [round(end - start, 3) for start, end in zip(starts, ends, strict=True)]
 
 
@@ -82,7 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--window", type=int, default=249, help="the single clip's frames (30 s plans 249-frame windows)")
+    parser.add_argument(
+        "--window", type=int, default=249, help="the single clip's frames (30 s plans 249-frame windows)"
+    )
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
@@ -98,8 +100,8 @@ def main() -> None:
         single = run(engine, audio, args.window, args)
         whole = run(engine, audio, round(args.seconds * 24), args)
     result = {
-        "command": "python scripts/long_recording_bench.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                         vars(args).items()),  # fmt: skip
+        "command": "python scripts/long_recording_bench.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "machine": machine_facts(engine.device),
         "bundle": engine.bundle.describe(),
         "warm_up_97": {k: warm[k] for k in ("elapsed_seconds", "peak_vram_gib")},

@@ -226,8 +226,8 @@ def test_compiled_blocks_on_cuda_match_eager_and_keep_the_fp8_gemm(tiny_bundle, 
     does not trace into), no fallback to eager, the output close to eager, and every block linear still a
     torch._scaled_mm call under fp8-scaled-mm."""
     from ltx_demo.compiled_blocks import CompiledBlocks
-    from ltx_demo.fp8_matmul import ScaledMMCounter
     from ltx_demo.forward_bench import ForwardShape, stage_inputs
+    from ltx_demo.fp8_matmul import ScaledMMCounter
     from ltx_demo.residency import ModelConfig, ModelManager
     from ltx_demo.types import Quantization, Residency
 
