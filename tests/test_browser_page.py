@@ -273,6 +273,7 @@ def test_a_bad_clip_takes_the_length_note_with_it(browser, live_app, tmp_path):
     wait_until(
         lambda: "no video length: fix the audio" in tab.inner_text("#duration-note"),
         lambda: f"duration note after a bad clip: {tab.inner_text('#duration-note')!r}",
+        timeout_s=30,
     )
     assert "105 frames" not in tab.inner_text("#duration-note")
     upload_audio(tab, ASSETS / "speech_weather.wav")
