@@ -312,13 +312,16 @@ class TwoStageFlow:
         contexts: dict[str, TextContexts] = {}
 
         def look_up(texts) -> list[str]:
+            """Each text not yet in `contexts` taken from the cache if it is there; the rest, once each."""
+            missing = []
             for text in dict.fromkeys(texts):
-                if text in contexts or cache is None:
-                    continue
-                if (kept := cache.get(text, encoder, self.device)) is not None:
+                kept = None if text in contexts or cache is None else cache.get(text, encoder, self.device)
+                if kept is not None:
                     contexts[text] = kept
                     self.telemetry.increment("prompt_texts_from_cache")
-            return [text for text in dict.fromkeys(texts) if text not in contexts]
+                elif text not in contexts:
+                    missing.append(text)
+            return missing
 
         enhanced = None
         missing = [] if self.request.enhance_prompt else look_up((prompt, negative_prompt))

@@ -62,7 +62,3 @@ class PromptCache:
 
     def __len__(self) -> int:
         return len(self._kept)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._kept.clear()

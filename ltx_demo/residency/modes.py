@@ -7,6 +7,7 @@ import functools
 import gc
 import importlib.metadata
 from collections import Counter
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -40,7 +41,16 @@ class Mode:
         self.builder = ModelBuilder(config=config, registry=self.registry, **self._builder_args)
 
     def build(self, name: str, label: str) -> torch.nn.Module:
-        return self.builder.build(name, label, lambda fresh: fresh())
+        return self.builder.build(name, label, self.obtain(name))
+
+    def obtain(self, name: str) -> Callable[[Callable[[], torch.nn.Module]], torch.nn.Module]:
+        """Where a build of `name` gets its model (ModelBuilder.build's `obtain`): from the files, `fresh()`."""
+        return lambda fresh: fresh()
+
+    def _from_host_state(self, name: str, label: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """`name` uploaded from its state as built, kept in host memory (host-cached, persistent's text models)."""
+        self.builder.counts.kept_builds[name] += 1
+        return self.builder.build(name, label, lambda _fresh: self.builder.rebuild(name, state))
 
     def after_build(self, name: str, lora: DistilledLora) -> None:
         """Called once a model is held."""
@@ -106,10 +116,10 @@ class KeptOnDisk:
         }
         return self.disk.folder(name, self.builder.source_paths(name), recipe)
 
-    def build(self, name: str, label: str) -> torch.nn.Module:
+    def obtain(self, name: str) -> Callable[[Callable[[], torch.nn.Module]], torch.nn.Module]:
         folder = self.folder(name)
         if folder is None:
-            return super().build(name, label)
+            return super().obtain(name)
 
         def kept_or_fresh(fresh):
             state = self.disk.get(folder, name, self.builder.device)
@@ -124,7 +134,7 @@ class KeptOnDisk:
             self.disk.put(folder, name, model, module_bytes(model), self.builder.on_loading)
             return model
 
-        return self.builder.build(name, label, kept_or_fresh)
+        return kept_or_fresh
 
     def kept_on_disk(self) -> dict[str, int]:
         out = {}
@@ -161,13 +171,16 @@ class Persistent(KeptOnDisk, Mode):
         if name not in self.waits_on_host:
             return super().build(name, label)
         state = self._on_host.get(name)
-        if state is not None:  # the upload: the state as built, from (pinned) host memory
-            self.builder.counts.kept_builds[name] += 1
-            return self.builder.build(name, label, lambda _fresh: self.builder.rebuild(name, state))
-        model = super().build(name, label)  # the first: from its file kept as built, or from the bundle
-        with torch.inference_mode(False):  # (the flow builds inside inference mode) plain tensors, loadable later
+        if state is not None:
+            return self._from_host_state(name, label, state)
+        obtain = self.obtain(name)  # the first: from its file kept as built, or from the bundle
+
+        def kept_on_host(fresh):
+            model = obtain(fresh)
             self._on_host.put(name, model)
-        return model
+            return model
+
+        return self.builder.build(name, label, kept_on_host)
 
     def host_cache_bytes(self) -> int:
         return self._on_host.bytes()
@@ -237,8 +250,7 @@ class HostCached(PerRequest):
             return super().build(name, label)
         state = self._built.get(name)
         if state is not None:
-            self.builder.counts.kept_builds[name] += 1
-            return self.builder.build(name, label, lambda _fresh: self.builder.rebuild(name, state))
+            return self._from_host_state(name, label, state)
 
         def first_build(fresh):
             self._registry.loads[f"{name} (as built)"] += 1  # read past the registry: a disk read all the same
