@@ -23,7 +23,7 @@ import numpy as np
 from ltx_demo.compiled_blocks import compile_stats, deterministic_kernels
 from ltx_demo.engine import Engine
 from ltx_demo.residency import MODEL_SPECS, free_device_memory
-from ltx_demo.types import GenerationRequest, to_gib
+from ltx_demo.types import GenerationRequest, Residency, to_gib
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + (", CUDA graphs" if engine.models.cuda_graphs else "")
         + compiled_note(engine.models.compiled_blocks, engine.models.compile_failures[failures_before:])
         + (", kept as built" if kept_as_built(engine, summary) else "")
+        + (", text models on host" if text_models_on_host(engine) else "")
         + cached_texts_note(result.prompt_cached),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
@@ -156,6 +157,12 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
             if (calls := summary["counters"].get(f"{stage}_transformer_calls"))
         },
     }
+
+
+def text_models_on_host(engine: Engine) -> bool:
+    """Whether persistent kept Gemma or the processor in host memory between prompts (--text-models)."""
+    config = engine.models.config
+    return config is not None and config.residency is Residency.PERSISTENT and bool(engine.models.host_kept_as_built())
 
 
 def cached_texts_note(cached: str | None) -> str:

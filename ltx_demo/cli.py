@@ -125,7 +125,7 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
         and AttentionBackend(args.attention) is AttentionBackend.AUTO
         and CompileBlocks(args.compile_blocks) is CompileBlocks.AUTO
         and args.prompt_cache == PROMPT_CACHE_ENTRIES
-        and TextModels(args.text_models) is TextModels.ON_DEVICE
+        and TextModels(args.text_models) is TextModels.AUTO
         and not args.inductor_deterministic
         and args.steps == steps_default
     )

@@ -97,11 +97,12 @@ def add_bundle_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--text-models",
-        default=TextModels.ON_DEVICE.value,
+        default=TextModels.AUTO.value,
         choices=[t.value for t in TextModels],
         help="persistent residency: where nf4 Gemma and the fp8 embeddings processor wait between prompts; on-host: "
         "in (pinned) host memory as built, uploaded only for a text the prompt cache lacks, so the device holds "
-        "about 10 GB less for LTX-2.3 during the stages",
+        "about 10 GB less for LTX-2.3 during the stages; auto: on-host on CUDA while the prompt cache is on, "
+        "else on-device",
     )
     group.add_argument(
         "--cold-start-cache-dir",

@@ -35,6 +35,7 @@ from ltx_demo.quantization import (
 )
 from ltx_demo.requests import check_request, window_frames_for
 from ltx_demo.residency import ModelConfig, ModelManager, estimate_memory, free_device_memory
+from ltx_demo.residency.modes import text_models_for
 from ltx_demo.results import KeepPolicy, Pins, new_result_path
 from ltx_demo.telemetry import DeviceMemory, RunTelemetry
 from ltx_demo.types import (
@@ -209,7 +210,7 @@ class Engine:
         attention: AttentionBackend = AttentionBackend.AUTO,
         compile_blocks: CompileBlocks | bool = CompileBlocks.AUTO,
         prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
-        text_models: TextModels = TextModels.ON_DEVICE,
+        text_models: TextModels = TextModels.AUTO,
     ) -> None:
         self.bundle = bundle
         self.output_dir = Path(output_dir)
@@ -229,7 +230,8 @@ class Engine:
             attention=attention,
             compile_blocks=compile_blocks,
         )
-        self.text_models = TextModels(text_models)  # the fast flow's, in persistent residency (modes.Persistent)
+        # the fast flow's, in persistent residency (modes.Persistent)
+        self.text_models = text_models_for(TextModels(text_models), self.device, prompt_cache_entries)
         self.prompt_cache = PromptCache(prompt_cache_entries)  # the fast flow's texts; the reference encodes each
         self.memory = DeviceMemory(self.device)
         self._job_lock = threading.Lock()

@@ -38,8 +38,11 @@ class TextEncoderQuantization(enum.StrEnum):
 class TextModels(enum.StrEnum):
     """Where persistent residency keeps Gemma and the embeddings processor between prompts (a quarter of what it
     holds for LTX-2.3): on the device, or in host memory as built, uploaded for a text the prompt cache lacks and
-    freed after it. Only the models kept as built (nf4 Gemma, the fp8 processor) can wait on the host."""
+    freed after it. Only the models kept as built (nf4 Gemma, the fp8 processor) can wait on the host. auto: on the
+    host on CUDA while the prompt cache is on (a prompt asked again needs neither model), else on the device
+    (modes.text_models_for)."""
 
+    AUTO = "auto"
     ON_DEVICE = "on-device"
     ON_HOST = "on-host"
 

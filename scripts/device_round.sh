@@ -14,8 +14,9 @@
 #             every text comes from it) and, unless MODES_PROMPT_CACHE_OFF=0, again with --prompt-cache 0
 #             (MODES_COMPILE=1: also with --compile-blocks on, which auto leaves off for per-request modes;
 #             MODES_EXTRA=1: also the roofline and a 30 s recording)
-#   onhost    BENCH_RESOLUTIONS persistent x3 with --text-models on-host (Gemma and the processor wait in host memory:
-#             the peak against the bench part's), then with --prompt-cache 0 (every run uploads them: their cost)
+#   textmodels  768x512 persistent x2 with --text-models on-device (Gemma and the processor stay on the device: the
+#             peak against the bench part's auto = on-host), then on-host with --prompt-cache 0 (every run uploads
+#             them: their cost per new prompt)
 #   determinism  768x512 persistent x2 with --inductor-deterministic in two processes after one another (a restart:
 #             the second reads the first's Inductor cache): its speed, and whether both render the same hash
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
@@ -53,12 +54,11 @@ for part in "$@"; do
       bench_into "bench-default-${resolutions//,/_}" --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
         --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2}
       ;;
-    onhost)
-      resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
-      bench_into bench-text-on-host --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} --residency persistent \
-        --baseline none --text-models on-host
-      bench_into bench-text-on-host-no-prompt-cache --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
-        --residency persistent --baseline none --text-models on-host --prompt-cache 0
+    textmodels)
+      bench_into bench-text-on-device --resolutions 768x512 --runs 2 --residency persistent --baseline none \
+        --text-models on-device
+      bench_into bench-text-on-host-no-prompt-cache --resolutions 768x512 --runs 2 --residency persistent \
+        --baseline none --text-models on-host --prompt-cache 0
       ;;
     determinism)
       export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-deterministic

@@ -13,6 +13,7 @@ from ltx_demo.bench import output_hash
 from ltx_demo.cli import bench_configs
 from ltx_demo.engine import Engine
 from ltx_demo.residency import ModelConfig, ModelManager
+from ltx_demo.residency.modes import text_models_for
 from ltx_demo.types import Quantization, Residency, TextEncoderQuantization, TextModels
 from ltx_demo.ui.readouts import status_html
 
@@ -61,14 +62,30 @@ def test_the_nf4_text_encoder_waits_on_the_host_and_encodes_the_same(tiny_bundle
         assert_identical(first, second)
 
 
-def test_on_host_is_not_the_default_and_the_bench_says_so():
+def test_auto_is_the_default_and_the_bench_marks_only_it_as_the_default():
     parser = cli_flags.build_parser()
     base = ["bench", "--device", "cpu", "--quantization", "fp8-cast", "--residency", "persistent", "--out", "b.json"]
     base += ["--resolutions", "768x512"]
-    assert parser.parse_args(base).text_models == "on-device"
+    assert parser.parse_args(base).text_models == "auto"
     (default,) = bench_configs(parser.parse_args(base), "fp8-cast")
-    (on_host,) = bench_configs(parser.parse_args([*base, "--text-models", "on-host"]), "fp8-cast")
-    assert default.default_settings and not on_host.default_settings
+    for placement in ("on-host", "on-device"):
+        (named,) = bench_configs(parser.parse_args([*base, "--text-models", placement]), "fp8-cast")
+        assert default.default_settings and not named.default_settings
+
+
+def test_auto_waits_on_the_host_on_cuda_while_the_prompt_cache_is_on():
+    """auto: on the host only where it frees device memory (CUDA) and a repeated prompt needs no upload (the cache is
+    on); a named choice is kept as asked. (CUDA is only named here: the function reads the device's type.)"""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert text_models_for(TextModels.AUTO, cuda, 16) is TextModels.ON_HOST
+    assert text_models_for(TextModels.AUTO, cuda, 0) is TextModels.ON_DEVICE
+    assert text_models_for(TextModels.AUTO, cpu, 16) is TextModels.ON_DEVICE
+    assert text_models_for(TextModels.ON_DEVICE, cuda, 16) is TextModels.ON_DEVICE
+    assert text_models_for(TextModels.ON_HOST, cuda, 0) is TextModels.ON_HOST
+
+
+def test_a_cpu_engine_keeps_its_text_models_on_the_device_by_default(tiny_bundle, tmp_path):
+    assert Engine(tiny_bundle, tmp_path, device="cpu").text_models is TextModels.ON_DEVICE
 
 
 def test_a_preloaded_engine_serves_its_first_request_with_what_it_built(tiny_bundle, small_request, tmp_path):

@@ -196,6 +196,16 @@ class Persistent(KeptOnDisk, Mode):
         release_pinned_host_memory()
 
 
+def text_models_for(choice: TextModels, device: torch.device, prompt_cache_entries: int) -> TextModels:
+    """Where persistent keeps the text models for this engine: what was asked, or for auto on the host on CUDA while
+    the prompt cache is on (their ~10 GB off the device during the stages; a prompt asked again uploads nothing, a new
+    one uploads them once), on the device otherwise (no cache: every request would upload them; CPU: the host is the
+    device)."""
+    if choice is not TextModels.AUTO:
+        return choice
+    return TextModels.ON_HOST if device.type == "cuda" and prompt_cache_entries > 0 else TextModels.ON_DEVICE
+
+
 class PerRequest(Mode):
     """Build (or upload) each model when its block starts, free it when the block ends; the stage transformer is
     kept from stage 1 through stage 2 (the manager's `keep`)."""
