@@ -21,9 +21,13 @@
 #             the second reads the first's Inductor cache): its speed, and whether both render the same hash
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
-# Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files).
+# Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files), written again after each
+# part, so a call stopped at its limit still brings back the parts that finished. The parts write to /tmp/round-out.
 set -uo pipefail
+RESULTS=${OUT:-/tmp/device-out}/results.tgz
+export OUT=/tmp/round-out
 . scripts/device_env.sh
+pack() { tar czf /tmp/round-results.tgz -C "$OUT" . && mv /tmp/round-results.tgz "$RESULTS"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 quiet() { grep -v -E "^INFO|it/s\]|^\s*$"; }
 gpu_tests_pid=
@@ -34,6 +38,7 @@ if [[ " $* " == *" tests "* ]]; then  # the tests use the tiny bundle: they need
   gpu_tests_pid=$!
 fi
 ensure_full_bundle
+pack
 bench_into() {  # bench_into NAME ARGS...: `ltx_demo bench ARGS` -> $OUT/NAME.json and .log; its rc and run lines
   local name=$1; shift
   python3 -m ltx_demo bench --bundle "$BUNDLE" --output-dir /tmp/bench-mp4 --out "$OUT/$name.json" "$@" \
@@ -133,7 +138,7 @@ for part in "$@"; do
       ;;
     *) echo "unknown part: $part"; exit 2;;
   esac
+  pack
 done
-# At most 8 files come back from $OUT: everything in one archive.
-tar czf /tmp/round-results.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/round-results.tgz "$OUT/results.tgz"
-ls -la "$OUT"
+pack
+ls -la "$(dirname "$RESULTS")"
