@@ -109,9 +109,15 @@ def test_memory_returns_to_baseline_after_an_error(tiny_bundle, small_request, t
 @pytest.mark.parametrize("mode", ["cold-start", "host-cached"])
 def test_models_kept_as_built_on_cuda(tiny_bundle, small_request, tmp_path, clips, mode):
     """Request 2 builds from what request 1 kept as built (the nf4 Gemma, the fp8 processor and transformer; in
-    pinned memory for host-cached, in files for cold-start) and gives the same frames; memory returns to baseline."""
+    pinned memory for host-cached, in files for cold-start) and gives the same frames; memory returns to baseline.
+    The prompt cache is off: with it on, request 2's prompt comes from the cache and the text models are not built."""
     engine = Engine(
-        tiny_bundle, tmp_path / "out", device="cuda", cold_start_cache_dir=tmp_path / "kept", compile_blocks=False
+        tiny_bundle,
+        tmp_path / "out",
+        device="cuda",
+        cold_start_cache_dir=tmp_path / "kept",
+        compile_blocks=False,
+        prompt_cache_entries=0,
     )
     baseline = allocated()
     request = small_request(quantization="fp8-cast", residency=mode, width=128, height=128, num_frames=17)
