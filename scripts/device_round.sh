@@ -19,6 +19,8 @@
 #             them: their cost per new prompt)
 #   determinism  768x512 persistent x2 with --inductor-deterministic in two processes after one another (a restart:
 #             the second reads the first's Inductor cache): its speed, and whether both render the same hash
+#   mp4       scripts/mp4_tail_bench.py on the newest mp4 the bench parts wrote, one per size (the x264 settings'
+#             seconds on the synthetic bundle's frames)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
 # Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files), written again after each
@@ -106,6 +108,11 @@ for part in "$@"; do
       echo "compile bench rc=$?"
       grep -E '^\{"config"' "$OUT/bench-compile.log" | cut -c1-600
       tar czf "$OUT/inductor-cache.tgz" -C /tmp inductor-cache && du -h "$OUT/inductor-cache.tgz"
+      ;;
+    mp4)
+      timeout 240 python3 scripts/mp4_tail_bench.py --out "$OUT/mp4-tail.json" --newest-per-size /tmp/bench-mp4 \
+        >"$OUT/mp4-tail.log" 2>&1
+      echo "mp4 tail rc=$?"; cut -c1-300 "$OUT/mp4-tail.log"
       ;;
     tests)
       wait $gpu_tests_pid
