@@ -1,13 +1,15 @@
 """Media in and out: the portrait and the audio read, checked and normalised (requests.py has checked the request's
-fields first), and the mp4 writer (fed chunk by chunk while the decoder runs; it encodes on a thread of its own)."""
+fields first), and the mp4 writer (fed chunk by chunk while the decoder runs; it encodes in a process of its own)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
+import mmap
+import os
 import re
-import threading
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,6 +21,7 @@ import soundfile
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.signal import resample_poly
 
+from ltx_demo import mp4_encoder
 from ltx_demo.requests import MAX_FRAMES
 from ltx_demo.types import Flow, GenerationRequest, ImageFit, InvalidRequest
 
@@ -311,22 +314,21 @@ X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "rc-lookahead=
 MP4_PROGRESS_STEPS = 20  # encoding progress reports per file (the CLI prints a line for each)
 
 
-_FINISH = object()  # the encoder thread's last item: flush the video, mux the audio, close the file
-_ABORT = object()  # the encoder thread's item for: stop now, no file wanted
-_CLOSED = object()  # the encoder thread's report for: the file is complete and closed
-_FAILED = object()  # the encoder thread's report for: it raised (the exception is in Mp4Stream._error)
+ENCODER_EXIT_SECONDS = 10  # how long abort waits for the encoder process to stop before killing it
 
 
 class Mp4Stream:
-    """An mp4 written while its frames arrive: H.264 (yuv420p, X264_OPTIONS) + AAC stereo through PyAV, encoded on ONE
-    background thread: the audio first (it is known before the frames), then each chunk of frames as it is put; on
-    close the video is flushed and the audio's packets muxed after it. The file's bytes are the same however the
-    frames are chunked (the encoders get the same input in the same order, x264 numbers the pts itself, and the
-    packets reach the muxer in the same order as when all was encoded at once).
+    """An mp4 written while its frames arrive: H.264 (yuv420p, X264_OPTIONS) + AAC stereo through PyAV, encoded in a
+    process of its own (ltx_demo.mp4_encoder; there x264 never waits for this process's interpreter lock, which the
+    decoder's Python holds most of the time): the audio first (it is known before the frames), then each chunk of
+    frames as it is put; on close the video is flushed and the audio's packets muxed after it. The file's bytes are
+    the same however the frames are chunked (the encoders get the same input in the same order, x264 numbers the pts
+    itself, and the packets reach the muxer in the same order as when all was encoded at once).
 
-    put(frames) returns at once; close() waits for the encoder and reports progress. What the encoder thread raises
-    comes out of the next put or of close. Leaving the `with` block without a successful close aborts: the thread
-    stops at its next frame and the file is removed, so nothing half-written stays behind."""
+    put(frames) copies the frames into memory the encoder maps and returns at once; close() waits for the encoder and
+    reports progress. What the encoder raises comes out of the next put or of close. Leaving the `with` block
+    without a successful close aborts: the encoder stops at its next frame and the file is removed, so nothing
+    half-written stays behind."""
 
     def __init__(
         self,
@@ -338,34 +340,39 @@ class Mp4Stream:
         metadata: dict[str, str] | None = None,
         on_frames: Callable[[int, int], None] | None = None,
     ) -> None:
-        """Opens the file's two streams and starts the encoder thread. total_frames: how many frames the put calls
-        will bring (the progress counts against it, and close checks it); audio: float32 (2, samples) at
-        sample_rate; metadata: container tags (e.g. the provenance JSON under "comment"); on_frames(done, total):
-        see close."""
+        """Starts the encoder process and hands it the audio. total_frames: how many frames the put calls will bring
+        (the progress counts against it, and close checks it); audio: float32 (2, samples) at sample_rate;
+        metadata: container tags (e.g. the provenance JSON under "comment"); on_frames(done, total): see close."""
         self.path, self.total, self.sample_rate = Path(path), total_frames, sample_rate
-        self._audio = np.ascontiguousarray(audio, dtype=np.float32)
-        self._audio_packets: list = []  # encoded on the thread before the first frame, muxed on close
         self._report = on_frames or (lambda _done, _total: None)
-        self._every = max(1, math.ceil(total_frames / MP4_PROGRESS_STEPS))
-        self._items: queue.SimpleQueue = queue.SimpleQueue()  # chunks, then _FINISH or _ABORT (to the thread)
-        self._reports: queue.SimpleQueue = queue.SimpleQueue()  # frames encoded, then _CLOSED or _FAILED (from it)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
         self._state = "open"  # open -> closed, or -> aborted
+        self._error: BaseException | None = None
         self._frames_put = self._frames_encoded = 0
         self._size: tuple[int, int] | None = None  # (height, width), from the first chunk
-        self._container = av.open(str(path), mode="w")
+        self._frames_memory: np.ndarray | None = None  # (total, h, w, 3) view of the memfd, from the first chunk
+        self.path.parent.stat()  # a missing folder is said here, as opening the file here used to
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if audio.ndim != 2 or audio.shape[0] != 2:
+            raise ValueError(f"the mp4's audio is float32 (2, samples), got {audio.shape}")
+        self._memfd = os.memfd_create("ltx-demo-mp4")
+        self._audio_bytes = audio.nbytes
+        os.ftruncate(self._memfd, mp4_encoder.frames_offset(self._audio_bytes))
+        os.pwrite(self._memfd, audio.tobytes(), 0)
+        replies, reply_end = os.pipe()
+        self._replies = replies
         try:
-            self._container.metadata.update(metadata or {})
-            self._video = self._container.add_stream("libx264", rate=frame_rate, options=X264_OPTIONS)
-            self._video.pix_fmt = "yuv420p"
-            self._sound = self._container.add_stream("aac", rate=sample_rate, layout="stereo")
-        except BaseException:
-            self._container.close()
-            self.path.unlink(missing_ok=True)
-            raise
-        self._thread = threading.Thread(target=self._encode_items, name="mp4-encoder", daemon=True)
-        self._thread.start()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "ltx_demo.mp4_encoder", str(self._memfd), str(reply_end)],
+                stdin=subprocess.PIPE,
+                pass_fds=(self._memfd, reply_end),
+                cwd=Path(__file__).resolve().parent.parent,  # where `ltx_demo` imports from, whatever the cwd
+            )
+        finally:
+            os.close(reply_end)
+        self._commands = self._process.stdin.fileno()
+        every = max(1, math.ceil(total_frames / MP4_PROGRESS_STEPS))
+        self._send(("open", os.path.abspath(self.path), frame_rate, sample_rate, audio.shape[1], metadata or {},
+                    X264_OPTIONS, total_frames, every))  # fmt: skip
 
     def __enter__(self) -> Mp4Stream:
         return self
@@ -374,8 +381,8 @@ class Mp4Stream:
         self.abort()  # nothing when close() succeeded
 
     def put(self, frames) -> None:
-        """Queue the video's next frames, uint8 (n, h, w, 3) (numpy or a CPU tensor), for the encoder thread; returns
-        at once. The frames must not be changed afterwards (they are read on that thread)."""
+        """Copy the video's next frames, uint8 (n, h, w, 3) (numpy or a CPU tensor), to the encoder; returns at once."""
+        self._read_replies(block=False)
         self._raise_if_failed()
         if self._state != "open":
             raise RuntimeError(f"frames put into an mp4 stream that is {self._state}")
@@ -384,13 +391,17 @@ class Mp4Stream:
             raise ValueError(f"mp4 frames are uint8 (n, h, w, 3), got {frames.dtype} {frames.shape}")
         if self._frames_put + len(frames) > self.total:
             raise ValueError(f"the mp4 was opened for {self.total} frames; {self._frames_put + len(frames)} were put")
-        if self._size is None:  # the encoder opens at its first frame, on the thread, after this
+        if self._size is None:
             self._size = frames.shape[1], frames.shape[2]
-            self._video.height, self._video.width = self._size
+            self._map_frames(*self._size)
         elif frames.shape[1:3] != self._size:
             raise ValueError(f"mp4 frames of {frames.shape[1:3]} after frames of {self._size}")
+        if not len(frames):
+            return
+        start = self._frames_put
+        self._frames_memory[start : start + len(frames)] = frames
         self._frames_put += len(frames)
-        self._items.put(frames)
+        self._send(("frames", *self._size, start, len(frames)))
 
     def close(self) -> None:
         """Encode what is still queued, mux the audio and close the file.
@@ -398,90 +409,101 @@ class Mp4Stream:
         on_frames(done, total) is called here, on the caller's thread: once at the start with the frames encoded so
         far (0 when the frames were all just put), at most MP4_PROGRESS_STEPS times more as the rest encode, and once
         more when the file is closed (done == total)."""
+        self._read_replies(block=False)
         self._raise_if_failed()
         if self._state != "open":
             raise RuntimeError(f"close() of an mp4 stream that is {self._state}")
         if self._frames_put != self.total:
             raise ValueError(f"the mp4 was opened for {self.total} frames; {self._frames_put} were put")
-        self._items.put(_FINISH)
+        self._send(("finish",))
         reported = self._frames_encoded  # what encoded during the put calls: reported once, not step by step
         self._report(reported, self.total)
-        while (report := self._reports.get()) is not _CLOSED:
-            if report is _FAILED:
-                self._raise_if_failed()
-            if report > reported:
-                reported = report
+        while self._state == "open" and self._error is None:
+            self._read_replies(block=True)
+            if self._frames_encoded > reported:
+                reported = self._frames_encoded
                 self._report(reported, self.total)
-        self._thread.join()
-        self._state = "closed"
+        self._raise_if_failed()
+        self._release()
         self._report(self.total, self.total)
 
     def abort(self) -> None:
-        """Stop the encoder thread (at its next frame), wait for it and remove the file; nothing once closed."""
-        if self._state != "open":
+        """Stop the encoder (at its next frame), wait for it and remove the file; nothing once closed."""
+        if self._state == "closed":
             return
-        self._state = "aborted"
-        self._stop.set()
-        self._items.put(_ABORT)
-        self._thread.join()
+        if self._state == "open":
+            self._state = "aborted"
+            self._send(("abort",), quietly=True)
+        self._release()
         self.path.unlink(missing_ok=True)
 
+    def frames_encoded(self) -> int:
+        """How many frames the encoder has said it encoded (it says so every MP4_PROGRESS_STEPS-th of the total)."""
+        self._read_replies(block=False)
+        return self._frames_encoded
+
+    # -- the wire to the encoder process ---------------------------------------------------------------------------
+    def _map_frames(self, height: int, width: int) -> None:
+        offset = mp4_encoder.frames_offset(self._audio_bytes)
+        length = offset + self.total * height * width * 3
+        os.ftruncate(self._memfd, length)
+        self._mapped = mmap.mmap(self._memfd, length)
+        self._frames_memory = np.frombuffer(self._mapped, dtype=np.uint8, offset=offset).reshape(
+            self.total, height, width, 3
+        )
+
+    def _send(self, message: tuple, quietly: bool = False) -> None:
+        try:
+            mp4_encoder.send(self._commands, message)
+        except (BrokenPipeError, OSError):  # the encoder has ended: its reply (or its exit) says why
+            if not quietly:
+                self._read_replies(block=True)
+                self._raise_if_failed()
+                raise
+
+    def _read_replies(self, block: bool) -> None:
+        """Take in what the encoder said: progress, the close, or its failure (an unexplained exit is one too)."""
+        if self._replies is None:
+            return
+        while block or mp4_encoder.readable(self._replies):
+            reply = mp4_encoder.receive(self._replies)
+            if reply is None:
+                self._process.wait()
+                if self._error is None and self._state == "open":
+                    code = self._process.returncode
+                    self._error = RuntimeError(f"the mp4 encoder process ended without closing the file (exit {code})")
+                return
+            if reply[0] == "encoded":
+                self._frames_encoded = reply[1]
+            elif reply[0] == "closed":
+                self._state = "closed"
+                return
+            elif reply[0] == "failed":
+                self._error = reply[1]
+                return
+            if block:
+                return
+
     def _raise_if_failed(self) -> None:
-        """The encoder thread's exception, once that thread has ended (its container closed)."""
         if self._error is not None:
-            self._thread.join()
             raise self._error
 
-    # -- on the encoder thread -------------------------------------------------------------------------------------
-    def _encode_items(self) -> None:
-        """The thread: the audio, each chunk's frames in order, then the close; any failure is kept for the caller
-        (and said on the report queue, which close waits on), and the container is closed whatever happens."""
-        closed = False
+    def _release(self) -> None:
+        """The encoder process waited for (killed when it does not stop), the pipes and the shared memory freed."""
+        if self._replies is None:
+            return
+        self._process.stdin.close()
         try:
-            self._encode_audio()
-            while (item := self._items.get()) is not _ABORT:
-                if item is _FINISH:
-                    self._finish()
-                    closed = True
-                    self._reports.put(_CLOSED)
-                    return
-                for frame in item:
-                    if self._stop.is_set():
-                        return
-                    self._encode(frame)
-                    self._frames_encoded += 1
-                    if self._frames_encoded % self._every == 0 and self._frames_encoded < self.total:
-                        self._reports.put(self._frames_encoded)
-        except BaseException as exc:  # kept for the caller's next put or close
-            self._error = exc
-            self._reports.put(_FAILED)
-        finally:
-            if not closed:
-                self._close_quietly()
-
-    def _encode(self, frame: np.ndarray) -> None:
-        self._container.mux(self._video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-
-    def _encode_audio(self) -> None:
-        pcm = av.AudioFrame.from_ndarray(self._audio, format="fltp", layout="stereo")
-        pcm.sample_rate = self.sample_rate
-        # With a pts the encoder stamps its 1024 priming samples negative and the muxer writes an edit list that
-        # skips them; without one they played before the speech, 21 ms late against the video.
-        pcm.pts, pcm.time_base = 0, Fraction(1, self.sample_rate)
-        self._audio_packets = [*self._sound.encode(pcm), *self._sound.encode(None)]
-        self._audio = None  # the samples are in the packets now
-
-    def _finish(self) -> None:
-        self._container.mux(self._video.encode())
-        self._container.mux(self._audio_packets)  # after the video's, as when everything was encoded at the end
-        self._container.close()
-
-    def _close_quietly(self) -> None:
-        """The container of a failed or aborted file closed (its file handle freed); the file is not wanted."""
-        try:
-            self._container.close()
-        except Exception:  # the failure that brought us here is the one to report
-            logger.debug("closing an unfinished mp4 failed", exc_info=True)
+            self._process.wait(ENCODER_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        os.close(self._replies)
+        self._replies = None
+        self._frames_memory = None
+        if self._size is not None:
+            self._mapped.close()
+        os.close(self._memfd)
 
 
 def write_mp4(
