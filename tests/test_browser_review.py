@@ -127,7 +127,8 @@ def test_two_takes_play_step_and_export_together(browser, live_app, tmp_path):
         assert time.monotonic() < deadline, f"still playing after 15 s: {samples[-3:]}"
         time.sleep(0.04)
     playing = [s for s in samples if not s["a_paused"]]
-    assert len(playing) >= 5, samples
+    # Three samples in the 1 s clip (each evaluate took ~0.3 s on the loaded 2-core CI machine, so 5 was flaky).
+    assert len(playing) >= 3, samples
     assert playing[-1]["a"] - playing[0]["a"] > 0.4 and playing[-1]["b"] - playing[0]["b"] > 0.4, playing
     apart = [(s["a"], s["b"], s["a_paused"], s["b_paused"]) for s in samples if abs(s["a"] - s["b"]) > frame]
     assert not apart, (apart, len(samples))

@@ -29,6 +29,7 @@ from ltx_demo import media, results, review
 from ltx_demo.engine import Engine
 from ltx_demo.results import KeepPolicy
 from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
+from tests.test_mp4_stream import encoder_processes
 
 from .conftest import ASSETS, api_client
 from .test_engine import decode_mp4
@@ -149,20 +150,25 @@ def test_out_of_memory_message_from_the_host_allocator(tiny_bundle, tmp_path, sm
 
 # -- failures leave nothing that looks like a result ------------------------------------------------------------------
 def test_a_failed_encode_leaves_nothing(tiny_bundle, tmp_path, small_request, monkeypatch):
+    """The encoder process dies part-way (killed once it has encoded a frame; x264's frame threads may still hold
+    its packets, so the file may not have been written yet)."""
     seen = {}
+    put = media.Mp4Stream.put
 
-    def half_written(stream, frame):  # on the encoder thread
+    def dies_half_way(stream, frames):
+        put(stream, frames)
         seen["work"] = stream.path.parent
-        stream.path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000)  # a truncated mp4
-        raise RuntimeError("encoder crashed")
+        while stream.frames_encoded() == 0:
+            time.sleep(0.01)
+        stream._process.kill()
 
     engine = Engine(tiny_bundle, tmp_path / "out", device="cpu")
-    monkeypatch.setattr(media.Mp4Stream, "_encode", half_written)
-    with pytest.raises(RuntimeError, match="encoder crashed"):
+    monkeypatch.setattr(media.Mp4Stream, "put", dies_half_way)
+    with pytest.raises(RuntimeError, match="mp4 encoder process ended without closing the file"):
         engine.generate(small_request())
     assert result_files(tmp_path / "out") == [] and review.scan_history(tmp_path / "out") == ()
     assert not seen["work"].exists(), "the work folder with the half-written mp4 was left behind"
-    assert not encoder_threads()
+    assert not encoder_processes()
 
 
 class FullDisk:
@@ -203,30 +209,33 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(tiny_bundle, tmp_pat
 
 @pytest.mark.parametrize("where", ["close", "put"])
 def test_a_full_temp_disk_while_encoding_is_said_too(tiny_bundle, tmp_path, small_request, monkeypatch, where):
-    """ENOSPC on the encoder thread reaches the caller: from the close after the decode (one chunk), or from the put
-    of the decoder's next chunk (3 chunks: the put waits until the thread has failed on the chunk before)."""
+    """ENOSPC in the encoder reaches the caller. close: the mp4 in the work folder is /dev/full, so the encoder
+    process's writes really fail (at its close: a tiny clip's packets fit avio's buffer). put: the decoder's next
+    chunk's put raises what the encoder said (stood in for here: a tiny clip's writes cannot fail that early)."""
+    init, put, puts = media.Mp4Stream.__init__, media.Mp4Stream.put, []
 
-    def no_space(stream, frame):  # on the encoder thread
-        raise OSError(errno.ENOSPC, "No space left on device", str(stream.path))
+    def into_a_full_disk(stream, path, *args, **kwargs):
+        Path(path).symlink_to("/dev/full")
+        init(stream, path, *args, **kwargs)
 
-    put, puts = media.Mp4Stream.put, []
-
-    def put_after_the_failure(stream, frames):
+    def put_fails_after_the_first(stream, frames):
         puts.append(len(frames))
-        while len(puts) > 1 and stream._error is None:
-            time.sleep(0.01)
+        if len(puts) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(stream.path))
         return put(stream, frames)
 
     engine = Engine(tiny_bundle, tmp_path, device="cpu")
-    monkeypatch.setattr(media.Mp4Stream, "_encode", no_space)
-    monkeypatch.setattr(media.Mp4Stream, "put", put_after_the_failure)
+    if where == "close":
+        monkeypatch.setattr(media.Mp4Stream, "__init__", into_a_full_disk)
+    else:
+        monkeypatch.setattr(media.Mp4Stream, "put", put_fails_after_the_first)
     request = small_request() if where == "close" else small_request(num_frames=41, decode_tile_frames=32)
     progress = []
     with pytest.raises(GenerationFailed, match=r"the disk holding /.*ltx-demo-.* is full"):
         engine.generate(request, on_progress=progress.append)
-    assert len(puts) == (1 if where == "close" else 2), puts  # the second put raised, inside the decode
+    assert where == "close" or len(puts) == 2, puts  # the second put raised, inside the decode
     assert ("encode_mp4" in {p.phase for p in progress}) == (where == "close")
-    assert result_files(tmp_path) == [] and not encoder_threads()
+    assert result_files(tmp_path) == [] and not encoder_processes()
 
 
 def test_a_cancel_between_decode_chunks_leaves_no_file_no_encoder(tiny_bundle, tmp_path, small_request, monkeypatch):
@@ -251,12 +260,8 @@ def test_a_cancel_between_decode_chunks_leaves_no_file_no_encoder(tiny_bundle, t
     (stream,) = streams
     assert stream._frames_put > 0 and stream._state == "aborted"  # it had frames, then was aborted
     assert not stream.path.exists() and not stream.path.parent.exists()
-    assert result_files(tmp_path / "out") == [] and not encoder_threads()
+    assert result_files(tmp_path / "out") == [] and not encoder_processes()
     assert Path(engine.generate(small_request()).output).is_file()  # and the next run works
-
-
-def encoder_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "mp4-encoder"]
 
 
 def test_publish_renames_the_json_first_and_the_mp4_last(tmp_path):
