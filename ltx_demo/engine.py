@@ -148,8 +148,8 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
 class ResultVideo:
     """The request's mp4 in the work folder, as the flow's FrameSink: opened when the decode begins (the provenance
     record, which names the prompt that ran, goes into the container's header; the audio encodes first), each
-    decoded chunk encoded on media.Mp4Stream's thread as it comes, then closed; or aborted, leaving no file and no
-    thread."""
+    decoded chunk encoded by media.Mp4Stream's encoder process as it comes, then closed; or aborted, leaving no file
+    and no encoder process."""
 
     def __init__(
         self,
@@ -413,7 +413,7 @@ class Engine:
             raise
         finally:
             if video is not None:
-                video.abort()  # a run that failed or was cancelled leaves no encoder thread (its work folder goes)
+                video.abort()  # a run that failed or was cancelled leaves no encoder process (its work folder goes)
             telemetry.stop_sampling()
             self._current = None
             self._last = telemetry

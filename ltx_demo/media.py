@@ -310,8 +310,9 @@ def prepare_inputs(request: GenerationRequest, work_dir: Path) -> PreparedInputs
 # on, identical frames encoded in the engine came out as different bitstreams in about half of the runs, even
 # with threads=1 (measured here, 64x64 clips); without it 12 of 12 encodes were identical. Preset veryfast: a third
 # of medium's time for ~0.7 dB (docs/benchmarks.md, "Writing the mp4"). sliced-threads=0: x264's frame threads, not
-# PyAV's default slice threads: 0.42 s instead of 0.79 s for the synthetic bundle's 768x512x97 frames on 16 cores,
-# the bytes still the same run to run (docs/device/mp4-tail-768x512-h100.json).
+# PyAV's default slice threads: decode + mp4 tail 1.03 s instead of 1.22 s at 768x512x97 on an H100's 16 cores, the
+# bytes still the same run to run (docs/device/decode-mp4-768x512-h100.json); the bytes depend on the core count,
+# as they did with slice threads.
 X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "rc-lookahead=0:sliced-threads=0"}
 MP4_PROGRESS_STEPS = 20  # encoding progress reports per file (the CLI prints a line for each)
 

@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -140,6 +141,25 @@ def test_the_same_frames_twice_give_the_same_bytes(tmp_path, clip):
     for name in ("a.mp4", "b.mp4"):
         streamed(tmp_path / name, frames, audio, [5, 30, 6])
     assert sha256(tmp_path / "a.mp4") == sha256(tmp_path / "b.mp4")
+
+
+def test_a_niceness_asked_for_lowers_the_encoder_and_keeps_the_bytes(tmp_path, clip, monkeypatch):
+    """LTX_DEMO_MP4_ENCODER_NICENESS (scripts/decode_mp4_bench.py's variants): the encoder process runs that far below
+    this one (read from /proc), and the file is the same as at the default."""
+    frames, audio = clip
+    streamed(tmp_path / "default.mp4", frames, audio, [FRAMES])
+    monkeypatch.setenv("LTX_DEMO_MP4_ENCODER_NICENESS", "7")
+    expected = os.nice(0) + 7
+    with media.Mp4Stream(tmp_path / "nice.mp4", FRAMES, FPS, audio, RATE, METADATA) as stream:
+        stat, deadline = Path(f"/proc/{stream._process.pid}/stat"), time.monotonic() + 10
+        while (niceness := int(stat.read_text().rsplit(")", 1)[1].split()[16])) != expected:  # it starts at ours
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        stream.put(frames)
+        stream.close()
+    assert niceness == expected
+    assert sha256(tmp_path / "nice.mp4") == sha256(tmp_path / "default.mp4")
 
 
 # -- progress ---------------------------------------------------------------------------------------------------------
