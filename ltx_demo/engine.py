@@ -166,7 +166,8 @@ class ResultVideo:
         self.record = self.record_for(head.prompt_used)
         metadata = review.mp4_metadata(self.record)
         frames, fps, audio = self.request.num_frames, self.request.frame_rate, head.audio.numpy()
-        self.stream = media.Mp4Stream(self.path, frames, fps, audio, head.sample_rate, metadata, self._encoded)
+        size = self.request.height, self.request.width  # the decoder's frames: mapped before they come
+        self.stream = media.Mp4Stream(self.path, frames, fps, audio, head.sample_rate, metadata, self._encoded, size)
 
     def put(self, frames: torch.Tensor) -> None:
         self.stream.put(frames)

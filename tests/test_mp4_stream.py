@@ -162,6 +162,27 @@ def test_a_niceness_asked_for_lowers_the_encoder_and_keeps_the_bytes(tmp_path, c
     assert sha256(tmp_path / "nice.mp4") == sha256(tmp_path / "default.mp4")
 
 
+@pytest.mark.parametrize(
+    "frame_size", [(HEIGHT, WIDTH), (HEIGHT + 16, WIDTH)], ids=["the frames' size", "another size"]
+)
+def test_memory_mapped_before_the_first_put_gives_the_same_bytes(tmp_path, clip, frame_size):
+    """frame_size maps the shared memory at open and faults it in on a thread; a first chunk of another size is
+    mapped again for. Either way the same file as the one-shot writer, and no thread is left behind."""
+    frames, audio = clip
+    media.write_mp4(frames, audio, RATE, FPS, tmp_path / "array.mp4", METADATA)
+    threads_before = threading.active_count()
+    with media.Mp4Stream(tmp_path / "sized.mp4", FRAMES, FPS, audio, RATE, METADATA, frame_size=frame_size) as stream:
+        assert stream._mapped is not None  # mapped before any put
+        for chunk in np.split(frames, [17, 33]):
+            stream.put(chunk)
+        stream.close()
+    assert sha256(tmp_path / "sized.mp4") == sha256(tmp_path / "array.mp4")
+    with media.Mp4Stream(tmp_path / "aborted.mp4", FRAMES, FPS, audio, RATE, frame_size=frame_size):
+        pass  # left at once, while its pages may still be faulting in: aborted
+    assert not (tmp_path / "aborted.mp4").exists()
+    assert threading.active_count() == threads_before and not encoder_processes()
+
+
 # -- progress ---------------------------------------------------------------------------------------------------------
 def test_progress_comes_on_the_callers_thread_forward_and_bounded(tmp_path, clip):
     frames, audio = clip
