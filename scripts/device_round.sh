@@ -21,6 +21,8 @@
 #             the second reads the first's Inductor cache): its speed, and whether both render the same hash
 #   mp4       scripts/mp4_tail_bench.py on the newest mp4 the bench parts wrote, one per size (the x264 settings'
 #             seconds on the synthetic bundle's frames)
+#   decodemp4  scripts/decode_mp4_bench.py at 768x512 (3 rounds) and 1280x768 (2): the decode and the mp4 encoder
+#             together, x264 and mapping variants (needs no bundle: a call of only tests/decodemp4 makes none)
 #   compile   COMPILE_RESOLUTIONS (768x512) persistent x3, compiled blocks, recompiles logged; the Inductor cache
 #             comes back as $OUT/inductor-cache.tgz
 # Results: $OUT/results.tgz (the JSON and logs; the device tool returns at most 8 files), written again after each
@@ -39,7 +41,9 @@ if [[ " $* " == *" tests "* ]]; then  # the tests use the tiny bundle: they need
    echo "gpu tests rc=$?" >>"$OUT/gpu-tests.log") &
   gpu_tests_pid=$!
 fi
-ensure_full_bundle
+needs_bundle=0
+for part in "$@"; do [[ $part == tests || $part == decodemp4 ]] || needs_bundle=1; done
+[ $needs_bundle = 1 ] && ensure_full_bundle
 pack
 bench_into() {  # bench_into NAME ARGS...: `ltx_demo bench ARGS` -> $OUT/NAME.json and .log; its rc and run lines
   local name=$1; shift
@@ -113,6 +117,15 @@ for part in "$@"; do
       timeout 240 python3 scripts/mp4_tail_bench.py --out "$OUT/mp4-tail.json" --newest-per-size /tmp/bench-mp4 \
         >"$OUT/mp4-tail.log" 2>&1
       echo "mp4 tail rc=$?"; cut -c1-300 "$OUT/mp4-tail.log"
+      ;;
+    decodemp4)
+      for shape in 768x512:3 1280x768:2; do
+        size=${shape%:*}
+        timeout 150 python3 scripts/decode_mp4_bench.py --out "$OUT/decode-mp4-$size.json" --width ${size%x*} \
+          --height ${size#*x} --rounds ${shape#*:} >"$OUT/decode-mp4-$size.log" 2>&1
+        echo "decode-mp4 $size rc=$?"
+        python3 -c "import json; [print(k, v) for k, v in json.load(open('$OUT/decode-mp4-$size.json'))['median'].items()]"
+      done
       ;;
     tests)
       wait $gpu_tests_pid
