@@ -1,6 +1,6 @@
 """Where the mp4's time goes on the frames a bench run wrote (the synthetic bundle's noise-like video, which x264
 encodes far slower than a natural clip), and what the encoder settings change: the RGB -> yuv420p conversion
-(swscale, on the encoder thread today) timed apart from the x264 encode, x264's slice vs frame threading, a fixed
+(swscale, in the encoder process) timed apart from the x264 encode, x264's slice vs frame threading, a fixed
 thread count, and a faster preset. Each variant encodes the clip 3 times: its seconds, the seconds of the last
 frames alone after the first chunk's (the tail a decode leaves: ltx-core's decoder yields 32 then 65 frames at 97),
 the bytes, whether the 3 files are identical, and the PSNR of the decoded file against the frames.
@@ -64,15 +64,19 @@ def encode(frames, height: int, width: int, options: dict, thread_type: str | No
 
 
 def variants():
+    """(name, options, PyAV thread type, thread count, rgb24 in). x264's own threading is set in its params: the
+    default's sliced-threads=0 is frame threads; without it PyAV asks for slice threads (the default before
+    2026-12-06, which docs/device/mp4-tail-1280x768-h100.json measured as 'current')."""
     base = media.X264_OPTIONS
-    yield "current: rgb24 in, swscale on the encoder thread, slice threads", base, None, None, True
-    yield "yuv420p in (converted before), slice threads", base, None, None, False
-    yield "rgb24 in, frame threads", base, "FRAME", None, True
-    yield "yuv420p in, frame threads", base, "FRAME", None, False
-    yield "yuv420p in, frame threads, 8 threads", base, "FRAME", 8, False
-    yield "yuv420p in, slice threads, 16 threads", base, "SLICE", 16, False
-    yield "yuv420p in, superfast, slice threads", {**base, "preset": "superfast"}, None, None, False
-    yield "yuv420p in, ultrafast, slice threads", {**base, "preset": "ultrafast"}, None, None, False
+    slices = {**base, "x264-params": "rc-lookahead=0"}
+    yield "current: rgb24 in, swscale in the encoder, media.X264_OPTIONS", base, None, None, True
+    yield "rgb24 in, slice threads", slices, None, None, True
+    yield "yuv420p in (converted before), slice threads", slices, None, None, False
+    yield "yuv420p in, frame threads", base, None, None, False
+    yield "yuv420p in, frame threads, 8 threads", base, None, 8, False
+    yield "yuv420p in, slice threads, 16 threads", slices, None, 16, False
+    yield "yuv420p in, superfast, frame threads", {**base, "preset": "superfast"}, None, None, False
+    yield "yuv420p in, ultrafast, frame threads", {**base, "preset": "ultrafast"}, None, None, False
 
 
 def measure(path: Path) -> dict:
