@@ -350,8 +350,8 @@ class Mp4Stream:
         metadata: container tags (e.g. the provenance JSON under "comment"); on_frames(done, total): see close;
         frame_size: (height, width) when known before the first put (the engine knows it from the request): the
         frames' shared memory is then mapped now and its pages faulted in on a thread while the decoder still runs,
-        so the puts only copy (their page faults took 80 of 90 ms at 768x512x97 on the 2-core CPU). A first chunk of
-        another size is still taken: the memory is mapped again for it."""
+        so the puts only copy (the two puts of 768x512x97: 0.175 -> 0.015 s on the 2-core CPU,
+        scripts/mp4_put_bench.py). A first chunk of another size is still taken: the memory is mapped again for it."""
         self.path, self.total, self.sample_rate = Path(path), total_frames, sample_rate
         self._report = on_frames or (lambda _done, _total: None)
         self._state = "open"  # open -> closed, or -> aborted
@@ -360,7 +360,6 @@ class Mp4Stream:
         self._size: tuple[int, int] | None = None  # (height, width), from the first chunk
         self._frames_memory: np.ndarray | None = None  # (total, h, w, 3) view of the memfd, from the first chunk
         self._mapped: mmap.mmap | None = None
-        self._mapped_size: tuple[int, int] | None = None  # (height, width) the memfd is sized for
         self._faulting_in: threading.Thread | None = None  # touches each page of a mapping made before the first put
         self.path.parent.stat()  # a missing folder is said here, as opening the file here used to
         audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -387,9 +386,10 @@ class Mp4Stream:
                     X264_OPTIONS, total_frames, every))  # fmt: skip
         if frame_size is not None:
             self._map_frames(*frame_size)
-            pages = np.frombuffer(self._mapped, dtype=np.uint8)[mp4_encoder.frames_offset(self._audio_bytes) :]
-            # numpy lets go of the interpreter lock for the strided write: the decoder's thread keeps launching
-            self._faulting_in = threading.Thread(target=pages[:: mmap.PAGESIZE].fill, args=(0,), daemon=True)
+            # A byte per page (the frames start on a page boundary); numpy lets go of the interpreter lock for the
+            # strided write, so the decoder's thread keeps launching.
+            pages = self._frames_memory.reshape(-1)[:: mmap.PAGESIZE]
+            self._faulting_in = threading.Thread(target=pages.fill, args=(0,), daemon=True)
             self._faulting_in.start()
 
     def __enter__(self) -> Mp4Stream:
@@ -412,7 +412,7 @@ class Mp4Stream:
         if self._size is None:
             self._size = frames.shape[1], frames.shape[2]
             self._wait_faulted_in()
-            if self._mapped_size != self._size:
+            if self._frames_memory is None or self._frames_memory.shape[1:3] != self._size:
                 self._map_frames(*self._size)
         elif frames.shape[1:3] != self._size:
             raise ValueError(f"mp4 frames of {frames.shape[1:3]} after frames of {self._size}")
@@ -469,7 +469,6 @@ class Mp4Stream:
         offset = mp4_encoder.frames_offset(self._audio_bytes)
         length = offset + self.total * height * width * 3
         os.ftruncate(self._memfd, length)
-        self._mapped_size = height, width
         self._mapped = mmap.mmap(self._memfd, length)
         self._frames_memory = np.frombuffer(self._mapped, dtype=np.uint8, offset=offset).reshape(
             self.total, height, width, 3

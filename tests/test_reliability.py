@@ -29,10 +29,10 @@ from ltx_demo import media, results, review
 from ltx_demo.engine import Engine
 from ltx_demo.results import KeepPolicy
 from ltx_demo.types import GenerationCancelled, GenerationFailed, OutOfMemory
-from tests.test_mp4_stream import encoder_processes
 
 from .conftest import ASSETS, api_client
 from .test_engine import decode_mp4
+from .test_mp4_stream import encoder_processes
 from .test_ui import SMALL
 
 CUDA_OOM = (
