@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 
@@ -72,3 +73,33 @@ def test_the_status_line_says_what_is_loading_during_the_build(page, live_app):
         held.release.set()
     page.wait_for_selector("#result-video video[src]", timeout=120_000)
     wait_until(lambda: "loading" not in page.inner_text("#status-line"), "the status line still says loading")
+
+
+def test_a_run_that_has_the_device_reads_starting_until_its_first_phase(tiny_bundle, small_request, tmp_path):
+    """Between taking the device and the flow's first phase (configure, the mp4's opening) the visitor's line says
+    the run is starting, never "waiting" (CI once read "waiting" three times on a running job's line)."""
+    from ltx_demo.ui.jobs import DemoController
+
+    engine = Engine(tiny_bundle, tmp_path, device="cpu")
+    entered, release = threading.Event(), threading.Event()
+    generate = engine.generate
+
+    def held_generate(*args, **kwargs):  # the real engine, entered only once the line has been read
+        entered.set()
+        release.wait(60)
+        return generate(*args, **kwargs)
+
+    engine.generate = held_generate
+    controller = DemoController(engine, negative_prompt="")
+    job = threading.Thread(target=controller.run, args=(small_request(), "visitor"))
+    job.start()
+    try:
+        assert entered.wait(60), "the job never reached the engine"
+        line = html.unescape(controller.progress_html("visitor"))
+        other = html.unescape(controller.progress_html("someone else"))
+    finally:
+        release.set()
+        job.join(120)
+    assert 'data-state="running"' in line and "<span>starting · " in line, line
+    assert "another visitor's run has the device (starting)" in other, other
+    assert "your last run:" in controller.progress_html("visitor")

@@ -70,7 +70,7 @@ class _Job:
     request: GenerationRequest
     cancel: threading.Event
     started: float
-    phase: str = "waiting"  # the flow's phase; a model load inside it (load:*) does not replace it
+    phase: str = "waiting"  # then "starting" once it has the device, then the flow's phases (a load:* never replaces one)
     phase_started: float = 0.0
     step: int | None = None
     total: int | None = None
@@ -136,8 +136,9 @@ class DemoController:
             try:
                 if job.cancel.is_set():
                     raise GenerationCancelled("cancelled before it started")
-                job.started = job.phase_started = time.perf_counter()
                 with self._lock:
+                    job.started = job.phase_started = time.perf_counter()
+                    job.phase = "starting"  # it has the device: configuring the run until the flow's first phase
                     self._running.append(job)
                 result = self.engine.generate(request, lambda p: self._progress(job, p), job.cancel.is_set)
             finally:
