@@ -44,7 +44,11 @@ def upload_portrait(page, path: Path) -> None:
 
 
 def upload_audio(page, path: Path) -> None:
+    # The audio component shows its clip (with Clear) or its upload area; on a fresh tab under load neither may be
+    # drawn yet (the notes beside it come with the page), and reading Clear's count then found none: CI waited in
+    # vain for a file input the clip's player hides. So wait for one of the two first.
     clear = page.locator("#audio button[aria-label='Clear']")
+    page.locator("#audio button[aria-label='Clear'], #audio input[type=file]").first.wait_for(state="attached")
     if clear.count():
         clear.click()
     page.locator("#audio input[type=file]").set_input_files(str(path))
