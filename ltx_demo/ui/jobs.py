@@ -70,7 +70,7 @@ class _Job:
     request: GenerationRequest
     cancel: threading.Event
     started: float
-    phase: str = "waiting"  # then "starting" once it has the device, then the flow's phases (a load:* never replaces one)
+    phase: str = "waiting"  # then "starting" once it has the device, then the flow's phases (never a load:*)
     phase_started: float = 0.0
     step: int | None = None
     total: int | None = None
