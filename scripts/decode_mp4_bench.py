@@ -1,9 +1,11 @@
 """The decode and the mp4 together, without the transformer: ltx-core's full-scale video decoder (the synthetic
 bundle's weights, made here from the same seeds, so no 72 GiB bundle is needed) decodes a random latent through
-ltx-core's tiled decode_video, and each chunk goes into media.Mp4Stream as the engine's decode does. Variants: x264's
-frame or slice threads, its thread count, the encoder process's niceness and cores; and the decode with no mp4.
-Rounds interleave the variants; each reports the decode's seconds (with the encode overlapping it), the tail
-after it (close), their sum, and the file's sha256 (the same seed must give the same file).
+ltx-core's tiled decode_video, and each chunk goes through the engine's pipeline.host_frames into media.Mp4Stream as
+the engine's decode does. Variants: x264's frame or slice threads, its thread count, the encoder process's niceness
+and cores, the frames' memory mapped at open or at the first put, the chunk put as ltx-core's channels-last view
+(before host_frames); and the decode with no mp4. Rounds interleave the variants; each reports the decode's seconds
+(with the encode overlapping it), the tail after it (close), their sum, and the file's sha256 (the same seed must
+give the same file; a variant with the default's x264 settings must give the default's file).
 
 Usage: python scripts/decode_mp4_bench.py --out OUT.json [--width 768 --height 512 --num-frames 97 --rounds 3]"""
 
@@ -22,20 +24,23 @@ import numpy as np
 import torch
 
 from ltx_demo import media, synthetic
+from ltx_demo.pipeline import host_frames
 
 FRAME, SLICE = "rc-lookahead=0:sliced-threads=0", "rc-lookahead=0"
 # name -> (x264-params, encoder niceness, x264 threads (None: x264's own 1.5 per core), cores the encoder keeps off
 # (the first N, left to the decoder's process), the frames' memory mapped at open as the engine does (False: at the
-# first put, page faults in the decode's loop)); None: the decode alone
+# first put, page faults in the decode's loop), the chunk made contiguous by host_frames as the engine does (False:
+# ltx-core's view copied as it is, the put gathering it)); None: the decode alone (through host_frames).
+# Measured and dropped (docs/benchmarks.md, 2026-12-06): slice threads, the encoder's niceness.
+DEFAULT = "frame threads (default)"
 VARIANTS = {
     "decode alone": None,
-    "frame threads (default)": (FRAME, 0, None, 0, True),
-    "frame threads, mapped at the first put": (FRAME, 0, None, 0, False),
-    "frame threads, nice 10": (FRAME, 10, None, 0, True),
-    "slice threads, nice 10": (SLICE, 10, None, 0, True),
-    "slice threads, nice 0": (SLICE, 0, None, 0, True),
-    "frame threads, 8 threads": (FRAME, 0, 8, 0, True),
-    "frame threads, off 4 cores": (FRAME, 0, None, 4, True),
+    DEFAULT: (FRAME, 0, None, 0, True, True),
+    "frame threads, ltx-core's view put (before)": (FRAME, 0, None, 0, True, False),
+    "frame threads, mapped at the first put": (FRAME, 0, None, 0, False, True),
+    "slice threads": (SLICE, 0, None, 0, True, True),
+    "frame threads, 8 threads": (FRAME, 0, 8, 0, True, True),
+    "frame threads, off 4 cores": (FRAME, 0, None, 4, True, True),
 }
 SAMPLE_RATE = 48000
 BASE_OPTIONS = dict(media.X264_OPTIONS)
@@ -65,15 +70,16 @@ def full_scale_decoder(device: torch.device, bundle_seed: int = 0):
     return decoder.to(device=device, dtype=dtype_for(device)).eval()
 
 
-def decode_once(decoder, latent, num_frames: int, sink: media.Mp4Stream | None) -> float:
-    """ltx-core's tiled decode, each chunk's kept frames put into `sink`: the decode's seconds."""
+def decode_once(decoder, latent, num_frames: int, sink: media.Mp4Stream | None, contiguous: bool = True) -> float:
+    """ltx-core's tiled decode, each chunk's kept frames put into `sink` (through host_frames unless not
+    `contiguous`): the decode's seconds."""
     from ltx_core.model.video_vae import TilingConfig, decode_video
 
     generator = torch.Generator(device=latent.device).manual_seed(0)
     began, kept = time.perf_counter(), 0
     with torch.inference_mode():
         for chunk in decode_video(latent, decoder, TilingConfig.default(), generator):
-            frames = chunk.to("cpu")[: num_frames - kept]
+            frames = (host_frames(chunk) if contiguous else chunk.to("cpu"))[: num_frames - kept]
             kept += len(frames)
             if sink is not None and len(frames):
                 sink.put(frames)
@@ -84,7 +90,7 @@ def run_variant(name, decoder, latent, num_frames: int, audio: np.ndarray, folde
     setting = VARIANTS[name]
     if setting is None:
         return {"decode_s": round(decode_once(decoder, latent, num_frames, None), 3)}
-    params, niceness, threads, cores_off, map_at_open = setting
+    params, niceness, threads, cores_off, map_at_open, contiguous = setting
     options = {**BASE_OPTIONS, "x264-params": params} | ({"threads": str(threads)} if threads else {})
     media.X264_OPTIONS = options  # read when the stream opens
     os.environ["LTX_DEMO_MP4_ENCODER_NICENESS"] = str(niceness)
@@ -98,7 +104,7 @@ def run_variant(name, decoder, latent, num_frames: int, audio: np.ndarray, folde
         stream = media.Mp4Stream(path, num_frames, 24, audio, SAMPLE_RATE, frame_size=size if map_at_open else None)
     finally:
         os.sched_setaffinity(0, cores)
-    decode_s = decode_once(decoder, latent, num_frames, stream)
+    decode_s = decode_once(decoder, latent, num_frames, stream, contiguous)
     began = time.perf_counter()
     stream.close()
     tail_s = time.perf_counter() - began
@@ -136,6 +142,7 @@ def main() -> None:
                if key in results[0]}  # fmt: skip
         if "sha256" in results[0]:
             row["identical_files"] = len({r["sha256"] for r in results}) == 1
+            row["same_file_as_default"] = {r["sha256"] for r in results} == {r["sha256"] for r in runs[DEFAULT]}
         summary[name] = row
     facts = {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "cpus": os.cpu_count(),
              "torch": torch.__version__, "shape": f"{args.width}x{args.height}x{args.num_frames}",

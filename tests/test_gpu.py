@@ -247,3 +247,15 @@ def test_compiled_blocks_on_cuda_match_eager_and_keep_the_fp8_gemm(tiny_bundle, 
     models.release_all()
     error = float((compiled - eager).norm() / eager.norm())
     assert error < 0.02, error
+
+
+def test_host_frames_brings_a_decoder_chunk_contiguous_with_the_same_values():
+    from einops import rearrange
+
+    from ltx_demo.pipeline import host_frames
+
+    planes = torch.randint(0, 256, (1, 3, 9, 64, 96), dtype=torch.uint8, device="cuda")
+    chunk = rearrange(planes[0], "c f h w -> f h w c")  # what ltx-core's decode_video yields
+    frames = host_frames(chunk)
+    assert frames.device.type == "cpu" and frames.is_contiguous() and frames.shape == (9, 64, 96, 3)
+    assert torch.equal(frames, chunk.cpu())

@@ -67,3 +67,14 @@ def test_cuda_graph_captures_read_perturbation_masks_made_before_the_capture():
     assert first.data_ptr() == again.data_ptr()  # made once: a capture reads it, it never writes it
     assert repr(cached).endswith(repr(original).removeprefix("BatchedPerturbationConfig"))
     assert cached.any_in_batch(skip, 0) and not cached.all_in_batch(skip, 0)
+
+
+def test_host_frames_keeps_a_cpu_chunk_as_the_view_it_is():
+    from einops import rearrange
+
+    from ltx_demo.pipeline import host_frames
+
+    planes = torch.randint(0, 256, (1, 3, 9, 16, 24), dtype=torch.uint8)
+    chunk = rearrange(planes[0], "c f h w -> f h w c")  # what ltx-core's decode_video yields
+    frames = host_frames(chunk)
+    assert frames.data_ptr() == planes.data_ptr() and torch.equal(frames, chunk)  # no copy on the CPU
