@@ -31,7 +31,7 @@ FRAME, SLICE = "rc-lookahead=0:sliced-threads=0", "rc-lookahead=0"
 # (the first N, left to the decoder's process), the frames' memory mapped at open as the engine does (False: at the
 # first put, page faults in the decode's loop), the chunk made contiguous by host_frames as the engine does (False:
 # ltx-core's view copied as it is, the put gathering it)); None: the decode alone (through host_frames).
-# Measured and dropped (docs/benchmarks.md, 2026-12-06): slice threads, the encoder's niceness.
+# No longer a variant: the encoder's niceness (no difference on the H100, docs/benchmarks.md, 2026-12-06).
 DEFAULT = "frame threads (default)"
 VARIANTS = {
     "decode alone": None,
