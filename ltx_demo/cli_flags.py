@@ -202,7 +202,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         "--decode-tiling",
         choices=[t.value for t in DecodeTiling],
         default=DecodeTiling.DEFAULT.value,
-        help="default: ltx-core's tiles (512 px, 64 frames); off: decode in one pass (more memory)",
+        help="default: ltx-core's tiles (512 px, 64 frames); frame: one spatial tile the frame's size, 64-frame tiles; "
+        "off: decode in one pass (more memory)",
     )
     parser.add_argument("--decode-tile-pixels", type=int, default=None, help="spatial tile size (default: 512)")
     parser.add_argument("--decode-tile-frames", type=int, default=None, help="temporal tile length (default: 64)")

@@ -143,18 +143,31 @@ def reference_audio(request: GenerationRequest, device: torch.device) -> tuple[t
 
 
 def decode_tiling(request: GenerationRequest):
-    """The VAE decoder's TilingConfig: ltx-core's default (its tile sizes replaceable), or None (one pass)."""
+    """The VAE decoder's TilingConfig for `request` (tiling_config)."""
+    return tiling_config(
+        request.decode_tiling, request.width, request.height, request.decode_tile_pixels, request.decode_tile_frames
+    )
+
+
+def tiling_config(tiling: DecodeTiling, width: int, height: int, tile_pixels: int | None = None,
+                  tile_frames: int | None = None):  # fmt: skip
+    """ltx-core's TilingConfig.default() with its tile sizes replaceable; FRAME: its spatial tile as large as the
+    frame's longer side, or the default's where that is larger (one spatial tile either way: ltx-core scales the
+    tile to each axis by the aspect ratio, so its 512 px tiles cut a 768x512 frame into 4 overlapping tiles and a
+    1280x768 one into 9), its temporal tiles kept; OFF: None (one pass)."""
     from ltx_core.model.video_vae import TilingConfig
     from ltx_core.model.video_vae.tiling import SpatialTilingConfig, TemporalTilingConfig
 
-    if request.decode_tiling is DecodeTiling.OFF:
+    if tiling is DecodeTiling.OFF:
         return None
     default = TilingConfig.default()
     spatial, temporal = default.spatial_config, default.temporal_config
-    if request.decode_tile_pixels is not None:
-        spatial = SpatialTilingConfig(request.decode_tile_pixels, spatial.tile_overlap_in_pixels)
-    if request.decode_tile_frames is not None:
-        temporal = TemporalTilingConfig(request.decode_tile_frames, temporal.tile_overlap_in_frames)
+    if tiling is DecodeTiling.FRAME:
+        tile_pixels = max(-(-max(width, height) // 32) * 32, spatial.tile_size_in_pixels)
+    if tile_pixels is not None:
+        spatial = SpatialTilingConfig(tile_pixels, spatial.tile_overlap_in_pixels)
+    if tile_frames is not None:
+        temporal = TemporalTilingConfig(tile_frames, temporal.tile_overlap_in_frames)
     return TilingConfig(spatial_config=spatial, temporal_config=temporal)
 
 

@@ -325,6 +325,8 @@ def _check_tiling(request: GenerationRequest) -> None:
     pixels, frames = request.decode_tile_pixels, request.decode_tile_frames
     if request.decode_tiling is DecodeTiling.OFF and (pixels is not None or frames is not None):
         raise InvalidRequest("decode tile sizes need decode tiling 'default': drop them or turn tiling on")
+    if request.decode_tiling is DecodeTiling.FRAME and pixels is not None:
+        raise InvalidRequest("decode tiling 'frame' sizes its spatial tiles to the frame: drop the tile size in pixels")
     if pixels is not None and (pixels % 32 or pixels <= DEFAULT_TILE_OVERLAP_PIXELS):
         raise InvalidRequest(f"decode tile size {pixels} px must be a multiple of 32 above 64 (e.g. 256, 512)")
     if frames is not None and (frames % 8 or frames <= DEFAULT_TILE_OVERLAP_FRAMES):

@@ -58,9 +58,11 @@ class Flow(enum.StrEnum):
 
 class DecodeTiling(enum.StrEnum):
     """How the VAE decoder splits the video: ltx-core's TilingConfig.default() (512 px / 64 frames tiles, what
-    ltx-pipelines' CLI passes), or none (A2VidPipelineTwoStage.__call__'s own default: one pass, more memory)."""
+    ltx-pipelines' CLI passes), frame-wide spatial tiles with the default temporal ones (pipeline.tiling_config), or
+    none (A2VidPipelineTwoStage.__call__'s own default: one pass, more memory)."""
 
     DEFAULT = "default"
+    FRAME = "frame"
     OFF = "off"
 
 

@@ -13,6 +13,8 @@
 #   modes     768x512 persistent, cold-start, host-cached x2, with the prompt cache (the default: after the first run
 #             every text comes from it) and, unless MODES_PROMPT_CACHE_OFF=0, again with --prompt-cache 0
 #             (MODES_COMPILE=1: also with --compile-blocks on, which auto leaves off for per-request modes;
+#             MODES_GRAPHS=1: also with --cuda-graphs on and --compile-blocks on, which auto leaves off for
+#             per-request modes (each request captures again); MODES_DEFAULT=0: without the default settings' run;
 #             MODES_EXTRA=1: also the roofline and a 30 s recording)
 #   textmodels  768x512 persistent x2 with --text-models on-device (Gemma and the processor stay on the device: the
 #             peak against the bench part's auto = on-host), then on-host with --prompt-cache 0 (every run uploads
@@ -87,7 +89,9 @@ for part in "$@"; do
       echo "roofline rc=$?"
       ;;
     modes)
-      bench_into bench-modes --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none
+      if [ "${MODES_DEFAULT:-1}" = 1 ]; then
+        bench_into bench-modes --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached --baseline none
+      fi
       if [ "${MODES_PROMPT_CACHE_OFF:-1}" = 1 ]; then
         bench_into bench-modes-no-prompt-cache --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
           --baseline none --prompt-cache 0
@@ -95,6 +99,10 @@ for part in "$@"; do
       if [ "${MODES_COMPILE:-0}" = 1 ]; then
         bench_into bench-modes-compiled --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
           --baseline none --compile-blocks on
+      fi
+      if [ "${MODES_GRAPHS:-0}" = 1 ]; then
+        bench_into bench-modes-graphed --resolutions 768x512 --runs 2 --residency persistent,cold-start,host-cached \
+          --baseline none --cuda-graphs on --compile-blocks on
       fi
       if [ "${MODES_EXTRA:-0}" = 1 ]; then
         python3 -m ltx_demo roofline --bundle "$BUNDLE" --out "$OUT/roofline.json" 2> >(quiet >"$OUT/roofline.log")
@@ -121,7 +129,7 @@ for part in "$@"; do
     decodemp4)
       for shape in 768x512:3 1280x768:2; do
         size=${shape%:*}
-        timeout 150 python3 scripts/decode_mp4_bench.py --out "$OUT/decode-mp4-$size.json" --width ${size%x*} \
+        timeout ${DECODEMP4_LIMIT:-240} python3 scripts/decode_mp4_bench.py --out "$OUT/decode-mp4-$size.json" --width ${size%x*} \
           --height ${size#*x} --rounds ${shape#*:} >"$OUT/decode-mp4-$size.log" 2>&1
         echo "decode-mp4 $size rc=$?"
         python3 -c "import json; [print(k, v) for k, v in json.load(open('$OUT/decode-mp4-$size.json'))['median'].items()]"

@@ -9,7 +9,7 @@ import pytest
 from ltx_demo import media
 from ltx_demo.cli_flags import build_parser, request_from_args
 from ltx_demo.engine import Engine
-from ltx_demo.pipeline import decode_tiling
+from ltx_demo.pipeline import decode_tiling, tiling_config
 from ltx_demo.requests import check_request
 from ltx_demo.types import DecodeTiling, InvalidRequest
 
@@ -33,6 +33,29 @@ def test_decode_tiling_follows_the_request(small_request):
     assert tiled.spatial_config.tile_overlap_in_pixels == 64 and tiled.temporal_config.tile_overlap_in_frames == 24
     default = decode_tiling(check_request(small_request()))
     assert default.spatial_config.tile_size_in_pixels == 512 and default.temporal_config.tile_size_in_frames == 64
+    frame = decode_tiling(check_request(small_request(decode_tiling="frame", decode_tile_frames=32)))
+    assert frame.spatial_config.tile_size_in_pixels == 512 and frame.temporal_config.tile_size_in_frames == 32  # 64x64
+    assert tiling_config(DecodeTiling.FRAME, 1280, 768).spatial_config.tile_size_in_pixels == 1280
+
+
+@pytest.mark.parametrize(("width", "height", "default_tiles"), [(768, 512, 4), (1280, 768, 9), (512, 768, 4)])
+def test_frame_wide_tiling_decodes_one_spatial_tile_with_the_default_temporal_tiles(width, height, default_tiles):
+    """decode tiling 'frame': ltx-core's decoder splits no spatial axis (its default 512 px tiles scale with the
+    aspect ratio: 4 tiles at 768x512, 9 at 1280x768), the temporal tiles and the overlaps are the default's."""
+    import torch
+    from ltx_core.model.video_vae import VideoDecoderConfigurator
+
+    from ltx_demo import synthetic
+
+    with torch.device("meta"):
+        decoder = VideoDecoderConfigurator.from_config(synthetic.reference_config())
+        latent = torch.empty((1, 128, 13, height // 32, width // 32))
+    frame, default = (tiling_config(t, width, height) for t in (DecodeTiling.FRAME, DecodeTiling.DEFAULT))
+    assert frame.temporal_config == default.temporal_config
+    assert frame.spatial_config.tile_overlap_in_pixels == default.spatial_config.tile_overlap_in_pixels
+    temporal_tiles = 2  # 97 frames in ltx-core's 64-frame tiles
+    assert len(decoder._prepare_tiles(latent, default)) == default_tiles * temporal_tiles
+    assert len(decoder._prepare_tiles(latent, frame)) == temporal_tiles
 
 
 @pytest.mark.parametrize(
@@ -41,6 +64,7 @@ def test_decode_tiling_follows_the_request(small_request):
         ({"decode_tile_pixels": 100}, "decode tile size 100 px must be a multiple of 32"),
         ({"decode_tile_frames": 20}, "decode tile length 20 frames must be a multiple of 8 above 24"),
         ({"decode_tiling": "off", "decode_tile_pixels": 256}, "decode tile sizes need decode tiling 'default'"),
+        ({"decode_tiling": "frame", "decode_tile_pixels": 256}, "decode tiling 'frame' sizes its spatial tiles"),
         ({"audio_max_duration": 0}, "audio max duration 0.0 s must be a positive number"),
     ],
 )

@@ -347,7 +347,7 @@ def _advanced_section(defaults: FormDefaults, c: dict) -> None:
                 [t.value for t in DecodeTiling],
                 value=DecodeTiling.DEFAULT.value,
                 label="Decoder tiling",
-                info="off: one pass (more memory)",
+                info="frame: one tile the frame's size (fewer pixels decoded); off: one pass (more memory)",
                 elem_id="decode-tiling",
             )
         with gr.Row():
