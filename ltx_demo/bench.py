@@ -39,6 +39,7 @@ class BenchConfig:
     seed: int
     batch_guidance: bool = True
     default_settings: bool = False  # what a user gets with no flags (only the shape chosen)
+    decode_tiling: str = "default"  # types.DecodeTiling
 
     @property
     def resolution(self) -> str:
@@ -114,6 +115,7 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         quantization=config.quantization,
         residency=config.residency,
         batch_guidance=config.batch_guidance,
+        decode_tiling=config.decode_tiling,
     )
     kept_before = Counter(engine.models.kept_builds)
     failures_before = len(engine.models.compile_failures)
@@ -146,7 +148,8 @@ def run_one(engine: Engine, config: BenchConfig, image: str, audio: str, prompt:
         + compiled_note(engine.models.compiled_blocks, engine.models.compile_failures[failures_before:])
         + (", kept as built" if kept_as_built(engine, summary) else "")
         + (", text models on host" if text_models_on_host(engine) else "")
-        + cached_texts_note(result.prompt_cached),
+        + cached_texts_note(result.prompt_cached)
+        + ("" if config.decode_tiling == "default" else f", decode tiling {config.decode_tiling}"),
         "kept_builds": dict(Counter(engine.models.kept_builds) - kept_before),  # models built from a kept state
         "counters": summary["counters"],
         "compile": compile_stats() if engine.models.compiled_blocks else None,  # this process so far

@@ -18,6 +18,7 @@ from ltx_demo.types import (
     AttentionBackend,
     CompileBlocks,
     CudaGraphs,
+    DecodeTiling,
     GenerationRequest,
     Progress,
     Quantization,
@@ -128,6 +129,7 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
         and TextModels(args.text_models) is TextModels.AUTO
         and not args.inductor_deterministic
         and args.steps == steps_default
+        and args.decode_tiling == DecodeTiling.DEFAULT
     )
     return [
         bench.BenchConfig(
@@ -141,6 +143,7 @@ def bench_configs(args: argparse.Namespace, default_quantization: str):
             batched == "on",
             default_settings=engine_defaults
             and (quantization, residency, batched) == (default_quantization, "persistent", "on"),
+            decode_tiling=args.decode_tiling,
         )
         for batched in args.batch_guidance.split(",")
         for quantization in (default_quantization if q == "default" else q for q in args.quantization.split(","))

@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt", default=DEFAULT_PROMPT)
     bench.add_argument("--drop-page-cache", action="store_true", help="before each cold-start run (needs root)")
     bench.add_argument(
+        "--decode-tiling", choices=[t.value for t in DecodeTiling], default=DecodeTiling.DEFAULT.value,
+        help="the VAE decoder's tiles (generate --help)",
+    )  # fmt: skip
+    bench.add_argument(
         "--baseline",
         choices=["stock", "none"],
         default="stock",

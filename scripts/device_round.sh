@@ -4,7 +4,8 @@
 # reused while the machine stays warm. Parts:
 #   tests     pytest -m gpu (tiny bundle; runs while the full bundle is made, TESTS_LIMIT)
 #   forward   one stage forward with compiled blocks off and on (fp8-scaled-mm, CUDA graphs)
-#   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline x BASELINE_RUNS (2; BASELINE=none: without)
+#   bench     BENCH_RESOLUTIONS (768x512,1280x768) persistent x3 + the stock pipeline x BASELINE_RUNS (2; BASELINE=none: without);
+#             BENCH_FLAGS: more bench options (e.g. --decode-tiling frame), BENCH_NAME: the files' name (bench-default-...)
 #   restart   a new process's first request at RESTART_RESOLUTION (768x512; kept states, Inductor cache from bench)
 #   roofline  ROOFLINE_SHAPE (1280x768)'s FLOPs per stage
 #   rows      the H200 fidelity rows FIDELITY_ROWS (ROWS_LIMIT)
@@ -64,8 +65,8 @@ for part in "$@"; do
   case $part in
     bench)
       resolutions=${BENCH_RESOLUTIONS:-768x512,1280x768}
-      bench_into "bench-default-${resolutions//,/_}" --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
-        --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2}
+      bench_into "${BENCH_NAME:-bench-default}-${resolutions//,/_}" --resolutions "$resolutions" --runs ${BENCH_RUNS:-3} \
+        --residency persistent --baseline ${BASELINE:-stock} --baseline-runs ${BASELINE_RUNS:-2} ${BENCH_FLAGS:-}
       ;;
     textmodels)
       bench_into bench-text-on-device --resolutions 768x512 --runs 2 --residency persistent --baseline none \

@@ -111,8 +111,11 @@ def test_bench_marks_the_configurations_that_run_the_default_settings():
         ("1280x768", "persistent"),
     ]
     for changed in (["--steps", "8"], ["--cuda-graphs", "off"], ["--attention", "xformers"], ["--compile-blocks"],
-                    ["--batch-guidance", "off"], ["--quantization", "fp8-cast"]):  # fmt: skip
+                    ["--batch-guidance", "off"], ["--quantization", "fp8-cast"],
+                    ["--decode-tiling", "frame"]):  # fmt: skip
         assert not any(c.default_settings for c in bench_configs(parser.parse_args(base + changed), "fp8-scaled-mm"))
+    frame_tiles = bench_configs(parser.parse_args([*base, "--decode-tiling", "frame"]), "bf16")
+    assert {c.decode_tiling for c in frame_tiles} == {"frame"}
     named = bench_configs(parser.parse_args([*base, "--quantization", "fp8-cast,bf16"]), "fp8-cast")
     assert [c.quantization for c in named if c.default_settings] == ["fp8-cast", "fp8-cast"]
 
