@@ -32,6 +32,7 @@ from ltx_demo.fidelity_switches import (
     fp8_fast_accumulation,
     fp8_processor,
     fp8_scaled_mm,
+    frame_wide_tiles,
     gemma_dropped_parts,
     lanczos_portrait,
     lora_adapter,
@@ -157,6 +158,8 @@ ROWS = (
           switch=attention_kernel(backend), unavailable=_attention_unavailable(backend))
       for backend in (AttentionBackend.SDPA_FLASH, AttentionBackend.SDPA_CUDNN, AttentionBackend.SDPA_EFFICIENT,
                       AttentionBackend.XFORMERS)),
+    Row("frame_tiles", "decoder tiles the frame's size (--decode-tiling frame; not the default)",
+        switch=frame_wide_tiles),
     Row("soundfile_audio", "audio read with soundfile + resampled to 48 kHz", switch=soundfile_audio),
     Row("lanczos_portrait", "portrait pre-fitted to WxH with LANCZOS", switch=lanczos_portrait),
     Row("stg_block", "STG moved onto an existing block (synthetic bundles only)", switch=stg_on_existing_block),

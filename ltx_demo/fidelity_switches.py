@@ -193,6 +193,17 @@ def attention_kernel(backend: AttentionBackend) -> Callable[[Setup, list[str]], 
     return switch
 
 
+def frame_wide_tiles(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
+    """The decoder's spatial tile as large as the frame (--decode-tiling frame), its temporal tiles kept."""
+    from ltx_demo.types import DecodeTiling
+
+    def frame_wide(request: GenerationRequest):
+        tiling = flow_module.tiling_config
+        return tiling(DecodeTiling.FRAME, request.width, request.height, None, request.decode_tile_frames)
+
+    return patched(flow_module, "decode_tiling", frame_wide)
+
+
 def soundfile_audio(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
     """media.prepare_audio's segment (soundfile, resampled to 48 kHz) instead of ltx-pipelines' PyAV reader."""
 
