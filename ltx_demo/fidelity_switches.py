@@ -19,7 +19,7 @@ from ltx_demo.residency import ModelConfig, ModelManager
 from ltx_demo.residency.builds import ModelBuilder
 from ltx_demo.residency.modes import PerRequest
 from ltx_demo.residency.specs import spec
-from ltx_demo.types import AttentionBackend, Flow, GenerationRequest, LoraMode, TextEncoderQuantization
+from ltx_demo.types import AttentionBackend, DecodeTiling, Flow, GenerationRequest, LoraMode, TextEncoderQuantization
 
 if TYPE_CHECKING:
     from ltx_demo.fidelity import Setup
@@ -195,13 +195,12 @@ def attention_kernel(backend: AttentionBackend) -> Callable[[Setup, list[str]], 
 
 def frame_wide_tiles(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
     """The decoder's spatial tile as large as the frame (--decode-tiling frame), its temporal tiles kept."""
-    from ltx_demo.types import DecodeTiling
-
-    def frame_wide(request: GenerationRequest):
-        tiling = flow_module.tiling_config
-        return tiling(DecodeTiling.FRAME, request.width, request.height, None, request.decode_tile_frames)
-
-    return patched(flow_module, "decode_tiling", frame_wide)
+    decode_tiling = flow_module.decode_tiling
+    return patched(
+        flow_module,
+        "decode_tiling",
+        lambda request: decode_tiling(dataclasses.replace(request, decode_tiling=DecodeTiling.FRAME)),
+    )
 
 
 def soundfile_audio(_setup: Setup, _notes: list[str]) -> contextlib.AbstractContextManager:
